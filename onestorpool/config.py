@@ -1,0 +1,527 @@
+"""Configuration: ``addon-storpoolrc``, the local override, ``/etc/storpool.conf`` and the
+datastore template, with the old add-on's precedence and defaults.
+
+Precedence, lowest first (reference §6):
+
+1. built-in defaults (the Bash add-on's ``storpool_common.sh`` defaults);
+2. ``addon-storpoolrc`` (``$ONE_LOCATION/var/remotes/`` or ``/var/lib/one/remotes/`` on the
+   front-end, ``/var/tmp/one/`` on hosts);
+3. ``/etc/storpool/addon-storpool.conf`` (local override);
+4. the datastore template, for the attributes a datastore may set.
+
+The rc files use shell ``VAR=value`` syntax. They are parsed, never executed: quotes,
+``export``, comments and ``$VAR`` references to earlier variables are understood; anything
+else is an error naming the file and line. Variables the old add-on knew but this one does not
+use are accepted and ignored, so a cluster's existing files work unchanged; a name nobody knows
+is refused (it is most likely a typo).
+
+The StorPool API endpoint comes from ``/etc/storpool.conf`` (``SPConfig`` semantics: global
+section, then ``[<hostname>]``, then the ``SP_*`` environment), and a datastore may point to
+another cluster with its own ``SP_API_HTTP_HOST``/``PORT``/``SP_AUTH_TOKEN``.
+
+``ONESTORPOOL_ROOT`` prefixes every default path (the sandbox uses it for a whole fake root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onestorpool.errors import ConfigError
+
+# -- value types ------------------------------------------------------------------------------
+
+_TRUE = {"1", "yes", "y", "true", "on"}
+_FALSE = {"0", "no", "n", "false", "off", ""}
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected 0/1 or yes/no, got {value!r}")
+
+
+def parse_int(value: str) -> int:
+    if not re.fullmatch(r"-?[0-9]+", value.strip()):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def parse_optional_int(value: str) -> int | None:
+    return None if value.strip() == "" else parse_int(value)
+
+
+def parse_float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> int:
+    """``DELAY_DELETE`` syntax ``N[s|m|h|d]`` in seconds; empty means 0 (delete at once)."""
+    text = value.strip()
+    if text == "":
+        return 0
+    match = re.fullmatch(r"([0-9]+)([smhd]?)", text)
+    if match is None:
+        raise ValueError(f"expected N[s|m|h|d], got {value!r}")
+    return int(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def parse_str(value: str) -> str:
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def parse_words(value: str) -> tuple[str, ...]:
+    return tuple(value.split())
+
+
+def parse_remote_backup(value: str) -> tuple[str, str] | None:
+    """``REMOTE_BACKUP_DELETE="<location>[:<extra args>]"`` → (location, extra).
+
+    The old add-on passed the location twice when there was no ``:`` (reference §10); here
+    a bare location simply has no extra arguments.
+    """
+    text = value.strip()
+    if text == "":
+        return None
+    location, _, extra = text.partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9_\-.]+", location):
+        raise ValueError(f"expected <location>[:<args>], got {value!r}")
+    return location, extra.strip()
+
+
+# -- the variables ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+    datastore: bool = False  # may a datastore template override it?
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ONE_PX", "one", parse_str, "prefix of every StorPool name (several ONE instances)"),
+    Setting("LOC_TAG", "nloc", parse_str, "tag naming the ONE instance"),
+    Setting("LOC_TAG_VAL", "", parse_str, "value of LOC_TAG (default: ONE_PX)"),
+    Setting("VM_TAG", "nvm", parse_str, "tag holding the VM id (empty: no VM tagging)"),
+    Setting("DEFAULT_QOSCLASS", "", parse_str, "lowest-priority qc tag", ),
+    Setting("SP_QOSCLASS", "", parse_str, "QoS class of the datastore", datastore=True),
+    Setting("DELAY_DELETE", "48h", parse_duration,
+            "keep deleted volumes as an expiring snapshot for this long (empty: at once)"),
+    Setting("AUTO_TEMPLATE", "0", parse_bool, "(obsolete) manage templates from DS attributes"),
+    Setting("SP_TEMPLATE_PROPAGATE", "1", parse_bool, "propagate template changes",
+            datastore=True),
+    Setting("NO_VOLUME_TEMPLATE", "1", parse_bool, "clones inherit the parent's template"),
+    Setting("SP_SYSTEM", "ssh", _choice("ssh", "shared"), "system datastore mode",
+            datastore=True),
+    Setting("SP_CHECKPOINT", "", _choice("", "yes", "nomigrate"), "archive checkpoint to volume"),
+    Setting("SP_CHECKPOINT_BD", "0", parse_bool, "checkpoint straight to a block device"),
+    Setting("SP_COMPRESSION", "lz4", parse_str, "compressor for archived checkpoints"),
+    Setting("SKIP_UNDEPLOY_SSH", "0", parse_bool, "skip copying the VM dir on undeploy"),
+    Setting("CLEAN_SRC_ON_UNDEPLOY", "1", parse_bool, "wipe the source VM dir on undeploy"),
+    Setting("VMSNAPSHOT_OVERRIDE", "1", parse_bool, "atomic StorPool VM snapshots"),
+    Setting("VMSNAPSHOT_TAG", "ONESNAP", parse_str, "infix of VM snapshot names"),
+    Setting("VMSNAPSHOT_FSFREEZE", "0", parse_bool, "guest fsfreeze during VM snapshots"),
+    Setting("VMSNAPSHOT_DELETE_ON_TERMINATE", "1", parse_bool,
+            "delete VM snapshots with the disk"),
+    Setting("VMSNAPSHOT_ENABLE_LIMIT", "1", parse_bool, "enforce VMSNAPSHOT_LIMIT"),
+    Setting("VMSNAPSHOT_LIMIT", "", parse_optional_int, "VM snapshot quota", datastore=True),
+    Setting("VMSNAPSHOT_EXCLUDE_READONLY", "0", parse_bool, "skip read-only disks"),
+    Setting("DISKSNAPSHOT_LIMIT", "", parse_optional_int, "per-disk snapshot quota",
+            datastore=True),
+    Setting("DISK_SNAPSHOT_FSFREEZE", "0", parse_bool, "fsfreeze around live disk snapshots"),
+    Setting("DISK_SAVEAS_FSFREEZE", "0", parse_bool, "fsfreeze around disk save-as"),
+    Setting("UPDATE_ONE_DISK_SIZE", "1", parse_bool, "write reverted disk size back to ONE"),
+    Setting("UPDATE_IMAGE_ON_IMPORT", "0", parse_bool, "set DRIVER/FORMAT=raw after import"),
+    Setting("DS_CP_REPORT_FORMAT", "1", parse_bool, "cp prints 'SOURCE raw'"),
+    Setting("DS_CP_FORCE_DEV_PREFIX", "", parse_str, "DEV_PREFIX set on imported images"),
+    Setting("READONLY_MODE", "rw", _choice("rw", "ro"), "attach mode of read-only disks"),
+    Setting("ATTACH_TIMEOUT", "20", parse_int, "seconds to wait for an attachment"),
+    Setting("TAG_CONTEXT_ISO", "1", parse_bool, "tag the context volume"),
+    Setting("FORCE_DETACH_BY_TAG", "0", parse_bool, "stale attachment cleanup by tag"),
+    Setting("FORCE_DETACH_OTHER_MV", "1", parse_bool, "detach other clients on mv"),
+    Setting("FORCE_DETACH_OTHER_CONTEXT", "1", parse_bool, "detach other clients on context"),
+    Setting("STORPOOL_CLIENT_ID_SOURCES", "LOCAL ONEHOST FROMHOST BRIDGELIST CLONEGW",
+            parse_words, "where SP_OURID of a host is looked up, in order"),
+    Setting("COMMON_DOMAIN", "", parse_str, "domain suffix tried for host names"),
+    Setting("ONE_TPM_SAVE", "1", parse_bool, "persist vTPM state in a volume"),
+    Setting("REMOTE_BACKUP_DELETE", "", parse_remote_backup,
+            "send deleted volumes to <location>[:<args>]", datastore=True),
+    Setting("BRIDGE_LIST", "", parse_words, "hosts doing block work for the datastore",
+            datastore=True),
+    Setting("EXPORT_BRIDGE_LIST", "", parse_words, "hosts doing marketplace exports",
+            datastore=True),
+    Setting("SP_CLONE_GW", "", parse_str, "gateway for cross-cluster clones", datastore=True),
+    Setting("NO_DECOMPRESS", "", parse_str, "do not decompress imports", datastore=True),
+    Setting("LIMIT_TRANSFER_BW", "", parse_str, "import bandwidth limit", datastore=True),
+    Setting("SP_SKIP_MONITOR", "0", parse_bool, "do not monitor this datastore",
+            datastore=True),
+    Setting("EXPORT_FILE_FORMAT", "", _choice("", "raw", "qcow", "qcow2"),
+            "format of marketplace exports"),
+    Setting("EXPORT_QEMU_IMG_ARGS", "", parse_str, "extra qemu-img arguments for exports"),
+    Setting("EXPORT_TRANSPORT", "ssh", parse_str, "transport in IMPORT_SOURCE of exports"),
+    Setting("STAGING_DIR", "/var/tmp", parse_str, "scratch directory for exports"),
+    Setting("COPY_CMD_DD_BS", "1M", parse_str, "dd block size for imports"),
+    Setting("CLONE_COMPRESSION", "", parse_str, "compress cross-cluster clone streams"),
+    Setting("RAFT_LEADER_IP", "", parse_str, "restrict periodic work to the leader"),
+    Setting("ONE_XMLRPC", "", parse_str, "oned XML-RPC endpoint"),
+    Setting("ONE_CALL_RETRIES", "3", parse_int, "retries of oned calls"),
+    Setting("STORPOOL_RETRIES", "10", parse_int, "tries of a transient StorPool call"),
+    Setting("SP_API_CONNECT_TIMEOUT", "1", parse_float, "StorPool API connect timeout (s)"),
+    Setting("SP_API_TIMEOUT", "300", parse_float, "StorPool API read timeout (s)"),
+    Setting("SP_API_RETRY_DEADLINE", "60", parse_float,
+            "give up retrying StorPool calls after this many seconds"),
+    Setting("MKFS", "mkfs", parse_str, "mkfs command"),
+    Setting("MKSWAP", "mkswap", parse_str, "mkswap command"),
+    Setting("ALT_STATS", "0", parse_bool, "count internal u2+u3 as free"),
+    Setting("EVENT_LOG", "", parse_str, "event log path (default /var/lib/one/onestorpool)"),
+    Setting("LOG_TO_FILE", "", parse_str, "also log to /var/log/one/addon-storpool.log"),
+    # The endpoint of a datastore's own cluster; cluster defaults come from /etc/storpool.conf.
+    Setting("SP_API_HTTP_HOST", "", parse_str, "StorPool API host", datastore=True),
+    Setting("SP_API_HTTP_PORT", "", parse_optional_int, "StorPool API port", datastore=True),
+    Setting("SP_AUTH_TOKEN", "", parse_str, "StorPool API token", datastore=True),
+)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+# Names the Bash add-on knew that we accept and ignore, so existing files keep working.
+LEGACY_NAMES = frozenset("""
+    PROPAGATE_YES VMSNAPSHOT_SLEEP VMSNAPSHOT_SLEEP_REMOTE VMSNAPSHOT_EXCLUDE_CDROM
+    VMSNAPSHOT_ATOMIC VMSNAPSHOT_FSFREEZE_MULTIDISKS SP_IMPORT_CGROUPS COPY_CMD_DS_BS
+    ONE_ARGS NO_PROXY_API OVMF_PATH NVRAM_TEMPLATE_PATH SCRIPTS_REMOTE_DIR PING_COUNT
+    SP_SPACE_USED_LVMWAY MONITOR_VMSNAPSHOTS MONITOR_SEND_UDP MONITOR_ADDRESS
+    MONITOR_PORT NC_WAIT_TIME MONITOR_HOST_ID SP_JSON_PATH SP_FE_JSON_PATH
+    MONITOR_SYNC_REMOTE MV_DETACH_ALL CDROM_BACKWARD_COMPATIBILITY SKIP_RESERVED_CPU
+    DEPLOY_TWEAKS POLL_DISK_INFO_DEBUG DEBUG_INTERACTIVE SP_CLUSTER_ID
+""".split())
+LEGACY_PATTERNS = re.compile(
+    r"^(D*DEBUG_\w+|\w+_DEBUG(_VERBOSE)?|T_\w+|SP_CMD_\w+|FS_OPTS_\w+|"
+    r"SP_\w+_(RUN|JSON|MINUTES)|ONE_VM_POOL_\w+)$"
+)
+
+# -- shell assignment parser --------------------------------------------------------------------
+
+_ASSIGN_RE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_BARE_RE = re.compile(r"(?:\$\{[A-Za-z_][A-Za-z0-9_]*\}|[^\s'\"`;|&<>(){}\\$]|\$(?![({]))+")
+_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def parse_shell_assignments(text: str, source: str,
+                            known: Mapping[str, str] | None = None) -> dict[str, tuple[str, int]]:
+    """``VAR=value`` lines → {VAR: (value, line number)}. Never executes anything.
+
+    ``$VAR``/``${VAR}`` in double-quoted or bare values expand from earlier assignments in
+    this file or from ``known`` (earlier files); single quotes are literal.
+    """
+    result: dict[str, tuple[str, int]] = {}
+    scope = dict(known or {})
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _ASSIGN_RE.match(line)
+        if match is None:
+            raise ConfigError(f"{source}:{number}: not a VAR=value assignment: {line[:60]!r}")
+        name, rest = match[1], match[2]
+        try:
+            value = _shell_value(rest, scope)
+        except ValueError as exc:
+            raise ConfigError(f"{source}:{number}: {name}: {exc}") from None
+        result[name] = (value, number)
+        scope[name] = value
+    return result
+
+
+def _shell_value(text: str, scope: Mapping[str, str]) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char in " \t":
+            rest = text[i:].strip()
+            if rest and not rest.startswith("#"):
+                raise ValueError("unquoted whitespace in value (quote it)")
+            break
+        if char == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                raise ValueError("unterminated single quote")
+            out.append(text[i + 1:end])
+            i = end + 1
+        elif char == '"':
+            end = i + 1
+            while end < len(text) and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            if end >= len(text):
+                raise ValueError("unterminated double quote")
+            out.append(_expand(re.sub(r'\\(["\\$`])', r"\1", text[i + 1:end]), scope))
+            i = end + 1
+        else:
+            match = _BARE_RE.match(text, i)
+            if match is None:
+                raise ValueError(f"shell syntax {char!r} is not supported (the file is not "
+                                 "executed)")
+            out.append(_expand(match[0], scope))
+            i = match.end()
+    return "".join(out)
+
+
+def _expand(text: str, scope: Mapping[str, str]) -> str:
+    if "$(" in text:
+        raise ValueError("command substitution is not supported")
+    return _VAR_RE.sub(lambda m: scope.get(m[1] or m[2], ""), text)
+
+
+# -- paths --------------------------------------------------------------------------------------
+
+
+def root() -> Path:
+    return Path(os.environ.get("ONESTORPOOL_ROOT", "/"))
+
+
+def _rooted(path: str) -> Path:
+    return root() / path.lstrip("/")
+
+
+def rc_candidates() -> list[Path]:
+    """Where ``addon-storpoolrc`` may live, first found wins (front-end, then host)."""
+    paths = []
+    one_location = os.environ.get("ONE_LOCATION")
+    if one_location:
+        paths.append(Path(one_location) / "var/remotes/addon-storpoolrc")
+    paths += [_rooted("/var/lib/one/remotes/addon-storpoolrc"),
+              _rooted("/var/tmp/one/addon-storpoolrc")]
+    return paths
+
+
+def local_override_path() -> Path:
+    return _rooted("/etc/storpool/addon-storpool.conf")
+
+
+def storpool_conf_paths() -> list[Path]:
+    main = _rooted("/etc/storpool.conf")
+    conf_d = _rooted("/etc/storpool.conf.d")
+    extra = sorted(p for p in conf_d.glob("*.conf") if not p.name.startswith(".")) \
+        if conf_d.is_dir() else []
+    return [main, *extra]
+
+
+# -- the result ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """Where a StorPool cluster's API answers. The token never shows in ``repr``."""
+
+    host: str
+    port: int
+    token: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: typed values plus where each came from."""
+
+    values: Mapping[str, Any]
+    origins: Mapping[str, str]
+    extra: Mapping[str, str]  # legacy / tweak variables, kept raw
+    storpool: Mapping[str, str]  # /etc/storpool.conf after section and env overrides
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    @property
+    def prefix(self) -> str:
+        return self.values["ONE_PX"]
+
+    @property
+    def loc_tag_value(self) -> str:
+        return self.values["LOC_TAG_VAL"] or self.values["ONE_PX"]
+
+    def naming(self):  # -> Naming; imported lazily to keep this module light
+        from onestorpool.naming import Naming
+
+        return Naming(self.prefix, self.values["VMSNAPSHOT_TAG"])
+
+    def endpoint(self) -> ApiEndpoint:
+        """The StorPool API of this configuration (datastore values win over storpool.conf)."""
+        host = self.values["SP_API_HTTP_HOST"] or self.storpool.get("SP_API_HTTP_HOST",
+                                                                      "127.0.0.1")
+        port = self.values["SP_API_HTTP_PORT"]
+        if port is None:
+            try:
+                port = parse_int(self.storpool.get("SP_API_HTTP_PORT", "81"))
+            except ValueError as exc:
+                raise ConfigError(f"SP_API_HTTP_PORT in storpool.conf: {exc}") from None
+        token = self.values["SP_AUTH_TOKEN"] or self.storpool.get("SP_AUTH_TOKEN", "")
+        if not token:
+            raise ConfigError("no StorPool API token: set SP_AUTH_TOKEN in /etc/storpool.conf "
+                              "or in the datastore template")
+        if not 0 < port < 65536:
+            raise ConfigError(f"SP_API_HTTP_PORT {port} is not a TCP port")
+        return ApiEndpoint(host, port, token)
+
+    def for_datastore(self, attributes: Mapping[str, str], source: str = "datastore") -> Config:
+        """This configuration with a datastore template's attributes applied on top."""
+        values, origins = dict(self.values), dict(self.origins)
+        for name, raw in attributes.items():
+            setting = SETTINGS_BY_NAME.get(name)
+            if setting is None or not setting.datastore:
+                continue  # a datastore template has many attributes that are not ours
+            if raw == "" and name not in ("REMOTE_BACKUP_DELETE",):
+                continue  # empty = not set (the old add-on unset empty SP_* values)
+            values[name] = _convert(setting, raw, f"{source} attribute {name}")
+            origins[name] = source
+        return Config(values, origins, self.extra, self.storpool)
+
+    def describe(self) -> list[str]:
+        """``NAME=value  # origin`` lines with the token hidden (for ``onestorpool config``)."""
+        lines = []
+        for setting in SETTINGS:
+            value = self.values[setting.name]
+            shown = "***" if setting.name == "SP_AUTH_TOKEN" and value else value
+            lines.append(f"{setting.name}={shown!r}  # {self.origins[setting.name]}")
+        return lines
+
+
+def _convert(setting: Setting, raw: str, where: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+
+
+def load(rc_paths: Iterable[Path] | None = None, override_path: Path | None = None,
+         storpool_paths: Iterable[Path] | None = None, hostname: str | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    """Read the add-on configuration; paths default to the standard locations."""
+    environ = os.environ if environ is None else environ
+    values = {s.name: _convert(s, s.default, f"default of {s.name}") for s in SETTINGS}
+    origins = dict.fromkeys(values, "default")
+    extra: dict[str, str] = {}
+    raw_scope: dict[str, str] = {}
+
+    rc_list = [Path(p) for p in (rc_candidates() if rc_paths is None else rc_paths)]
+    rc_found = next((p for p in rc_list if p.is_file()), None)
+    override = Path(override_path) if override_path else local_override_path()
+    files = [p for p in (rc_found, override) if p is not None]
+    for path in files:
+        text = _read_text(path)
+        if text is None:
+            continue
+        for name, (raw, line) in parse_shell_assignments(text, str(path), raw_scope).items():
+            raw_scope[name] = raw
+            setting = SETTINGS_BY_NAME.get(name)
+            if setting is not None:
+                values[name] = _convert(setting, raw, f"{path}:{line}: {name}")
+                origins[name] = f"{path}:{line}"
+            elif name in LEGACY_NAMES or LEGACY_PATTERNS.match(name):
+                extra[name] = raw
+            else:
+                raise ConfigError(f"{path}:{line}: unknown variable {name} "
+                                  "(not an addon-storpool setting; typo?)")
+
+    storpool = load_storpool_conf(storpool_paths, hostname, environ)
+    return Config(values, origins, extra, storpool)
+
+
+def load_storpool_conf(paths: Iterable[Path] | None = None, hostname: str | None = None,
+                       environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``SPConfig`` semantics: each file's global section then ``[hostname]``, then env."""
+    environ = os.environ if environ is None else environ
+    hostname = hostname or socket.gethostname()
+    result = {"SP_API_HTTP_HOST": "127.0.0.1", "SP_API_HTTP_PORT": "81"}
+    for path in storpool_conf_paths() if paths is None else paths:
+        text = _read_text(Path(path))
+        if text is not None:
+            result.update(_storpool_sections(text, str(path), hostname))
+    for name in ("SP_AUTH_TOKEN", "SP_API_HTTP_HOST", "SP_API_HTTP_PORT"):
+        if environ.get(name):
+            result[name] = environ[name]
+    return result
+
+
+def storpool_conf_section(section: str, paths: Iterable[Path] | None = None) -> dict[str, str]:
+    """The values of one ``[section]`` only (e.g. a host's ``SP_OURID``)."""
+    result: dict[str, str] = {}
+    for path in storpool_conf_paths() if paths is None else paths:
+        text = _read_text(Path(path))
+        if text is not None:
+            result.update(_storpool_sections(text, str(path), section, include_global=False))
+    return result
+
+
+def _storpool_sections(text: str, source: str, section: str,
+                       include_global: bool = True) -> dict[str, str]:
+    current: str | None = None
+    found: dict[str, str] = {}
+    scoped: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        header = re.fullmatch(r"\[([^\]]+)\]", line)
+        if header:
+            current = header[1].strip()
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise ConfigError(f"{source}:{number}: not a NAME=value line: {line[:60]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if current is None and include_global:
+            found[key.strip()] = value
+        elif current == section:
+            scoped[key.strip()] = value
+    found.update(scoped)
+    return found
+
+
+def main(argv: list[str]) -> int:
+    """``onestorpool config``: print the effective configuration, token hidden."""
+    if argv:
+        sys.stderr.write("usage: onestorpool config\n")
+        return 2
+    config = load()
+    for line in config.describe():
+        print(line)
+    print(f"# StorPool API: {config.endpoint()}")
+    return 0
