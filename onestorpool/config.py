@@ -471,7 +471,7 @@ def load_storpool_conf(paths: Iterable[Path] | None = None, hostname: str | None
     for path in storpool_conf_paths() if paths is None else paths:
         text = _read_text(Path(path))
         if text is not None:
-            result.update(_storpool_sections(text, str(path), hostname))
+            result.update(storpool_sections(text, str(path), hostname))
     for name in ("SP_AUTH_TOKEN", "SP_API_HTTP_HOST", "SP_API_HTTP_PORT"):
         if environ.get(name):
             result[name] = environ[name]
@@ -484,11 +484,11 @@ def storpool_conf_section(section: str, paths: Iterable[Path] | None = None) -> 
     for path in storpool_conf_paths() if paths is None else paths:
         text = _read_text(Path(path))
         if text is not None:
-            result.update(_storpool_sections(text, str(path), section, include_global=False))
+            result.update(storpool_sections(text, str(path), section, include_global=False))
     return result
 
 
-def _storpool_sections(text: str, source: str, section: str,
+def storpool_sections(text: str, source: str, section: str,
                        include_global: bool = True) -> dict[str, str]:
     current: str | None = None
     found: dict[str, str] = {}
