@@ -20,6 +20,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("sandbox", "up"), "onestorpool.sandbox.up", "start both sandboxes with a configuration"),
     (("sandbox", "down"), "onestorpool.sandbox.up", "stop the sandboxes started by 'up'"),
     (("log",), "onestorpool.eventlog.cli", "audit, verify, export and replay the event log"),
+    (("remote-send",), "onestorpool.subscribers.remote_send",
+     "send tombstones of deleted images to the remote location"),
     (("config",), "onestorpool.config", "print the effective configuration (token hidden)"),
 ]
 

@@ -1,0 +1,81 @@
+"""Views built from the log alone.
+
+* :func:`history`: every record about one VM, image, datastore, volume or snapshot.
+* :func:`believed_objects`: the StorPool volumes and snapshots the add-on believes exist,
+  from what the drivers recorded creating, renaming and deleting.
+* :func:`pending_effects`: side effects requested (``payload["effect"]``) and not yet
+  recorded done by a consumer (the ``tracking`` table).
+
+Effects protocol: an event whose payload has ``effect = {"type": T, "key": K, ...}`` asks
+for an effect; the handler that performs it appends ``effect.done`` (or ``effect.failed``)
+and a tracking row for K in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from onestorpool.eventlog.record import Record
+from onestorpool.eventlog.store import EventLog
+
+EFFECT_DONE = "effect.done"
+EFFECT_FAILED = "effect.failed"
+
+
+def history(log: EventLog, **subject: Any) -> Iterator[Record]:
+    """``history(log, vm=42)``, ``history(log, volume="one-img-7")``, ..."""
+    return log.read(**subject)
+
+
+@dataclass(frozen=True)
+class PendingEffect:
+    key: str
+    type: str
+    requested_by: Record
+    failures: int
+    last_error: str
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.requested_by.payload["effect"]
+
+
+def pending_effects(log: EventLog, since_seq: int = 0,
+                    effect_type: str | None = None) -> list[PendingEffect]:
+    done = log.done_keys()
+    requested: dict[str, Record] = {}
+    for record in log.read(since_seq=since_seq, effects_only=True):
+        if record.effect_key not in done:
+            effect = record.payload.get("effect", {})
+            if effect_type is None or effect.get("type") == effect_type:
+                requested.setdefault(str(record.effect_key), record)
+    failures: dict[str, list[str]] = {}
+    if requested:
+        for record in log.read(since_seq=since_seq, types=[EFFECT_FAILED]):
+            failures.setdefault(str(record.payload.get("key")), []).append(
+                str(record.payload.get("error", "")))
+    return [PendingEffect(key, str(rec.payload["effect"].get("type")), rec,
+                          len(failures.get(key, [])), (failures.get(key) or [""])[-1])
+            for key, rec in requested.items()]
+
+
+def believed_objects(log: EventLog) -> dict[str, dict[str, Any]]:
+    """Volume/snapshot name → what the log says about it (creating event, owner ids).
+
+    Writers list the StorPool objects an action created in ``payload["created"]`` and those
+    it removed in ``payload["removed"]`` (renames appear in both); this view applies them in
+    order. Failed actions roll back what they created, so they list nothing.
+    """
+    objects: dict[str, dict[str, Any]] = {}
+    for record in log.read():
+        if b"created" not in record.raw_payload and b"removed" not in record.raw_payload:
+            continue  # msgpack keeps keys as plain bytes: skip decoding what cannot matter
+        payload = record.payload
+        for name in payload.get("removed") or ():
+            objects.pop(name, None)
+        for name in payload.get("created") or ():
+            objects[name] = {"seq": record.seq, "event": record.type, "vm": record.vm,
+                             "image": record.image, "datastore": record.datastore}
+    return objects
