@@ -1,0 +1,636 @@
+"""Datastore driver actions (``DS_MAD=storpool``): one function per action.
+
+Each action takes a :class:`DsContext` (the parsed request, the configuration with the
+datastore's attributes applied, the StorPool client) and returns what oned reads on stdout.
+It records what it did in ``ctx.event`` (the event the runtime appends to the log) and undoes
+what it created when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import shlex
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from onestorpool import hosts
+from onestorpool.config import Config
+from onestorpool.drivers.storage import (
+    MIB,
+    Rollback,
+    StorageError,
+    Tags,
+    attached,
+    create_volume,
+    delete_snapshot,
+    delete_volume,
+    mib,
+    qos_class,
+    round_up,
+    snapshots_with_prefix,
+)
+from onestorpool.errors import InputError
+from onestorpool.naming import Naming, volume_from_source
+from onestorpool.storpool import StorPoolClient
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines in the driver log
+CHUNK = 4 * MIB
+URL_RE = re.compile(r"^https?://", re.IGNORECASE)
+FS_RE = re.compile(r"^[a-z0-9]+$")
+
+
+# -- the request ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The IMAGE part of a DS action, as the actions use it."""
+
+    id: int
+    source: str = ""
+    path: str = ""
+    size_mb: int = 0
+    format: str = ""
+    fs: str = ""
+    fstype: str = ""
+    driver: str = ""
+    md5: str = ""
+    sha1: str = ""
+    qos: str = ""
+    target_snapshot: int | None = None
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class DatastoreInfo:
+    id: int
+    attributes: dict[str, str] = field(default_factory=dict)
+    tm_mad: str = "storpool"
+    ds_mad: str = "storpool"
+
+
+@dataclass(frozen=True)
+class SourceCluster:
+    """For a clone from a datastore on another StorPool cluster: that cluster's client and
+    the gateway host (``SP_CLONE_GW`` or a bridge) that reads the source there."""
+
+    sp: StorPoolClient
+    host: hosts.Host
+    client_id: int
+
+
+@dataclass
+class DsContext:
+    action: str
+    object_id: int
+    datastore: DatastoreInfo
+    image: ImageInfo | None
+    config: Config
+    naming: Naming
+    sp: StorPoolClient
+    source_cluster: SourceCluster | None = None
+    event: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tags(self) -> Tags:
+        return Tags.from_config(self.config)
+
+    def require_image(self) -> ImageInfo:
+        if self.image is None:
+            raise InputError(f"{self.action}: the driver action has no IMAGE")
+        return self.image
+
+    def image_volume(self) -> str:
+        image = self.require_image()
+        return volume_from_source(image.source) if image.source else self.naming.image(image.id)
+
+    def qos(self) -> str:
+        image_qos = self.image.qos if self.image else ""
+        return qos_class(image_qos, self.config["SP_QOSCLASS"], self.config["DEFAULT_QOSCLASS"])
+
+    def block_host(self, export: bool = False) -> tuple[hosts.Host, int]:
+        """Where block work happens: a BRIDGE_LIST host, or the front-end."""
+        candidates = list(self.config["EXPORT_BRIDGE_LIST"]) if export else []
+        candidates = candidates or list(self.config["BRIDGE_LIST"])
+        host = hosts.get(random.choice(candidates)) if candidates else hosts.frontend()
+        return host, hosts.client_id(host, self.config)
+
+
+def progress(message: str) -> None:
+    """A line oned keeps in its log (``INFO:`` prefix), not shown to the user as an error."""
+    sys.stderr.write(f"INFO: {message}\n")
+    sys.stderr.flush()
+
+
+# -- cp: import an image ----------------------------------------------------------------------
+
+
+def cp(ctx: DsContext) -> str:
+    image = ctx.require_image()
+    final = ctx.naming.image(image.id)
+    template = ctx.naming.template(ctx.datastore.id)
+    ctx.event.update(volume=final, source_path=_redact_url(image.path))
+    if ctx.sp.volume_exists(final):
+        raise StorageError(f"volume {final} already exists; refusing to overwrite it")
+    path = image.path
+    if path.startswith("SPSNAPSHOT:"):
+        _import_from_snapshot(ctx, final, template, path.removeprefix("SPSNAPSHOT:"))
+    elif path.startswith("VMSNAP:"):
+        raise InputError("cp: VMSNAP: sources are not supported yet; use SPSNAPSHOT:<name>")
+    else:
+        _import_data(ctx, final, template)
+    ctx.event["created"] = [final]
+    return f"{ctx.naming.image_source(ctx.datastore.id, image.id)} raw"
+
+
+def _import_from_snapshot(ctx: DsContext, final: str, template: str, snapshot: str) -> None:
+    if ctx.require_image().uid != 0 and ctx.require_image().gid != 0:
+        raise InputError("cp: SPSNAPSHOT: imports are reserved to oneadmin")
+    ctx.sp.snapshot(snapshot)  # NotFound → clear error
+    create_volume(ctx.sp, final, parent=snapshot, template=template,
+                  tags=ctx.tags.base(ctx.qos()))
+    ctx.event.update(from_snapshot=snapshot)
+
+
+@dataclass
+class _Source:
+    stream: BinaryIO
+    length: int | None  # bytes, when known
+
+
+@contextlib.contextmanager
+def _open_source(path: str) -> Iterator[_Source]:
+    if URL_RE.match(path):
+        import urllib.request
+
+        try:
+            response = urllib.request.urlopen(path, timeout=60)
+        except OSError as exc:
+            raise InputError(f"cp: cannot download {_redact_url(path)}: {exc}") from None
+        with response:
+            length = response.headers.get("Content-Length")
+            yield _Source(response, int(length) if length and length.isdigit() else None)
+        return
+    if not path or not os.path.isabs(path):
+        raise InputError(f"cp: image PATH must be an absolute path or an http(s) URL, "
+                         f"got {path!r}")
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise InputError(f"cp: cannot read {path}: {exc.strerror}") from None
+    with handle:
+        yield _Source(handle, os.fstat(handle.fileno()).st_size)
+
+
+def _import_data(ctx: DsContext, final: str, template: str) -> None:
+    image = ctx.require_image()
+    staging = ctx.naming.staging(image.id)
+    delete_volume(ctx.sp, staging)  # a leftover of a crashed import is never reused
+    host, client = ctx.block_host()
+    timeout = ctx.config["ATTACH_TIMEOUT"]
+    tags = ctx.tags.base(ctx.qos())
+    with Rollback() as undo, _open_source(image.path) as source:
+        wanted = max(source.length or 0, image.size_mb * MIB)
+        if wanted <= 0:
+            raise InputError("cp: cannot tell the image size (no SIZE and no length)")
+        staging_size = round_up(wanted, MIB)
+        create_volume(ctx.sp, staging, size=staging_size, template=template, tags=tags)
+        undo.push(f"delete {staging}", delete_volume, ctx.sp, staging)
+        with attached(ctx.sp, staging, host, client, timeout=timeout) as device:
+            written, digests = _stream_into(host, device, source, staging_size)
+            _verify_checksums(image, digests)
+            info = _qemu_info(host, device)
+        fmt = info.get("format", "raw")
+        ctx.event.update(format=fmt, bytes=written, host=host.name)
+        if fmt == "raw":
+            ctx.sp.volume_update(staging, rename=final, tags=tags)
+            undo.push(f"delete {final}", delete_volume, ctx.sp, final)
+        else:
+            virtual = int(info.get("virtual-size") or 0)
+            if virtual <= 0:
+                raise StorageError(f"cp: qemu-img reports no virtual size for the {fmt} image")
+            size = round_up(max(virtual, image.size_mb * MIB), MIB)
+            create_volume(ctx.sp, final, size=size, template=template, tags=tags)
+            undo.push(f"delete {final}", delete_volume, ctx.sp, final)
+            with attached(ctx.sp, staging, host, client, mode="ro", timeout=timeout) as src, \
+                    attached(ctx.sp, final, host, client, timeout=timeout) as dst:
+                progress(f"cp: converting {fmt} to raw on {host.name}")
+                _qemu_convert(host, src, fmt, dst, "raw")
+            delete_volume(ctx.sp, staging)
+            ctx.event.update(virtual_size=virtual)
+
+
+def _stream_into(host: hosts.Host, device: str, source: _Source,
+                 capacity: int) -> tuple[int, dict[str, str]]:
+    """Copy the source into the device on ``host``; returns bytes written and digests."""
+    md5, sha1 = hashlib.md5(), hashlib.sha1()
+    written = 0
+    last = time.monotonic()
+    total = f"{mib(source.length)} MiB" if source.length else "unknown size"
+    sink = host.popen(["dd", f"of={device}", "bs=1M", "iflag=fullblock",
+                       "conv=notrunc,fsync", "status=none"],
+                      stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert sink.stdin is not None
+        while chunk := source.stream.read(CHUNK):
+            written += len(chunk)
+            if written > capacity:
+                raise StorageError(f"cp: source is larger than the {mib(capacity)} MiB "
+                                   "it announced")
+            md5.update(chunk)
+            sha1.update(chunk)
+            sink.stdin.write(chunk)
+            if time.monotonic() - last >= PROGRESS_EVERY:
+                progress(f"cp: {mib(written)} MiB of {total} copied")
+                last = time.monotonic()
+        sink.stdin.close()
+        stderr = sink.stderr.read() if sink.stderr else b""
+        if sink.wait() != 0:
+            raise StorageError(f"cp: writing {device} on {host.name} failed: "
+                               f"{stderr.decode(errors='replace').strip()[-200:]}")
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    return written, {"md5": md5.hexdigest(), "sha1": sha1.hexdigest()}
+
+
+def _verify_checksums(image: ImageInfo, digests: dict[str, str]) -> None:
+    for name, expected in (("md5", image.md5), ("sha1", image.sha1)):
+        if expected and expected.strip().lower() != digests[name]:
+            raise StorageError(f"cp: {name.upper()} mismatch: image says {expected.strip()}, "
+                               f"data has {digests[name]}")
+
+
+def _qemu_info(host: hosts.Host, path: str) -> dict[str, Any]:
+    result = host.run(["qemu-img", "info", "--output=json", path], timeout=120)
+    try:
+        info = json.loads(result.stdout)
+    except ValueError:
+        raise StorageError(f"qemu-img info {path}: unreadable output") from None
+    if not isinstance(info, dict):
+        raise StorageError(f"qemu-img info {path}: unexpected output")
+    return info
+
+
+def _qemu_convert(host: hosts.Host, src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
+    # No host cache on real devices (-t/-T none); sparse target (-S); -n: target exists.
+    cache = [] if host.root is not None else ["-t", "none", "-T", "none"]
+    host.run(["qemu-img", "convert", "-n", "-q", *cache, "-S", "4k",
+              "-f", src_fmt, "-O", dst_fmt, src, dst], timeout=None)
+
+
+def _redact_url(path: str) -> str:
+    """URLs may carry credentials (``https://user:pass@...``): never log them."""
+    return re.sub(r"(://)[^/@]+@", r"\1***@", path)
+
+
+# -- mkfs: an empty image ----------------------------------------------------------------------
+
+
+def mkfs(ctx: DsContext) -> str:
+    image = ctx.require_image()
+    source = ctx.naming.image_source(ctx.datastore.id, image.id)
+    if "save_as" in (image.fstype, image.format):
+        ctx.event.update(save_as=True)
+        return source  # TM cpds fills it later
+    if image.driver and image.driver != "raw":
+        raise InputError(f"mkfs: StorPool images are raw, not {image.driver!r}")
+    if image.size_mb <= 0:
+        raise InputError("mkfs: IMAGE/SIZE must be a positive number of MB")
+    fs = image.fs or (image.fstype if image.fstype not in ("", "raw") else "")
+    if fs and not FS_RE.match(fs):
+        raise InputError(f"mkfs: invalid filesystem type {fs!r}")
+    volume = ctx.naming.image(image.id)
+    with Rollback() as undo:
+        create_volume(ctx.sp, volume, size=image.size_mb * MIB,
+                      template=ctx.naming.template(ctx.datastore.id),
+                      tags=ctx.tags.base(ctx.qos()))
+        undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
+        if fs:
+            host, client = ctx.block_host()
+            with attached(ctx.sp, volume, host, client,
+                          timeout=ctx.config["ATTACH_TIMEOUT"]) as device:
+                mkfs_cmd = shlex.split(ctx.config["MKFS"])
+                host.run([*mkfs_cmd, "-F", "-t", fs, device], timeout=600)
+    ctx.event.update(volume=volume, size_mb=image.size_mb, fs=fs, created=[volume])
+    return source  # mkfs prints SOURCE alone: oned takes the whole line
+
+
+# -- rm: delete an image ----------------------------------------------------------------------
+
+
+def rm(ctx: DsContext) -> str:
+    volume = ctx.image_volume()
+    ctx.event.update(volume=volume)
+    delay = ctx.config["DELAY_DELETE"]
+    remote = ctx.config["REMOTE_BACKUP_DELETE"]
+    exists = ctx.sp.volume_exists(volume)
+    if exists and remote is not None:
+        location, extra = remote
+        # Keep a named tombstone; the subscriber (or `onestorpool remote-send`) ships it.
+        tombstone = ctx.naming.tombstone(volume, int(time.time()))
+        keep = max(delay, 48 * 3600)
+        ctx.sp.volume_snapshot(volume, tombstone, delete_after=keep,
+                               tags={**ctx.tags.base(), "tombstone": "y"})
+        ctx.event.update(tombstone=tombstone, keep_seconds=keep, created=[tombstone],
+                         effect={"type": "remote_backup", "key": f"remote_backup:{tombstone}",
+                                 "snapshot": tombstone, "location": location,
+                                 "tags": _parse_extra_tags(extra)})
+        delay = 0  # the tombstone already keeps the data
+    if exists:
+        kept = delete_volume(ctx.sp, volume, delay=delay)
+        ctx.event.update(deleted=True, delayed_snapshot=kept)
+    deleted = []
+    for snap in snapshots_with_prefix(ctx.sp, ctx.naming.disk_snapshot_prefix(volume)):
+        if ctx.naming.parse(snap["name"]) and delete_snapshot(ctx.sp, snap["name"]):
+            deleted.append(snap["name"])
+    if ctx.config["VMSNAPSHOT_DELETE_ON_TERMINATE"]:
+        for snap in snapshots_with_prefix(ctx.sp, ctx.naming.vm_snapshot_marker(volume)):
+            if delete_snapshot(ctx.sp, snap["name"]):
+                deleted.append(snap["name"])
+    ctx.event.update(snapshots_deleted=deleted,
+                     removed=([volume] if exists else []) + deleted)
+    parsed = ctx.naming.parse(volume)
+    if parsed is not None and parsed.kind == "image":
+        delete_volume(ctx.sp, ctx.naming.staging(parsed.image_id))
+    return ""
+
+
+def _parse_extra_tags(extra: str) -> dict[str, str]:
+    """``REMOTE_BACKUP_DELETE`` extra args: ``tag k=v [k=v...]`` as the CLI took them."""
+    words = extra.split()
+    if words and words[0] == "tag":
+        words = words[1:]
+    tags = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_\-.:]+", key):
+            raise InputError(f"REMOTE_BACKUP_DELETE: expected tag k=v, got {word!r}")
+        tags[key] = value
+    return tags
+
+
+# -- stat: size of a source ----------------------------------------------------------------------
+
+
+def stat(ctx: DsContext) -> str:
+    path = ctx.require_image().path
+    if path.startswith("SPSNAPSHOT:"):
+        size = int(ctx.sp.snapshot(path.removeprefix("SPSNAPSHOT:")).get("size") or 0)
+    elif path.startswith("VMSNAP:"):
+        raise InputError("stat: VMSNAP: sources are not supported yet; use SPSNAPSHOT:<name>")
+    elif URL_RE.match(path):
+        size = _url_length(path)
+    else:
+        if not os.path.isabs(path) or not os.path.isfile(path):
+            raise InputError(f"stat: {path!r} is not a readable file")
+        info = _qemu_info(hosts.Host("localhost", ssh=False), path)
+        size = int(info.get("virtual-size") or os.path.getsize(path))
+    if size <= 0:
+        raise InputError(f"stat: cannot determine the size of {_redact_url(path)}")
+    ctx.event.update(size_mb=mib(size))
+    return str(mib(size))
+
+
+def _url_length(url: str) -> int:
+    import urllib.request
+
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.headers.get("Content-Length") or 0)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"stat: cannot reach {_redact_url(url)}: {exc}") from None
+
+
+# -- clone ----------------------------------------------------------------------
+
+
+def clone(ctx: DsContext) -> str:
+    image = ctx.require_image()
+    parent = volume_from_source(image.path)
+    target = ctx.naming.image(image.id)
+    template = None if ctx.config["NO_VOLUME_TEMPLATE"] else ctx.naming.template(
+        ctx.datastore.id)
+    ctx.event.update(volume=target, parent=parent)
+    if ctx.sp.volume_exists(target):
+        raise StorageError(f"clone: volume {target} already exists")
+    if ctx.source_cluster is None:
+        with Rollback() as undo:
+            create_volume(ctx.sp, target, base_on=parent, template=template,
+                          tags=ctx.tags.base(ctx.qos()))
+            undo.push(f"delete {target}", delete_volume, ctx.sp, target)
+            _grow(ctx.sp, target, image.size_mb)
+    else:
+        _clone_across_clusters(ctx, ctx.source_cluster, parent, target)
+    ctx.event["created"] = [target]
+    return f"{ctx.naming.image_source(ctx.datastore.id, image.id)} raw"
+
+
+def _grow(sp: StorPoolClient, volume: str, size_mb: int) -> None:
+    current = int(sp.volume(volume).get("size") or 0)
+    if size_mb * MIB > current:
+        sp.volume_update(volume, size=size_mb * MIB)
+
+
+def _clone_across_clusters(ctx: DsContext, source: SourceCluster, parent: str,
+                           target: str) -> None:
+    """Copy the data between two clusters' devices (two datastores, two API endpoints)."""
+    host, client = ctx.block_host()
+    size = int(source.sp.volume(parent)["size"])
+    tags = ctx.tags.base(ctx.qos())
+    with Rollback() as undo:
+        create_volume(ctx.sp, target, size=size, template=ctx.naming.template(ctx.datastore.id),
+                      tags=tags)
+        undo.push(f"delete {target}", delete_volume, ctx.sp, target)
+        with attached(source.sp, parent, source.host, source.client_id, mode="ro",
+                      timeout=ctx.config["ATTACH_TIMEOUT"]) as src, \
+                attached(ctx.sp, target, host, client,
+                         timeout=ctx.config["ATTACH_TIMEOUT"]) as dst:
+            _copy_device(source.host, src, host, dst, size)
+    ctx.event.update(cross_cluster=True, size=size)
+
+
+def _copy_device(src_host: hosts.Host, src: str, dst_host: hosts.Host, dst: str,
+                 size: int) -> None:
+    reader = src_host.popen(["dd", f"if={src}", "bs=1M", "status=none"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None
+    try:
+        written, _ = _stream_into(dst_host, dst, _Source(reader.stdout, size),
+                                  round_up(size, MIB))
+    finally:
+        reader.stdout.close()
+        reader.wait()
+    if reader.returncode != 0 or written != size:
+        raise StorageError(f"clone: copied {written} of {size} bytes from {src_host.name}")
+
+
+# -- image snapshots ----------------------------------------------------------------------
+
+
+def _target_snapshot(ctx: DsContext) -> tuple[str, str]:
+    image = ctx.require_image()
+    if image.target_snapshot is None:
+        raise InputError(f"{ctx.action}: IMAGE/TARGET_SNAPSHOT is missing")
+    volume = ctx.image_volume()
+    snapshot = ctx.naming.disk_snapshot(volume, image.target_snapshot)
+    ctx.event.update(volume=volume, snapshot=snapshot)
+    return volume, snapshot
+
+
+def snap_delete(ctx: DsContext) -> str:
+    _, snapshot = _target_snapshot(ctx)
+    deleted = delete_snapshot(ctx.sp, snapshot)
+    ctx.event.update(deleted=deleted, removed=[snapshot] if deleted else [])
+    return ""
+
+
+def snap_revert(ctx: DsContext) -> str:
+    volume, snapshot = _target_snapshot(ctx)
+    revert_to_snapshot(ctx, volume, snapshot)
+    return ""
+
+
+def revert_to_snapshot(ctx: DsContext, volume: str, snapshot: str) -> None:
+    """Replace ``volume`` by a copy of ``snapshot``, keeping the old volume until the new one
+    exists: rename aside, create from the snapshot, then delete the old one (delayed)."""
+    sp = ctx.sp
+    current = sp.volume(volume)
+    sp.snapshot(snapshot)  # NotFound before anything changes
+    aside = ctx.naming.revert_temp(volume, int(time.time()), _random_suffix(8))
+    tags = {**current.get("tags", {}), **ctx.tags.base(ctx.qos())}
+    with Rollback() as undo:
+        sp.volume_update(volume, rename=aside)
+        undo.push(f"rename {aside} back to {volume}", sp.volume_update, aside, rename=volume)
+        create_volume(sp, volume, parent=snapshot,
+                      template=current.get("templateName") or None, tags=tags)
+        undo.push(f"delete {volume}", delete_volume, sp, volume)
+    delete_volume(sp, aside, delay=ctx.config["DELAY_DELETE"])
+    ctx.event.update(reverted_from=snapshot, old_volume=aside)
+
+
+def snap_flatten(ctx: DsContext) -> str:
+    volume, snapshot = _target_snapshot(ctx)
+    if ctx.sp.volume(volume).get("parentName") != snapshot:
+        revert_to_snapshot(ctx, volume, snapshot)
+    deleted = [s["name"] for s in snapshots_with_prefix(ctx.sp,
+                                                          ctx.naming.disk_snapshot_prefix(volume))
+               if _is_disk_snapshot_of(ctx.naming, s["name"], volume)
+               and delete_snapshot(ctx.sp, s["name"])]
+    ctx.event.update(snapshots_deleted=deleted, removed=deleted)
+    return ""
+
+
+def _is_disk_snapshot_of(naming: Naming, name: str, volume: str) -> bool:
+    parsed = naming.parse(name)
+    return parsed is not None and parsed.kind == "disk_snapshot" and name.rsplit(
+        "-snap", 1)[0] == volume
+
+
+def _random_suffix(length: int) -> str:
+    # Always one letter: an all-digit suffix would read as a clone name (docs/naming.md).
+    alphabet = string.ascii_lowercase + string.digits
+    body = "".join(secrets.choice(alphabet) for _ in range(length - 1))
+    return secrets.choice(string.ascii_lowercase) + body
+
+
+# -- monitor ----------------------------------------------------------------------
+
+
+def monitor(ctx: DsContext) -> str:
+    template = ctx.naming.template(ctx.datastore.id)
+    for status in ctx.sp.volume_templates_status():
+        if status.get("name") == template:
+            break
+    else:
+        raise StorageError(
+            f"StorPool template {template} does not exist: create it with 'storpool template "
+            f"{template} replication 3 placeAll <pg> placeTail <pg>' (one template per "
+            "datastore)")
+    stored = status.get("stored") or {}
+    try:
+        total = int(stored["capacity"])
+        free = int(stored["free"])
+        if ctx.config["ALT_STATS"]:
+            internal = stored.get("internal") or {}
+            free += int(internal.get("u2", 0)) + int(internal.get("u3", 0))
+    except (KeyError, TypeError, ValueError):
+        raise StorageError(f"VolumeTemplatesStatus: no capacity for {template}") from None
+    used = max(0, total - free)
+    mb = 1024 * 1024
+    ctx.event.update(template=template, total=total, free=free)
+    return f"USED_MB={used // mb}\nTOTAL_MB={total // mb}\nFREE_MB={free // mb}"
+
+
+# -- export (marketplace) ----------------------------------------------------------------------
+
+
+def export(ctx: DsContext) -> str:
+    volume = ctx.image_volume()
+    size_mb = mib(int(ctx.sp.volume(volume).get("size") or 0))
+    snapshot = ctx.naming.export_snapshot(volume, _random_suffix(6))
+    host, client = ctx.block_host(export=True)
+    fmt = ctx.config["EXPORT_FILE_FORMAT"]
+    ctx.event.update(volume=volume, snapshot=snapshot, host=host.name)
+    with Rollback() as undo:
+        ctx.sp.volume_snapshot(volume, snapshot, tags=ctx.tags.base())
+        undo.push(f"delete {snapshot}", delete_snapshot, ctx.sp, snapshot)
+        if fmt:
+            out_format = "qcow2" if fmt in ("qcow", "qcow2") else "raw"
+            target = f"{ctx.config['STAGING_DIR'].rstrip('/')}/{snapshot}.{out_format}"
+            with attached(ctx.sp, snapshot, host, client, mode="ro", snapshot=True,
+                          timeout=ctx.config["ATTACH_TIMEOUT"]) as device:
+                extra = shlex.split(ctx.config["EXPORT_QEMU_IMG_ARGS"])
+                host.run(["qemu-img", "convert", *extra, "-f", "raw", "-O", out_format,
+                          device, host.path(target)], timeout=None)
+            undo.push(f"remove {target}", host.run, ["rm", "-f", host.path(target)])
+            delete_snapshot(ctx.sp, snapshot)
+            location = target
+            checksum_path = host.path(target)
+        else:
+            out_format = "raw"
+            ctx.sp.attach(snapshot, client, mode="ro", snapshot=True,
+                          timeout=ctx.config["ATTACH_TIMEOUT"])
+            location = f"/dev/storpool/{snapshot}"
+            checksum_path = host.wait_for_device(snapshot)
+            ctx.event["created"] = [snapshot]  # export.delete removes it
+        md5 = host.run(["md5sum", checksum_path], timeout=None).stdout.split()[0].decode()
+    transport = ctx.config["EXPORT_TRANSPORT"]
+    remotes = os.environ.get("ONE_REMOTES", "/var/lib/one/remotes")
+    dispose = f"{remotes}/datastore/storpool/export.delete {host.name} {location}"
+    ctx.event.update(location=location, format=out_format)
+    return ("<IMPORT_INFO>"
+            f"<IMPORT_SOURCE><![CDATA[{transport}://{host.name}:{location}]]></IMPORT_SOURCE>"
+            f"<MD5><![CDATA[{md5}]]></MD5>"
+            f"<SIZE><![CDATA[{size_mb}]]></SIZE>"
+            f"<FORMAT><![CDATA[{out_format}]]></FORMAT>"
+            "<DISPOSE>YES</DISPOSE>"
+            f"<DISPOSE_CMD><![CDATA[{dispose}]]></DISPOSE_CMD>"
+            "</IMPORT_INFO>")
+
+
+ACTIONS = {
+    "cp": cp, "mkfs": mkfs, "rm": rm, "stat": stat, "clone": clone,
+    "snap_delete": snap_delete, "snap_revert": snap_revert, "snap_flatten": snap_flatten,
+    "monitor": monitor, "export": export,
+}
+
+
+def unsupported(action: str) -> None:
+    raise InputError(f"{action}: operation not supported by the StorPool datastore "
+                     "(backups are taken by the TM prebackup/postbackup actions)")
+
