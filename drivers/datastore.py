@@ -113,8 +113,14 @@ class DsContext:
         return self.image
 
     def image_volume(self) -> str:
+        """The image's volume, from its SOURCE; never another OpenNebula instance's."""
         image = self.require_image()
-        return volume_from_source(image.source) if image.source else self.naming.image(image.id)
+        volume = volume_from_source(image.source) if image.source else self.naming.image(
+            image.id)
+        if self.naming.parse(volume) is None:
+            raise InputError(f"{volume} is not this instance's volume (ONE_PX="
+                             f"{self.naming.prefix}); refusing to touch it")
+        return volume
 
     def qos(self) -> str:
         image_qos = self.image.qos if self.image else ""
@@ -591,7 +597,9 @@ def export(ctx: DsContext) -> str:
         undo.push(f"delete {snapshot}", delete_snapshot, ctx.sp, snapshot)
         if fmt:
             out_format = "qcow2" if fmt in ("qcow", "qcow2") else "raw"
-            target = f"{ctx.config['STAGING_DIR'].rstrip('/')}/{snapshot}.{out_format}"
+            staging_dir = ctx.config["STAGING_DIR"].rstrip("/") or "/"
+            target = f"{staging_dir}/{snapshot}.{out_format}"
+            host.run(["mkdir", "-p", host.path(staging_dir)])
             with attached(ctx.sp, snapshot, host, client, mode="ro", snapshot=True,
                           timeout=ctx.config["ATTACH_TIMEOUT"]) as device:
                 extra = shlex.split(ctx.config["EXPORT_QEMU_IMG_ARGS"])

@@ -172,11 +172,11 @@ class Rollback:
     """
 
     def __init__(self) -> None:
-        self._steps: list[tuple[str, Any, tuple[Any, ...]]] = []
+        self._steps: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = []
         self.failures: list[str] = []
 
-    def push(self, what: str, func: Any, *args: Any) -> None:
-        self._steps.append((what, func, args))
+    def push(self, what: str, func: Any, *args: Any, **kwargs: Any) -> None:
+        self._steps.append((what, func, args, kwargs))
 
     def __enter__(self) -> Rollback:
         return self
@@ -184,9 +184,9 @@ class Rollback:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
             return
-        for what, func, args in reversed(self._steps):
+        for what, func, args, kwargs in reversed(self._steps):
             try:
-                func(*args)
+                func(*args, **kwargs)
             except Exception as undo_error:  # keep undoing; report below
                 self.failures.append(f"{what}: {undo_error}")
         if self.failures and isinstance(exc, AddonError):

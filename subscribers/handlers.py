@@ -63,6 +63,10 @@ def remote_backup(record: Record, log: EventLog) -> dict[str, Any]:
         finally:
             with contextlib.suppress(NotFound):
                 sp.volume_delete(carrier)
+        # The local snapshot the backup was taken from is of no further use here.
+        if reply.get("autoName"):
+            with contextlib.suppress(NotFound):
+                sp.snapshot_delete(reply["autoName"])
     return {"remote_id": reply.get("remoteId"), "location": location, "snapshot": tombstone}
 
 

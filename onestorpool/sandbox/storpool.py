@@ -223,14 +223,17 @@ class StorPoolSandbox:
                 remote = self.cluster.locations[location]
                 self.cluster.save()
             remote_id = _send_backup(remote, meta, data, self.cluster.name)
-            sent[str(volume)] = {"remoteId": remote_id, "snapshotGlobalId": meta["globalId"]}
+            sent[str(volume)] = {"remoteId": remote_id, "snapshotGlobalId": meta["globalId"],
+                                 "autoName": meta["localSnapshot"]}
         with self.cluster.lock:
             ok = self.cluster.ok()
         if query == "VolumeBackup":
             single = next(iter(sent.values()))
-            return {**ok, "remoteId": single["remoteId"], "globalId": single[
-                "snapshotGlobalId"]}
-        return {**ok, "backups": sent}
+            return {**ok, "remoteId": single["remoteId"],
+                    "globalId": single["snapshotGlobalId"], "autoName": single["autoName"]}
+        return {**ok, "backups": {volume: {"remoteId": item["remoteId"],
+                                           "snapshotGlobalId": item["snapshotGlobalId"]}
+                                  for volume, item in sent.items()}}
 
     def _remote_list(self) -> dict[str, Any]:
         snapshots = []

@@ -860,6 +860,7 @@ class Cluster:
         volume = self._volume(volume_name)
         snapshot = self._take_snapshot(volume, None, {**volume["tags"], **tags}, {})
         meta = {"name": volume["name"], "size": snapshot["size"], "tags": snapshot["tags"],
+                "localSnapshot": snapshot["name"],
                 "globalId": snapshot["globalId"],
                 "visibleVolumeId": snapshot["visibleVolumeId"],
                 "creationTimestamp": snapshot["creationTimestamp"],

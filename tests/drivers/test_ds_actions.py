@@ -1,0 +1,218 @@
+"""Datastore actions other than import: mkfs, rm (delayed delete, remote backup tombstone),
+clone, image snapshots, monitor, export; prefixes of several OpenNebula instances."""
+
+from __future__ import annotations
+
+import pytest
+
+from onestorpool.eventlog import EventLog
+from onestorpool.eventlog.projections import believed_objects, pending_effects
+from tests.drivers.frontend import datastore_xml, ds_action, image_xml, make_frontend
+
+MIB = 1 << 20
+
+
+def source(image_id: int, ds: int = 100, px: str = "one") -> str:
+    return f"{px}-ds-{ds}/{px}-img-{image_id}"
+
+
+def test_mkfs_empty_and_with_filesystem(frontend):
+    result = frontend.run_ds("mkfs", ds_action(image_xml(20, size=8)), 20)
+    assert (result.returncode, result.stdout) == (0, "one-ds-100/one-img-20\n")
+    assert frontend.sp.volume("one-img-20")["size"] == 8 * MIB
+    result = frontend.run_ds("mkfs", ds_action(image_xml(21, size=8, fs="ext4")), 21)
+    assert result.returncode == 0, result.stderr
+    frontend.sp.attach("one-img-21", 3, mode="ro")
+    with frontend.device("node1", "one-img-21").open("rb") as dev:
+        dev.seek(1024 + 56)
+        assert dev.read(2) == b"\x53\xef"  # the ext2/3/4 superblock magic
+    frontend.sp.detach("one-img-21", [3])
+
+
+def test_mkfs_save_as_only_names_the_image(frontend):
+    result = frontend.run_ds("mkfs", ds_action(image_xml(22, size=8, fmt="save_as")), 22)
+    assert (result.returncode, result.stdout) == (0, "one-ds-100/one-img-22\n")
+    assert frontend.storpool_names() == set()
+
+
+@pytest.mark.parametrize(("image", "message"), [
+    (image_xml(23, size=0), "SIZE must be a positive"),
+    (image_xml(23, size=8, template={"DRIVER": "qcow2"}), "raw, not 'qcow2'"),
+    (image_xml(23, size=8, fs="ext4;rm"), "invalid filesystem"),
+])
+def test_mkfs_refusals(frontend, image, message):
+    result = frontend.run_ds("mkfs", ds_action(image), 23)
+    assert result.returncode == 1 and message in result.error_lines[0]
+    assert frontend.storpool_names() == set()
+
+
+def test_mkfs_failing_mkfs_rolls_back(frontend):
+    frontend.write_rc('MKFS="false"\n')
+    result = frontend.run_ds("mkfs", ds_action(image_xml(24, size=8, fs="ext4")), 24)
+    assert result.returncode == 1
+    assert frontend.storpool_names() == set() and frontend.sp.attachments_list() == []
+
+
+def test_rm_deletes_volume_and_snapshots_with_delayed_copy(frontend):
+    frontend.sp.volume_create("one-img-30", size=MIB, template="one-ds-100")
+    frontend.sp.attach("one-img-30", 3)
+    with frontend.device("node1", "one-img-30").open("r+b") as dev:
+        dev.write(b"data")
+    frontend.sp.detach("one-img-30", [3])
+    for n in (0, 1):
+        frontend.sp.volume_snapshot("one-img-30", f"one-img-30-snap{n}")
+    frontend.sp.volume_snapshot("one-img-30", "one-img-30-ONESNAP-1-1700000000")
+    frontend.sp.attach("one-img-30", 2)  # still attached somewhere: rm detaches
+    result = frontend.run_ds("rm", ds_action(image_xml(30, source=source(30))), 30)
+    assert result.returncode == 0, result.stderr
+    assert not frontend.sp.volume_exists("one-img-30")
+    left = [s for s in frontend.sp.snapshots_list() if not s.get("deleted")]
+    assert [s["autoName"] for s in left] == [True]  # only the 48h delayed-delete copy
+    assert left[0]["targetDeleteDate"] > 0
+    frontend.sandbox.advance_clock(48 * 3600 + 1)
+    assert [s for s in frontend.sp.snapshots_list() if not s.get("deleted")] == []
+    (event,) = frontend.events()
+    assert sorted(event.payload["removed"]) == ["one-img-30", "one-img-30-ONESNAP-1-1700000000",
+                                                "one-img-30-snap0", "one-img-30-snap1"]
+
+
+def test_rm_of_a_missing_volume_is_done_already(frontend):
+    result = frontend.run_ds("rm", ds_action(image_xml(31, source=source(31))), 31)
+    assert result.returncode == 0, result.stderr
+
+
+def test_rm_with_empty_delay_deletes_at_once(frontend):
+    frontend.write_rc("DELAY_DELETE=\n")
+    frontend.sp.volume_create("one-img-32", size=MIB)
+    frontend.sp.attach("one-img-32", 3)
+    with frontend.device("node1", "one-img-32").open("r+b") as dev:
+        dev.write(b"data")
+    assert frontend.run_ds("rm", ds_action(image_xml(32, source=source(32))), 32
+                           ).returncode == 0
+    assert frontend.storpool_names() == set()
+
+
+def test_rm_keeps_a_tombstone_and_the_send_reaches_the_remote(frontend,
+                                                               storpool_sandbox_factory):
+    remote = storpool_sandbox_factory("backup-site", token="remote-token")
+    frontend.sandbox.add_remote_location("backup-site", remote)
+    frontend.sp.volume_create("one-img-33", size=MIB, tags={"virt": "one"})
+    xml = ds_action(image_xml(33, source=source(33)),
+                    datastore_xml(REMOTE_BACKUP_DELETE="backup-site:tag del=y"))
+    result = frontend.run_ds("rm", xml, 33)
+    assert result.returncode == 0, result.stderr
+    (tombstone,) = [s for s in frontend.sp.snapshots_list() if "ONEDELETE" in s["name"]]
+    assert tombstone["targetDeleteDate"] >= frontend.sandbox.cluster.now() + 47 * 3600
+    assert remote.cluster.snapshots == {}  # the driver itself sends nothing
+    log_path = frontend.env["ONESTORPOOL_EVENTLOG"]
+    with EventLog(log_path, readonly=True) as log:
+        (pending,) = pending_effects(log)
+        assert pending.details["location"] == "backup-site"
+        assert tombstone["name"] in believed_objects(log)
+    # Until the subscriber exists: the admin command sends it, once.
+    import subprocess
+    import sys
+
+    for expected in ("done", "nothing to do"):
+        sent = subprocess.run([sys.executable, "-m", "onestorpool.cli", "remote-send"],
+                              capture_output=True, text=True, env=frontend.env)
+        assert sent.returncode == 0, sent.stderr
+        assert expected in sent.stdout
+    (copy,) = remote.cluster.snapshots.values()
+    assert copy["tags"]["del"] == "y" and copy["tags"]["tombstone"] == tombstone["name"]
+    assert frontend.storpool_names() == {tombstone["name"]}  # carrier volume gone
+    with EventLog(log_path, readonly=True) as log:
+        assert pending_effects(log) == []
+
+
+def test_clone_same_cluster(frontend):
+    frontend.sp.volume_create("one-img-40", size=2 * MIB, template="one-ds-100")
+    xml = ds_action(image_xml(41, path=source(40), size=4))
+    result = frontend.run_ds("clone", xml, 41)
+    assert (result.returncode, result.stdout) == (0, "one-ds-100/one-img-41 raw\n")
+    clone = frontend.sp.volume("one-img-41")
+    assert clone["size"] == 4 * MIB and clone["tags"]["virt"] == "one"
+    again = frontend.run_ds("clone", xml, 41)
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_image_snapshot_revert_keeps_data_safe(frontend):
+    frontend.sp.volume_create("one-img-50", size=MIB, template="one-ds-100")
+    frontend.sp.attach("one-img-50", 3)
+    device = frontend.device("node1", "one-img-50")
+    with device.open("r+b") as dev:
+        dev.write(b"version1")
+    frontend.sp.volume_snapshot("one-img-50", "one-img-50-snap0")
+    with device.open("r+b") as dev:
+        dev.write(b"version2")
+    frontend.sp.detach("one-img-50", [3])
+    xml = ds_action(image_xml(50, source=source(50), target_snapshot=0))
+    result = frontend.run_ds("snap_revert", xml, 50)
+    assert result.returncode == 0, result.stderr
+    frontend.sp.attach("one-img-50", 3)
+    assert device.read_bytes()[:8] == b"version1"
+    frontend.sp.detach("one-img-50", [3])
+    assert frontend.sp.volume("one-img-50")["templateName"] == "one-ds-100"
+    # the old data is kept as a delayed-delete snapshot, not as a stray volume
+    assert {v["name"] for v in frontend.sp.volumes_list()} == {"one-img-50"}
+    missing = frontend.run_ds("snap_revert", ds_action(
+        image_xml(50, source=source(50), target_snapshot=9)), 50)
+    assert missing.returncode == 1 and "one-img-50-snap9" in missing.stderr
+    assert {v["name"] for v in frontend.sp.volumes_list()} == {"one-img-50"}
+
+
+def test_snap_delete_and_flatten(frontend):
+    frontend.sp.volume_create("one-img-51", size=MIB)
+    for n in range(3):
+        frontend.sp.volume_snapshot("one-img-51", f"one-img-51-snap{n}")
+    xml = ds_action(image_xml(51, source=source(51), target_snapshot=2))
+    assert frontend.run_ds("snap_delete", xml, 51).returncode == 0
+    assert not frontend.sp.snapshot_exists("one-img-51-snap2")
+    xml = ds_action(image_xml(51, source=source(51), target_snapshot=0))
+    result = frontend.run_ds("snap_flatten", xml, 51)
+    assert result.returncode == 0, result.stderr
+    assert not any(frontend.sp.snapshot_exists(f"one-img-51-snap{n}") for n in range(3))
+    assert frontend.sp.volume_exists("one-img-51")
+
+
+def test_monitor_reports_the_template(frontend):
+    result = frontend.run_ds("monitor", ds_action(None), 100)
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split("=") for line in result.stdout.split())
+    assert set(values) == {"USED_MB", "TOTAL_MB", "FREE_MB"}
+    assert int(values["TOTAL_MB"]) == int(values["USED_MB"]) + int(values["FREE_MB"]) > 0
+    missing = frontend.run_ds("monitor", ds_action(None, datastore_xml(101)), 101)
+    assert missing.returncode == 1
+    assert "one-ds-101 does not exist" in missing.stderr and "storpool template" in \
+        missing.stderr
+
+
+def test_export_to_a_file(frontend, tmp_path):
+    frontend.write_rc(f"EXPORT_FILE_FORMAT=qcow2\nSTAGING_DIR={tmp_path}\n")
+    frontend.sp.volume_create("one-img-60", size=2 * MIB)
+    result = frontend.run_ds("export", ds_action(image_xml(60, source=source(60))), 60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<IMPORT_INFO>") and "<FORMAT><![CDATA[qcow2]]>" in \
+        result.stdout
+    exported = list((frontend.host_dir("localhost") / str(tmp_path).lstrip("/")).glob(
+        "*.qcow2"))
+    assert len(exported) == 1
+    assert frontend.storpool_names() == {"one-img-60"}  # the export snapshot is gone
+
+
+def test_two_instances_share_a_cluster_without_seeing_each_other(tmp_path, storpool_sandbox):
+    first = make_frontend(tmp_path / "one", storpool_sandbox, prefix="one")
+    second = make_frontend(tmp_path / "two", storpool_sandbox, prefix="two")
+    first.sp.volume_template_create("one-ds-100")
+    second.sp.volume_template_create("two-ds-100")
+    for fe, px in ((first, "one"), (second, "two")):
+        result = fe.run_ds("mkfs", ds_action(image_xml(7, size=1)), 7)
+        assert result.stdout == f"{px}-ds-100/{px}-img-7\n"
+    assert {v["name"] for v in first.sp.volumes_list()} == {"one-img-7", "two-img-7"}
+    result = first.run_ds("rm", ds_action(image_xml(7, source=source(7))), 7)
+    assert result.returncode == 0
+    assert {v["name"] for v in first.sp.volumes_list()} == {"two-img-7"}
+    # The other instance's volume is not touched even when asked by its name.
+    bad = first.run_ds("rm", ds_action(image_xml(7, source=source(7, px="two"))), 7)
+    assert bad.returncode == 1 and "not this instance's" in bad.stderr
+    assert {v["name"] for v in first.sp.volumes_list()} == {"two-img-7"}
