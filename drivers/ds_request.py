@@ -11,7 +11,7 @@ from typing import Any
 
 from onestorpool import config as config_module
 from onestorpool import one
-from onestorpool.drivers.datastore import DatastoreInfo, DsContext, ImageInfo
+from onestorpool.drivers.datastore import DatastoreInfo, DsContext, ImageInfo, SourceCluster
 from onestorpool.errors import InputError
 from onestorpool.storpool import StorPoolClient
 
@@ -45,8 +45,38 @@ def build_context(action: str, payload: str, object_id: int) -> DsContext:
     base = config_module.load()
     config = base.for_datastore(datastore.attributes, f"datastore {datastore.id}")
     client = StorPoolClient.from_config(config)
-    return DsContext(action=action, object_id=object_id, datastore=datastore, image=image,
-                     config=config, naming=config.naming(), sp=client)
+    ctx = DsContext(action=action, object_id=object_id, datastore=datastore, image=image,
+                    config=config, naming=config.naming(), sp=client)
+    if action == "clone" and image is not None:
+        ctx.source_cluster = source_cluster(ctx, base, image.path)
+    return ctx
+
+
+def source_cluster(ctx: DsContext, base: config_module.Config,
+                   source: str) -> SourceCluster | None:
+    """For a clone: the source image's cluster when it is not the target's (``None``).
+
+    The source datastore is named by its template in the SOURCE (``one-ds-<N>/...``); its
+    attributes (API endpoint, ``SP_CLONE_GW``, bridges) come from oned.
+    """
+    template = source.rsplit("/", 1)[0] if "/" in source else ""
+    parsed = ctx.naming.parse(template) if template else None
+    if parsed is None or parsed.kind != "template" or parsed.ds_id == ctx.datastore.id:
+        return None
+    from onestorpool import hosts, oneapi
+
+    source_ds = oneapi.datastore_info(parsed.ds_id)
+    if source_ds.tm_mad != "storpool":
+        raise InputError(f"clone: source datastore {source_ds.id} has TM_MAD="
+                         f"{source_ds.tm_mad}, not storpool")
+    source_config = base.for_datastore(source_ds.template, f"datastore {source_ds.id}")
+    if source_config.endpoint() == ctx.config.endpoint():
+        return None  # two datastores, one cluster: a plain baseOn clone
+    gateway = (source_config["SP_CLONE_GW"] or next(iter(source_config["BRIDGE_LIST"]), "")
+               or None)
+    host = hosts.get(gateway) if gateway else hosts.frontend()
+    return SourceCluster(StorPoolClient.from_config(source_config), host,
+                         hosts.client_id(host, source_config))
 
 
 def subjects(ctx: DsContext) -> dict[str, Any]:

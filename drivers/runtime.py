@@ -116,3 +116,40 @@ def _append_quietly(event_type: str, writer: str, payload: dict[str, Any], start
         append_event(event_type, writer=writer, payload=payload, **subjects)
     except AddonError as exc:
         sys.stderr.write(f"WARN: event log: {exc}\n")
+
+
+def run_export_delete(argv: list[str] | None = None) -> int:
+    """``export.delete <bridge> <file>``: the marketplace's DISPOSE_CMD after an export."""
+    return run_main(_export_delete_main, argv)
+
+
+def _export_delete_main(argv: list[str]) -> int:
+    from onestorpool import config as config_module
+    from onestorpool import hosts
+    from onestorpool.drivers.storage import delete_snapshot
+    from onestorpool.storpool import StorPoolClient
+
+    if len(argv) != 2:
+        raise InputError("usage: export.delete <bridge host> <exported file or device>")
+    bridge, location = argv
+    config = config_module.load()
+    naming = config.naming()
+    host = hosts.get(bridge)
+    payload: dict[str, Any] = {"host": bridge, "location": location}
+    if location.startswith("/dev/storpool/"):
+        snapshot = location.removeprefix("/dev/storpool/")
+        parsed = naming.parse(snapshot)
+        if parsed is None or parsed.kind != "export":
+            raise InputError(f"export.delete: {snapshot} is not an export snapshot")
+        with StorPoolClient.from_config(config) as sp:
+            delete_snapshot(sp, snapshot)
+        payload["removed"] = [snapshot]
+    else:
+        name = os.path.basename(location)
+        parsed = naming.parse(name.rsplit(".", 1)[0])
+        if parsed is None or parsed.kind != "export":
+            raise InputError(f"export.delete: {location} is not an exported image")
+        host.run(["rm", "-f", host.path(location)])
+    _append_quietly("ds.export.delete", writer_name("ds", "export.delete"), payload,
+                    time.monotonic(), {})
+    return 0

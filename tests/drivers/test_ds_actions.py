@@ -216,3 +216,83 @@ def test_two_instances_share_a_cluster_without_seeing_each_other(tmp_path, storp
     bad = first.run_ds("rm", ds_action(image_xml(7, source=source(7, px="two"))), 7)
     assert bad.returncode == 1 and "not this instance's" in bad.stderr
     assert {v["name"] for v in first.sp.volumes_list()} == {"two-img-7"}
+
+
+def test_clone_across_two_clusters(frontend, storpool_sandbox_factory, tmp_path):
+    import threading
+    from xmlrpc.server import SimpleXMLRPCServer
+
+    other = storpool_sandbox_factory("cluster-b", token="token-b")
+    other.add_client(1, frontend.host_dir("localhost"))
+    other_sp = type(frontend.sp)(other.host, other.port, other.token)
+    other_sp.volume_template_create("one-ds-200")
+    frontend.sp.volume_create("one-img-70", size=2 * MIB, template="one-ds-100")
+    frontend.sp.attach("one-img-70", 3)
+    payload = bytes(range(256)) * 4096
+    with frontend.device("node1", "one-img-70").open("r+b") as dev:
+        dev.write(payload)
+    frontend.sp.detach("one-img-70", [3])
+
+    calls = []
+    oned = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=True)
+
+    def datastore_info(session, ds_id, decrypt=False):
+        calls.append((session, ds_id))
+        return [True, datastore_xml(ds_id), 0]
+
+    oned.register_function(datastore_info, "one.datastore.info")
+    threading.Thread(target=oned.serve_forever, daemon=True).start()
+    auth = tmp_path / "one_auth"
+    auth.write_text("oneadmin:secret\n")
+    frontend.env.update(ONE_XMLRPC=f"http://127.0.0.1:{oned.server_address[1]}/RPC2",
+                        ONE_AUTH=str(auth))
+    target_ds = datastore_xml(200, SP_API_HTTP_HOST=other.host,
+                              SP_API_HTTP_PORT=str(other.port), SP_AUTH_TOKEN=other.token)
+    try:
+        result = frontend.run_ds("clone", ds_action(
+            image_xml(71, path=source(70), size=2), target_ds), 71)
+    finally:
+        oned.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "one-ds-200/one-img-71 raw\n"
+    assert calls == [("oneadmin:secret", 100)]
+    assert not frontend.sp.volume_exists("one-img-71")  # it went to the other cluster
+    assert other_sp.volume("one-img-71")["templateName"] == "one-ds-200"
+    other_sp.attach("one-img-71", 1, mode="ro")
+    assert frontend.device("localhost", "one-img-71").read_bytes()[:len(payload)] == payload
+    other_sp.detach("one-img-71", [1])
+    assert frontend.sp.attachments_list() == [] and other_sp.attachments_list() == []
+    assert token_free(frontend)
+
+
+def token_free(frontend) -> bool:
+    """No event carries a StorPool token."""
+    from pathlib import Path
+
+    data = Path(frontend.env["ONESTORPOOL_EVENTLOG"]).read_bytes()
+    return b"token-b" not in data and frontend.sandbox.token.encode() not in data
+
+
+def test_export_of_the_device_and_its_disposal(frontend):
+    import re
+    import subprocess
+    import sys
+
+    from tests.drivers.frontend import REMOTES
+
+    frontend.sp.volume_create("one-img-61", size=MIB)
+    result = frontend.run_ds("export", ds_action(image_xml(61, source=source(61))), 61)
+    assert result.returncode == 0, result.stderr
+    dispose = re.search(r"<DISPOSE_CMD><!\[CDATA\[(.*?)\]\]>", result.stdout)[1].split()
+    assert dispose[0].endswith("datastore/storpool/export.delete")
+    assert dispose[2].startswith("/dev/storpool/one-img-61-export-")
+    snapshot = dispose[2].removeprefix("/dev/storpool/")
+    assert frontend.sp.attachments_list()[0]["volume"] == snapshot
+    done = subprocess.run([sys.executable, str(REMOTES / "datastore/storpool/export.delete"),
+                           *dispose[1:]], capture_output=True, text=True, env=frontend.env)
+    assert done.returncode == 0, done.stderr
+    assert frontend.storpool_names() == {"one-img-61"}
+    refused = subprocess.run([sys.executable, str(REMOTES / "datastore/storpool/export.delete"),
+                              "localhost", "/dev/storpool/one-img-61"], capture_output=True,
+                             text=True, env=frontend.env)
+    assert refused.returncode == 1 and "not an export snapshot" in refused.stderr
