@@ -82,6 +82,6 @@ def source_cluster(ctx: DsContext, base: config_module.Config,
 def subjects(ctx: DsContext) -> dict[str, Any]:
     """The event's subject ids (indexed in the log)."""
     found: dict[str, Any] = {"datastore": ctx.datastore.id}
-    if ctx.image is not None:
+    if ctx.image is not None and ctx.image.id >= 0:  # stat's image has no id
         found["image"] = ctx.image.id
     return found

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from onestorpool.naming import Naming
+from onestorpool.sandbox.frontend import ds_action, image_xml, make_frontend
 from onestorpool.sandbox.storpool import StorPoolSandbox
 from onestorpool.storpool import StorPoolClient
 
@@ -101,12 +103,55 @@ def storpool_basics(sp: StorPoolClient, sandbox: StorPoolSandbox, naming: Naming
     say(f"48h later (sandbox clock): snapshots left: {[s['name'] for s in sp.snapshots_list()]}")
 
 
+def datastore_imports(sandbox: StorPoolSandbox, workdir: Path) -> None:
+    """The datastore driver importing VMware and Hyper-V disks, run as oned runs it."""
+    frontend = make_frontend(workdir / "frontend", sandbox)
+    frontend.sp.volume_template_create("one-ds-100", replication=3)
+    images = workdir / "images"
+    images.mkdir()
+    payload = os.urandom(8 * MIB)
+    (images / "disk.raw").write_bytes(payload)
+    digest = hashlib.md5(payload).hexdigest()
+    step("datastore driver 'cp': import a VMware (VMDK) and a Hyper-V (VHDX) disk")
+    say(f"source disk: 8 MiB of random data, md5 {digest}")
+    for image_id, fmt in ((10, "vmdk"), (11, "vhdx")):
+        path = images / f"disk.{fmt}"
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt,
+                        str(images / "disk.raw"), str(path)], check=True)
+        stat = frontend.run_ds("stat", ds_action(image_xml(-1, path=str(path))), 0)
+        result = frontend.run_ds("cp", ds_action(image_xml(image_id, path=str(path),
+                                                           size=stat.stdout.strip())),
+                                 image_id)
+        if result.returncode != 0:
+            raise SystemExit(f"demo: import of {path.name} failed: {result.stderr.strip()}")
+        say(f"{path.name} ({fmt}, {path.stat().st_size // 1024} KiB on disk): "
+            f"stat said {stat.stdout.strip()} MB, cp printed '{result.stdout.strip()}'")
+    step("the imported images are raw StorPool volumes with the same data")
+    for image_id in (10, 11):
+        volume = f"one-img-{image_id}"
+        info = frontend.sp.volume(volume)
+        frontend.sp.attach(volume, 3, mode="ro")
+        data = frontend.device("node1", volume).read_bytes()[: len(payload)]
+        frontend.sp.detach(volume, [3])
+        same = hashlib.md5(data).hexdigest() == digest
+        say(f"{volume}: {info['size'] // MIB} MiB, template {info['templateName']}, "
+            f"tags {info['tags']}, data {'identical' if same else 'DIFFERENT'}")
+        if not same:
+            raise SystemExit(f"demo: {volume} does not hold the imported data")
+    step("the event log recorded each driver action")
+    shown = ("format", "size_mb", "created")
+    for record in frontend.events():
+        details = {k: v for k, v in record.payload.items() if k in shown}
+        say(f"#{record.seq} {record.type:8} image={record.image} {details}")
+
+
 def main(argv: list[str] | None = None) -> int:
     workdir = Path(argv[0] if argv else "demo-run").resolve()
     if workdir.exists():
         from onestorpool.sandbox.storpool_state import Cluster
 
-        Cluster(workdir / "storpool").release_immutable_files()
+        if (workdir / "storpool").exists():
+            Cluster(workdir / "storpool").release_immutable_files()
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     os.chdir(workdir.parent)
@@ -116,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         naming = Naming("one")
         with StorPoolClient(sandbox.host, sandbox.port, sandbox.token) as sp:
             storpool_basics(sp, sandbox, naming)
+        datastore_imports(sandbox, workdir)
     print("\ndemo finished")
     return 0
 

@@ -11,4 +11,5 @@ def test_demo_runs_and_reads_back_the_data(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "identical to the data at snapshot time" in out
     assert "snapshots left: []" in out
+    assert out.count("data identical") == 2  # the VMDK and the VHDX import
     assert "demo finished" in out
