@@ -154,7 +154,10 @@ def cp(ctx: DsContext) -> str:
     if path.startswith("SPSNAPSHOT:"):
         _import_from_snapshot(ctx, final, template, path.removeprefix("SPSNAPSHOT:"))
     elif path.startswith("VMSNAP:"):
-        raise InputError("cp: VMSNAP: sources are not supported yet; use SPSNAPSHOT:<name>")
+        snapshot, _vm = _vmsnap(ctx, path)
+        create_volume(ctx.sp, final, parent=snapshot, template=template,
+                      tags=ctx.tags.base(ctx.qos()))
+        ctx.event.update(from_snapshot=snapshot)
     else:
         _import_data(ctx, final, template)
     ctx.event["created"] = [final]
@@ -397,7 +400,8 @@ def stat(ctx: DsContext) -> str:
     if path.startswith("SPSNAPSHOT:"):
         size = int(ctx.sp.snapshot(path.removeprefix("SPSNAPSHOT:")).get("size") or 0)
     elif path.startswith("VMSNAP:"):
-        raise InputError("stat: VMSNAP: sources are not supported yet; use SPSNAPSHOT:<name>")
+        snapshot, _vm = _vmsnap(ctx, path)
+        size = int(ctx.sp.snapshot(snapshot).get("size") or 0)
     elif URL_RE.match(path):
         size = _url_length(path)
     else:
@@ -409,6 +413,16 @@ def stat(ctx: DsContext) -> str:
         raise InputError(f"stat: cannot determine the size of {_redact_url(path)}")
     ctx.event.update(size_mb=mib(size))
     return str(mib(size))
+
+
+def _vmsnap(ctx: DsContext, path: str) -> tuple[str, Any]:
+    from onestorpool import oneapi
+    from onestorpool.drivers.vm_volumes import vmsnap_snapshot
+    from onestorpool.one import parse_vm
+
+    image = ctx.require_image()
+    return vmsnap_snapshot(ctx.naming, path, image.uid, image.gid,
+                           lambda vm_id: parse_vm(oneapi.one_call("one.vm.info", vm_id)))
 
 
 def _url_length(url: str) -> int:

@@ -296,3 +296,51 @@ def test_export_of_the_device_and_its_disposal(frontend):
                               "localhost", "/dev/storpool/one-img-61"], capture_output=True,
                              text=True, env=frontend.env)
     assert refused.returncode == 1 and "not an export snapshot" in refused.stderr
+
+
+VM_XML = """<VM><ID>9</ID><UID>5</UID><GID>1</GID><NAME>web</NAME><STATE>3</STATE>
+<LCM_STATE>3</LCM_STATE><TEMPLATE>
+<DISK><DISK_ID>0</DISK_ID><IMAGE_ID>5</IMAGE_ID><SOURCE>one-ds-100/one-img-5</SOURCE>
+<CLONE>YES</CLONE><TYPE>BLOCK</TYPE><TM_MAD>storpool</TM_MAD></DISK>
+<DISK><DISK_ID>1</DISK_ID><TYPE>fs</TYPE><FORMAT>raw</FORMAT><SIZE>10</SIZE></DISK>
+<CONTEXT><DISK_ID>2</DISK_ID></CONTEXT>
+<SNAPSHOT><SNAPSHOT_ID>0</SNAPSHOT_ID><HYPERVISOR_ID>ONESNAP-0-1700000000</HYPERVISOR_ID>
+<NAME>before-upgrade</NAME></SNAPSHOT></TEMPLATE><USER_TEMPLATE/>
+<HISTORY_RECORDS/></VM>"""
+
+
+@pytest.fixture
+def oned_with_vm(frontend, tmp_path):
+    import threading
+    from xmlrpc.server import SimpleXMLRPCServer
+
+    server = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=True)
+    server.register_function(
+        lambda session, vm_id, *rest: [True, VM_XML, 0] if vm_id == 9
+        else [False, f"[one.vm.info] Error getting virtual machine [{vm_id}].", 0x400],
+        "one.vm.info")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "auth").write_text("oneadmin:x")
+    frontend.env.update(ONE_XMLRPC=f"http://127.0.0.1:{server.server_address[1]}/RPC2",
+                        ONE_AUTH=str(tmp_path / "auth"))
+    yield frontend
+    server.shutdown()
+
+
+def test_import_from_a_vm_snapshot(oned_with_vm):
+    fe = oned_with_vm
+    fe.sp.volume_create("one-img-5-9-0", size=3 * MIB)
+    fe.sp.volume_snapshot("one-img-5-9-0", "one-img-5-9-0-ONESNAP-0-1700000000")
+    path = "VMSNAP:VM:9-DISK:0-VMSNAP:0"
+    stat = fe.run_ds("stat", ds_action(image_xml(-1, path=path)), 0)
+    assert (stat.returncode, stat.stdout) == (0, "3\n"), stat.stderr
+    result = fe.run_ds("cp", ds_action(image_xml(80, path=path, size=3, uid=5)), 80)
+    assert result.returncode == 0, result.stderr
+    assert fe.sp.volume("one-img-80")["parentName"] == "one-img-5-9-0-ONESNAP-0-1700000000"
+    # Another user may not copy somebody else's VM snapshot.
+    other = fe.run_ds("cp", ds_action(image_xml(81, path=path, size=3, uid=6)), 81)
+    assert other.returncode == 1 and "does not belong" in other.stderr
+    missing = fe.run_ds("cp", ds_action(image_xml(82, path="VMSNAP:VM:9-DISK:0-VMSNAP:4",
+                                                  size=3)), 82)
+    assert missing.returncode == 1 and "no snapshot 4" in missing.stderr
+    assert not fe.sp.volume_exists("one-img-81") and not fe.sp.volume_exists("one-img-82")
