@@ -67,9 +67,23 @@ def cdata(value: Any) -> str:
     return f"<![CDATA[{str(value).replace(']]>', ']]]]><![CDATA[>')}]]>"
 
 
-def template_xml(template: Template, tag: str = "TEMPLATE") -> str:
+# The order vm.xsd gives a VM's TEMPLATE (oned's own output is close to name order).
+VM_TEMPLATE_ORDER = """AUTOMATIC_DS_REQUIREMENTS AUTOMATIC_NIC_REQUIREMENTS AUTOMATIC_REQUIREMENTS
+    CLONING_TEMPLATE_ID CONTEXT CPU CPU_COST DISK DISK_COST EMULATOR FEATURES HYPERV_OPTIONS
+    GRAPHICS VIDEO IMPORTED INPUT MEMORY MEMORY_COST MEMORY_MAX MEMORY_SLOTS
+    MEMORY_RESIZE_MODE NIC NIC_ALIAS NIC_DEFAULT NUMA_NODE OS PCI QEMU_GA_EXEC RAW
+    SECURITY_GROUP_RULE SNAPSHOT SPICE_OPTIONS SUBMIT_ON_HOLD TEMPLATE_ID TM_MAD_SYSTEM
+    TOPOLOGY TPM MEMORY_ENCRYPTION VCPU VCPU_MAX VMGROUP VMID VROUTER_ID
+    VROUTER_KEEPALIVED_ID VROUTER_KEEPALIVED_PASSWORD SCHED_ACTION""".split()
+_VM_RANK = {name: rank for rank, name in enumerate(VM_TEMPLATE_ORDER)}
+
+
+def template_xml(template: Template, tag: str = "TEMPLATE", vm: bool = False) -> str:
+    """Attributes in name order (oned keeps a template in a sorted multimap); a VM's
+    TEMPLATE in the schema's order."""
     parts = []
-    for key, value in template.items():
+    order = (lambda item: (_VM_RANK.get(item[0], len(_VM_RANK)), item[0])) if vm else None
+    for key, value in sorted(template.items(), key=order):
         if isinstance(value, list):
             for vector in value:
                 inner = "".join(f"<{k}>{cdata(v)}</{k}>" for k, v in vector.items())
@@ -166,10 +180,18 @@ def vm_body(vm: dict[str, Any]) -> str:
             f"<PREV_LCM_STATE>{vm['prev_lcm_state']}</PREV_LCM_STATE><RESCHED>0</RESCHED>"
             f"<STIME>{vm['stime']}</STIME><ETIME>{vm['etime']}</ETIME>"
             f"<DEPLOY_ID>{cdata(vm['deploy_id'])}</DEPLOY_ID><MONITORING/>"
-            f"<SCHED_ACTIONS/>{template_xml(vm['template'])}"
+            f"<SCHED_ACTIONS/>"
+            f"{template_xml(vm_template(vm), vm=True)}"
             f"{template_xml(vm['user_template'], 'USER_TEMPLATE')}"
             f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>{snapshots}"
             f"<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>")
+
+
+def vm_template(vm: dict[str, Any]) -> Template:
+    """oned moves NAME out of the template and adds VMID and TM_MAD_SYSTEM."""
+    template = {k: v for k, v in vm["template"].items() if k != "NAME"}
+    system_tm = vm["history"][-1]["tm_mad"] if vm["history"] else ""
+    return {**template, "VMID": str(vm["id"]), "TM_MAD_SYSTEM": system_tm}
 
 
 def pool(tag: str, bodies: list[str]) -> str:

@@ -21,9 +21,7 @@ from onestorpool.one import parse_hook_message
 from onestorpool.sandbox.frontend import REMOTES, make_frontend
 from onestorpool.sandbox.oned import OnedSandbox
 
-XSD_DIR = Path("/work/shared/fixtures/opennebula/xsd")
-if not XSD_DIR.exists():
-    XSD_DIR = Path(__file__).resolve().parents[2].parent / "shared/fixtures/opennebula/xsd"
+XSD_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "xsd"
 NS = "http://opennebula.org/XMLSchema"
 FAKE_TM = Path(__file__).parent / "fake_remotes" / "tm"
 
@@ -235,7 +233,9 @@ def test_bodies_are_what_pyone_and_the_xsds_accept(world):
                          (srv.vmpool.infoextended(-2, -1, -1, -1), srv.vm.info(vm_id))):
         assert pool is not None and single.ID >= 0
     for name, body in (("datastore.xsd", oned.datastore_info(image_ds)),
-                       ("image.xsd", oned.image_info(image_id))):
+                       ("image.xsd", oned.image_info(image_id)),
+                       ("host.xsd", oned.host_info(host_id)),
+                       ("vm.xsd", oned.vm_info(vm_id))):
         schema = xsd(name)
         assert schema.validate(in_namespace(body)), schema.error_log.last_error
 
