@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from onestorpool.naming import Naming
@@ -145,6 +146,66 @@ def datastore_imports(sandbox: StorPoolSandbox, workdir: Path) -> None:
         say(f"#{record.seq} {record.type:8} image={record.image} {details}")
 
 
+def cloud_sandbox(workdir: Path) -> None:
+    """``onestorpool sandbox up``: oned and StorPool as processes, driven with pyone."""
+    import pyone
+    import zmq
+
+    from onestorpool import config
+    from onestorpool.one import parse_hook_message
+
+    directory = workdir / "cloud"
+    cli = [sys.executable, "-m", "onestorpool.cli", "sandbox"]
+    step(f"onestorpool sandbox up --dir {directory.relative_to(Path.cwd())}")
+    started = subprocess.run([*cli, "up", "--dir", str(directory)], capture_output=True,
+                             text=True, check=True)
+    for line in started.stdout.splitlines():
+        say(line)
+    env = dict(line.removeprefix("export ").split("=", 1)
+               for line in (directory / "sandbox.env").read_text().splitlines())
+    events = zmq.Context.instance().socket(zmq.SUB)
+    events.setsockopt(zmq.SUBSCRIBE, b"EVENT STATE IMAGE/")
+    events.setsockopt(zmq.SUBSCRIBE, b"EVENT API one.image.")
+    events.connect(env["ONE_ZMQ"])
+    try:
+        srv = pyone.OneServer(env["ONE_XMLRPC"], session="oneadmin:sandbox")
+        step(f"pyone against oned {srv.system.version()}: a StorPool datastore and an image")
+        ds_id = srv.datastore.allocate('NAME="storpool"\nDS_MAD="storpool"\n'
+                                       'TM_MAD="storpool"\nDISK_TYPE="BLOCK"', -1)
+        os.environ["ONESTORPOOL_ROOT"] = env["ONESTORPOOL_ROOT"]
+        try:
+            with StorPoolClient.from_config(config.load()) as sp:
+                sp.volume_template_create(f"one-ds-{ds_id}", replication=3)
+        finally:
+            del os.environ["ONESTORPOOL_ROOT"]
+        time.sleep(0.3)  # let the subscription reach the publisher
+        image_id = srv.image.allocate(f'NAME="windows"\nPATH="{workdir / "images/disk.vhdx"}"',
+                                      ds_id)
+        for _ in range(300):
+            image = srv.image.info(image_id)
+            if image.STATE in (1, 5):
+                break
+            time.sleep(0.1)
+        say(f"datastore {ds_id}; image {image_id} state "
+            f"{'READY' if image.STATE == 1 else 'ERROR'}, SOURCE {image.SOURCE}, "
+            f"{image.SIZE} MB, FORMAT {image.FORMAT}")
+        if image.STATE != 1:
+            raise SystemExit(f"demo: image import failed: {image.TEMPLATE.get('ERROR')}")
+        srv.image.delete(image_id)
+        time.sleep(1)
+        step("hook bus events received on a ZeroMQ SUB socket")
+        while events.poll(500):
+            key, payload = events.recv_multipart()
+            event = parse_hook_message(key, payload)
+            say(f"{key.decode()!r:48} {event.kind} "
+                f"{event.method or event.object + ' ' + str(event.object_id)}")
+    finally:
+        events.close(linger=0)
+        subprocess.run([*cli, "down", "--dir", str(directory)], capture_output=True,
+                       check=False)
+    say("sandbox down")
+
+
 def main(argv: list[str] | None = None) -> int:
     workdir = Path(argv[0] if argv else "demo-run").resolve()
     if workdir.exists():
@@ -162,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         with StorPoolClient(sandbox.host, sandbox.port, sandbox.token) as sp:
             storpool_basics(sp, sandbox, naming)
         datastore_imports(sandbox, workdir)
+    cloud_sandbox(workdir)
     print("\ndemo finished")
     return 0
 

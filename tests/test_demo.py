@@ -12,4 +12,6 @@ def test_demo_runs_and_reads_back_the_data(tmp_path, monkeypatch, capsys):
     assert "identical to the data at snapshot time" in out
     assert "snapshots left: []" in out
     assert out.count("data identical") == 2  # the VMDK and the VHDX import
+    assert "image 0 state READY" in out and "'EVENT STATE IMAGE/READY//0 '" in out
+    assert "sandbox down" in out
     assert "demo finished" in out
