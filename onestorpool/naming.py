@@ -55,7 +55,7 @@ VMSNAP_TAG_RE = re.compile(r"^[A-Za-z0-9_]+$")
 # the clone name ``<img>-<VM>-<DISK>`` (the old add-on's all-digit ones do: see docs/naming.md).
 _RANDOM_RE = r"(?=[0-9]*[A-Za-z])[A-Za-z0-9]"
 
-VOLATILE_FORMATS = ("raw", "swap", "qcow2")
+VOLATILE_FORMATS = ("raw", "swap", "qcow2")  # what mkimage/mkswap create
 SYSTEM_SINGLETONS = ("NVRAM", "SWTPM", "rawcheckpoint", "checkpoint")
 
 
@@ -155,8 +155,9 @@ class Naming:
         return validate_volume_name(f"{image_volume}-{vm_id}-{disk_id}")
 
     def volatile(self, vm_id: int, disk_id: int, fmt: str = "raw") -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9]*", fmt) or fmt == "iso":
-            raise InputError(f"invalid volatile disk format {fmt!r}")
+        if fmt not in VOLATILE_FORMATS:
+            raise InputError(f"invalid volatile disk format {fmt!r}: one of "
+                             f"{', '.join(VOLATILE_FORMATS)}")
         return self._sys(vm_id, f"{_check_id(disk_id, 'disk id')}-{fmt}")
 
     def context(self, vm_id: int, disk_id: int) -> str:
@@ -283,13 +284,15 @@ class Naming:
         px = re.escape(self.prefix)
         num = r"(?:0|[1-9][0-9]*)"
         singletons = "|".join(SYSTEM_SINGLETONS)
+        # Known formats only: any word would also match a revert temporary of `<px>-sys-<VM>`
+        formats = "|".join(VOLATILE_FORMATS)
         table = [
             ("template", rf"{px}-ds-(?P<ds_id>{num})"),
             ("image", rf"{px}-img-(?P<image_id>{num})"),
             ("clone", rf"{px}-img-(?P<image_id>{num})-(?P<vm_id>{num})-(?P<disk_id>{num})"),
             ("staging", rf"{px}-img-(?P<image_id>{num})-(?P<md5>[0-9a-f]{{32}})"),
             ("context", rf"{px}-sys-(?P<vm_id>{num})-(?P<disk_id>{num})-iso"),
-            ("volatile", rf"{px}-sys-(?P<vm_id>{num})-(?P<disk_id>{num})-(?P<fmt>[a-z][a-z0-9]*)"),
+            ("volatile", rf"{px}-sys-(?P<vm_id>{num})-(?P<disk_id>{num})-(?P<fmt>{formats})"),
             ("singleton", rf"{px}-sys-(?P<vm_id>{num})-(?P<which>{singletons})"),
             ("memory", rf"{px}-sys-(?P<vm_id>{num})"),
         ]
