@@ -13,10 +13,11 @@ Python API (tests, the demo, ``sandbox up``)::
 Implemented: datastores, hosts (directories, registered as StorPool sandbox clients),
 images (allocate from PATH or SIZE, delete, clone, snapshot delete/revert/flatten, update)
 with the real datastore driver; VMs: allocate, deploy (TM clone/ln/mkimage/mkswap/context),
-poweroff/resume, terminate(-hard) (TM mvds/delete), update, with the matching state events.
-Operations are asynchronous as in oned: the call returns, a worker runs the drivers.
-Not yet: live/cold migration, stop/suspend/undeploy, disk hot-plug, disk and VM snapshots,
-recover — their calls answer with oned's ACTION error.
+poweroff/resume, terminate(-hard) (TM mvds/delete), update, and in
+:mod:`onestorpool.sandbox.oned_vmops` stop/suspend/undeploy/resume, cold and live
+migration, disk attach/detach/resize/save-as/snapshots, VM snapshot create and recover,
+with the matching state events. Operations are asynchronous as in oned: the call returns,
+a worker runs the drivers. Not yet: VM snapshot revert/delete (oned's ACTION error).
 
 Driver conventions by ``one_version``: ``5.12`` and ``6.6`` pass the base64 DS action on
 the command line (``<action> <b64> <id>``), ``6.8`` and later on stdin (``<action> <id>``);
@@ -44,6 +45,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from onestorpool.one import LCM_STATE_NAMES, ImageState, VmState
 from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.oned_vmops import VmOperations
 
 # oned's error codes (include/Request.h)
 AUTHENTICATION, AUTHORIZATION, NO_EXISTS, ACTION, XML_RPC_API, INTERNAL = (
@@ -91,7 +93,7 @@ class _Server(ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = True
 
 
-class OnedSandbox:
+class OnedSandbox(VmOperations):
     def __init__(self, directory: Path, *, remotes: Path | None = None,
                  one_version: str = "6.10", driver_env: dict[str, str] | None = None,
                  storpool_admin: tuple[str, str] | None = None, port: int = 0,
@@ -180,12 +182,16 @@ class OnedSandbox:
         "one.vm.allocate": "vm_allocate", "one.vm.info": "vm_info",
         "one.vmpool.info": "vmpool_info", "one.vmpool.infoextended": "vmpool_info",
         "one.vm.deploy": "vm_deploy", "one.vm.action": "vm_action",
-        "one.vm.update": "vm_update",
+        "one.vm.update": "vm_update", "one.vm.migrate": "vm_migrate",
+        "one.vm.attach": "vm_attach", "one.vm.detach": "vm_detach",
+        "one.vm.disksaveas": "vm_disk_saveas",
+        "one.vm.disksnapshotcreate": "vm_disk_snapshot_create",
+        "one.vm.disksnapshotrevert": "vm_disk_snapshot_revert",
+        "one.vm.disksnapshotdelete": "vm_disk_snapshot_delete",
+        "one.vm.diskresize": "vm_disk_resize", "one.vm.snapshotcreate": "vm_snapshot_create",
+        "one.vm.recover": "vm_recover",
     }
-    NOT_YET = ("one.vm.migrate", "one.vm.attach", "one.vm.detach", "one.vm.disksaveas",
-               "one.vm.disksnapshotcreate", "one.vm.disksnapshotrevert",
-               "one.vm.disksnapshotdelete", "one.vm.diskresize", "one.vm.snapshotcreate",
-               "one.vm.snapshotrevert", "one.vm.snapshotdelete", "one.vm.recover")
+    NOT_YET = ("one.vm.snapshotrevert", "one.vm.snapshotdelete")
 
     def _dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
         return self._dispatch_call(method, *params)
@@ -340,8 +346,8 @@ class OnedSandbox:
 
     # -- images ---------------------------------------------------------------------------
 
-    def image_allocate(self, template_text: str, ds_id: int,
-                       skip_capacity: bool = False) -> tuple[int, str]:
+    def image_allocate(self, template_text: str, ds_id: int, skip_capacity: bool = False,
+                       *, _queue: bool = True) -> tuple[int, str]:
         template = X.parse_template(template_text)
         ds = self._datastore(ds_id)
         if ds["type"] != 0:
@@ -366,7 +372,8 @@ class OnedSandbox:
         self.images[image_id] = image
         ds["images"].append(image_id)
         self._image_event(image)
-        self.work.put(lambda: self._import_image(image))
+        if _queue:  # a save-as image is filled by the VM operation itself
+            self.work.put(lambda: self._import_image(image))
         return image_id, X.image_body(image)
 
     def _import_image(self, image: dict[str, Any]) -> None:
@@ -719,12 +726,11 @@ class OnedSandbox:
                                  vm_id)
             self._set_vm_state(vm, VmState.ACTIVE, 18)  # SHUTDOWN_POWEROFF
             self._set_vm_state(vm, VmState.POWEROFF, 0)
-        elif action == "resume":
-            if vm["state"] != VmState.POWEROFF:
-                raise OneFailure(ACTION, "[one.vm.action] Wrong state to perform action",
-                                 vm_id)
+        elif action == "resume" and vm["state"] == VmState.POWEROFF:
             self._set_vm_state(vm, VmState.ACTIVE, 20)  # BOOT_POWEROFF
             self._set_vm_state(vm, VmState.ACTIVE, 3)
+        elif action in ("resume", "stop", "suspend", "undeploy", "undeploy-hard"):
+            self.vm_lifecycle_action(action, vm)
         else:
             raise OneFailure(ACTION, f"[one.vm.action] action {action} not available in the "
                                      "oned sandbox yet", vm_id)
@@ -788,9 +794,12 @@ class OnedSandbox:
             self._log_driver(entry)
             return entry
         try:
-            done = subprocess.run([str(script), *args], input=stdin, capture_output=True,
-                                  text=True, env=self.driver_env, timeout=600,
-                                  cwd=self.directory)
+            # No stdin unless the convention passes one: a driver must never read oned's.
+            stdin_args: dict[str, Any] = ({"input": stdin} if stdin is not None
+                                          else {"stdin": subprocess.DEVNULL})
+            done = subprocess.run([str(script), *args], capture_output=True, text=True,
+                                  env=self.driver_env, timeout=600, cwd=self.directory,
+                                  **stdin_args)
             entry.update(exit=done.returncode, stdout=done.stdout, stderr=done.stderr)
         except (OSError, subprocess.TimeoutExpired) as exc:
             entry.update(exit=-1, stdout="", stderr=str(exc))

@@ -247,7 +247,7 @@ def test_errors_and_authentication(world):
     with pytest.raises(pyone.OneAuthenticationException):
         pyone.OneServer(oned.endpoint, session="oneadmin:wrong").vm.info(0)
     with pytest.raises(pyone.OneActionException, match="not available"):
-        client(oned).vm.migrate(0, 0, False, False, -1, 0)
+        client(oned).vm.snapshotrevert(0, 0)
 
 
 def test_old_versions_pass_the_action_on_the_command_line(tmp_path, storpool_sandbox):
@@ -291,3 +291,123 @@ def test_sandbox_up_and_down(tmp_path):
                                  capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not (directory / "sandbox.pids").exists()
+
+
+def tm_calls(tmp_path: Path) -> list[dict]:
+    log = tmp_path / "tm.log"
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log.write_text("")
+    return calls
+
+
+@pytest.fixture
+def running_vm(world):
+    frontend, oned, tmp_path = world
+    srv = client(oned)
+    image_ds, system_ds = make_datastores(srv)
+    frontend.sp.volume_template_create(f"one-ds-{image_ds}")
+    image_id = srv.image.allocate('NAME="os"\nSIZE="2"\nPERSISTENT="YES"', image_ds)
+    assert oned.wait_image(image_id, {"READY", "ERROR"}) == "READY"
+    hosts = [srv.host.allocate(f"kvm{n}", "kvm", "kvm", -1) for n in (1, 2)]
+    vm_id = srv.vm.allocate(f'NAME="db"\nDISK=[IMAGE_ID="{image_id}"]', False)
+    srv.vm.deploy(vm_id, hosts[0], False, system_ds)
+    oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    tm_calls(tmp_path)
+    return srv, oned, tmp_path, vm_id, hosts, image_ds, system_ds
+
+
+def test_stop_undeploy_suspend_and_resume(running_vm):
+    srv, oned, tmp_path, vm_id, _hosts, image_ds, system_ds = running_vm
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm_id}"
+    srv.vm.action("stop", vm_id)
+    oned.wait_vm(vm_id, "STOPPED")
+    assert tm_calls(tmp_path) == [
+        {"action": "mv", "argv": [f"kvm1:{vm_dir}/disk.0", f"localhost:{vm_dir}/disk.0",
+                                  str(vm_id), str(image_ds)]},
+        {"action": "mv", "argv": [f"kvm1:{vm_dir}", f"localhost:{vm_dir}", str(vm_id),
+                                  str(system_ds)]}]
+    srv.vm.action("resume", vm_id)
+    oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert [c["argv"][:2] for c in tm_calls(tmp_path)] == [
+        [f"localhost:{vm_dir}/disk.0", f"kvm1:{vm_dir}/disk.0"],
+        [f"localhost:{vm_dir}", f"kvm1:{vm_dir}"]]
+    srv.vm.action("undeploy", vm_id)
+    oned.wait_vm(vm_id, "UNDEPLOYED")
+    srv.vm.action("resume", vm_id)
+    oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    srv.vm.action("suspend", vm_id)
+    oned.wait_vm(vm_id, "SUSPENDED")
+    srv.vm.action("resume", vm_id)
+    oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    with pytest.raises(pyone.OneActionException):
+        srv.vm.action("suspend", vm_id) or srv.vm.action("suspend", vm_id)
+
+
+def test_cold_and_live_migration(running_vm):
+    srv, oned, tmp_path, vm_id, hosts, _image_ds, system_ds = running_vm
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm_id}"
+    srv.vm.migrate(vm_id, hosts[1], False, False, -1, 0)
+    oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert [c["argv"][:2] for c in tm_calls(tmp_path)] == [
+        [f"kvm1:{vm_dir}/disk.0", f"kvm2:{vm_dir}/disk.0"], [f"kvm1:{vm_dir}", f"kvm2:{vm_dir}"]]
+    assert srv.vm.info(vm_id).HISTORY_RECORDS.HISTORY[-1].HOSTNAME == "kvm2"
+    srv.vm.migrate(vm_id, hosts[0], True, False, -1, 0)
+    oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    oned.wait_idle()
+    calls = tm_calls(tmp_path)
+    assert [c["action"] for c in calls] == ["premigrate", "postmigrate"]
+    assert calls[0]["argv"] == ["kvm2", "kvm1", vm_dir, str(vm_id), str(system_ds)]
+    assert base64.b64decode(calls[0]["stdin"]).startswith(b"<VM><ID>")
+    assert srv.vm.info(vm_id).HISTORY_RECORDS.HISTORY[-1].HOSTNAME == "kvm1"
+
+
+def test_disk_operations(running_vm):
+    srv, oned, tmp_path, vm_id, _hosts, image_ds, system_ds = running_vm
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm_id}"
+    srv.vm.attach(vm_id, 'DISK=[TYPE="fs",SIZE="20",FORMAT="raw"]')
+    oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    oned.wait_idle()
+    assert tm_calls(tmp_path) == [{"action": "mkimage", "argv": [
+        "20", "raw", f"kvm1:{vm_dir}/disk.1", str(vm_id), str(system_ds)]}]
+    snap = srv.vm.disksnapshotcreate(vm_id, 0, "before")
+    oned.wait_idle()
+    assert tm_calls(tmp_path) == [{"action": "snap_create_live", "argv": [
+        f"kvm1:{vm_dir}/disk.0", str(snap), str(vm_id), str(image_ds)]}]
+    srv.vm.diskresize(vm_id, 0, "4096")
+    oned.wait_idle()
+    assert tm_calls(tmp_path)[0]["argv"] == [f"kvm1:{vm_dir}/disk.0", "4096", str(vm_id),
+                                             str(image_ds)]
+    with pytest.raises(pyone.OneActionException):  # revert needs the VM powered off
+        srv.vm.disksnapshotrevert(vm_id, 0, snap)
+    srv.vm.action("poweroff", vm_id)
+    oned.wait_vm(vm_id, "POWEROFF")
+    srv.vm.disksnapshotrevert(vm_id, 0, snap)
+    oned.wait_idle()
+    srv.vm.disksnapshotdelete(vm_id, 0, snap)
+    oned.wait_idle()
+    assert [c["action"] for c in tm_calls(tmp_path)] == ["snap_revert", "snap_delete"]
+    new_image = srv.vm.disksaveas(vm_id, 0, "copy", "", -1)
+    assert oned.wait_image(new_image, {"READY", "ERROR"}) == "READY"
+    oned.wait_idle()
+    (cpds,) = tm_calls(tmp_path)
+    assert cpds["action"] == "cpds" and cpds["argv"] == [
+        f"kvm1:{vm_dir}/disk.0", f"one-ds-{image_ds}/one-img-{new_image}", "-1", str(vm_id),
+        str(image_ds)]
+    assert f"one-ds-{image_ds}/one-img-{new_image}" == srv.image.info(new_image).SOURCE
+    srv.vm.detach(vm_id, 1)
+    oned.wait_vm(vm_id, "POWEROFF")
+    oned.wait_idle()
+    assert tm_calls(tmp_path) == [{"action": "delete", "argv": [
+        f"kvm1:{vm_dir}/disk.1", str(vm_id), str(system_ds)]}]
+
+
+def test_vm_snapshot_and_recover_delete_recreate(running_vm):
+    srv, oned, tmp_path, vm_id, _hosts, _image_ds, system_ds = running_vm
+    snap = srv.vm.snapshotcreate(vm_id, "s1")
+    oned.wait_idle()
+    assert srv.vm.info(vm_id).TEMPLATE["SNAPSHOT"][0]["SNAPSHOT_ID"] == str(snap)
+    srv.vm.recover(vm_id, 4)
+    oned.wait_vm(vm_id, "PENDING")
+    actions = [(c["action"], c["argv"][0]) for c in tm_calls(tmp_path)]
+    # persistent disk (SAVE=YES) is kept; only the VM directory goes
+    assert actions == [("delete", f"kvm1:/var/lib/one//datastores/{system_ds}/{vm_id}")]
