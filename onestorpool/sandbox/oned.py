@@ -15,9 +15,10 @@ images (allocate from PATH or SIZE, delete, clone, snapshot delete/revert/flatte
 with the real datastore driver; VMs: allocate, deploy (TM clone/ln/mkimage/mkswap/context),
 poweroff/resume, terminate(-hard) (TM mvds/delete), update, and in
 :mod:`onestorpool.sandbox.oned_vmops` stop/suspend/undeploy/resume, cold and live
-migration, disk attach/detach/resize/save-as/snapshots, VM snapshot create and recover,
+migration, disk attach/detach/resize/save-as/snapshots, VM snapshots and recover,
 with the matching state events. Operations are asynchronous as in oned: the call returns,
-a worker runs the drivers. Not yet: VM snapshot revert/delete (oned's ACTION error).
+a worker runs the drivers. Not yet: backups, restore and hook retries (oned's ACTION
+error); per-VM disk monitoring.
 
 Driver conventions by ``one_version``: ``5.12`` and ``6.6`` pass the base64 DS action on
 the command line (``<action> <b64> <id>``), ``6.8`` and later on stdin (``<action> <id>``);
@@ -189,9 +190,10 @@ class OnedSandbox(VmOperations):
         "one.vm.disksnapshotrevert": "vm_disk_snapshot_revert",
         "one.vm.disksnapshotdelete": "vm_disk_snapshot_delete",
         "one.vm.diskresize": "vm_disk_resize", "one.vm.snapshotcreate": "vm_snapshot_create",
-        "one.vm.recover": "vm_recover",
+        "one.vm.recover": "vm_recover", "one.vm.snapshotrevert": "vm_snapshot_revert",
+        "one.vm.snapshotdelete": "vm_snapshot_delete",
     }
-    NOT_YET = ("one.vm.snapshotrevert", "one.vm.snapshotdelete")
+    NOT_YET = ("one.vm.backup", "one.vm.restore", "one.hook.retry")
 
     def _dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
         return self._dispatch_call(method, *params)
@@ -634,8 +636,12 @@ class OnedSandbox(VmOperations):
                    f"<STATE>{state}</STATE><LCM_STATE>{lcm}</LCM_STATE>"
                    f"<RESOURCE_ID>{vm['id']}</RESOURCE_ID>{remote_xml}{X.vm_body(vm)}"
                    "</HOOK_MESSAGE>")
-        self.hooks.publish([f"EVENT VM {vm['id']}/{state}/{lcm} ",
-                            f"EVENT STATE VM/{state}/{lcm}/{vm['id']} "], message)
+        keys = [f"EVENT VM {vm['id']}/{state}/{lcm} ",
+                f"EVENT STATE VM/{state}/{lcm}/{vm['id']} "]
+        service = vm["user_template"].get("SERVICE_ID", "")
+        if service.isdigit():  # VMs of a OneFlow service (5.12+)
+            keys.append(f"EVENT SERVICE {service} ")
+        self.hooks.publish(keys, message)
 
     def vm_deploy(self, vm_id: int, host_id: int, enforce: bool = False,
                   ds_id: int = -1) -> int:

@@ -362,6 +362,41 @@ class VmOperations:
         self.work.put(run)  # type: ignore[attr-defined]
         return snap_id
 
+    def _vm_snapshot_op(self, action: str, vm_id: int, snap_id: int) -> int:
+        vm = self._vm(vm_id)  # type: ignore[attr-defined]
+        snapshots = vm["template"].get("SNAPSHOT", [])
+        snapshot = next((s for s in snapshots if s["SNAPSHOT_ID"] == str(snap_id)), None)
+        if snapshot is None or not self._running(vm):
+            raise self._fail(f"one.vm.{action.replace('_', '')}", vm_id)
+        last, _, _ = self._where(vm)
+        self._set_vm_state(vm, VmState.ACTIVE, L["HOTPLUG_SNAPSHOT"])  # type: ignore
+
+        def run() -> None:
+            script = self.remotes / "vmm" / "kvm" / action  # type: ignore[attr-defined]
+            if script.is_file():
+                result = self._run(["vmm", "kvm", action], script,  # type: ignore
+                                   [vm["deploy_id"], snapshot["HYPERVISOR_ID"], str(vm_id),
+                                    last["hostname"]], None, vm_id)
+                if result["exit"] != 0:
+                    vm["user_template"]["ERROR"] = result["error"]
+                    self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
+                    return
+            if action == "snapshot_delete":
+                snapshots.remove(snapshot)
+            else:
+                for other in snapshots:
+                    other["ACTIVE"] = "YES" if other is snapshot else "NO"
+            self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
+
+        self.work.put(run)  # type: ignore[attr-defined]
+        return vm_id
+
+    def vm_snapshot_revert(self, vm_id: int, snap_id: int) -> int:
+        return self._vm_snapshot_op("snapshot_revert", vm_id, snap_id)
+
+    def vm_snapshot_delete(self, vm_id: int, snap_id: int) -> int:
+        return self._vm_snapshot_op("snapshot_delete", vm_id, snap_id)
+
     def vm_recover(self, vm_id: int, operation: int) -> int:
         """0 failure, 1 success, 2 retry, 3 delete, 4 delete-recreate, 5 delete-db."""
         vm = self._vm(vm_id)  # type: ignore[attr-defined]

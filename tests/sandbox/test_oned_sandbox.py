@@ -247,7 +247,7 @@ def test_errors_and_authentication(world):
     with pytest.raises(pyone.OneAuthenticationException):
         pyone.OneServer(oned.endpoint, session="oneadmin:wrong").vm.info(0)
     with pytest.raises(pyone.OneActionException, match="not available"):
-        client(oned).vm.snapshotrevert(0, 0)
+        client(oned).vm.backup(0, 100, False)
 
 
 def test_old_versions_pass_the_action_on_the_command_line(tmp_path, storpool_sandbox):
@@ -406,6 +406,14 @@ def test_vm_snapshot_and_recover_delete_recreate(running_vm):
     snap = srv.vm.snapshotcreate(vm_id, "s1")
     oned.wait_idle()
     assert srv.vm.info(vm_id).TEMPLATE["SNAPSHOT"][0]["SNAPSHOT_ID"] == str(snap)
+    second = srv.vm.snapshotcreate(vm_id, "s2")
+    oned.wait_idle()
+    srv.vm.snapshotrevert(vm_id, snap)
+    oned.wait_idle()
+    srv.vm.snapshotdelete(vm_id, second)
+    oned.wait_idle()
+    (left,) = srv.vm.info(vm_id).TEMPLATE["SNAPSHOT"]  # pyone always makes SNAPSHOT a list
+    assert (left["SNAPSHOT_ID"], left["ACTIVE"]) == (str(snap), "YES")
     srv.vm.recover(vm_id, 4)
     oned.wait_vm(vm_id, "PENDING")
     actions = [(c["action"], c["argv"][0]) for c in tm_calls(tmp_path)]
