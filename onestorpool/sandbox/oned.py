@@ -826,6 +826,34 @@ class OnedSandbox(VmOperations):
             raise OneFailure(reply[2], reply[1], reply[3] if len(reply) > 3 else -1)
         return reply[1]
 
+    def create_datastore(self, name: str, ds_type: str = "IMAGE_DS", **attributes: str
+                         ) -> int:
+        """``create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool")``."""
+        lines = [f'NAME="{name}"', f'TYPE="{ds_type}"']
+        lines += [f'{key}="{value}"' for key, value in attributes.items()]
+        return self.call("one.datastore.allocate", "\n".join(lines), -1)
+
+    def create_image(self, ds_id: int, name: str, *, path: str = "", size_mb: int = 0,
+                     persistent: bool = False, timeout: float = 120) -> int:
+        """Register an image and wait until it is READY (raises with oned's error)."""
+        lines = [f'NAME="{name}"', f'PERSISTENT="{"YES" if persistent else "NO"}"']
+        lines += [f'PATH="{path}"'] if path else [f'SIZE="{size_mb}"']
+        image_id = self.call("one.image.allocate", "\n".join(lines), ds_id)
+        if self.wait_image(image_id, {"READY", "ERROR"}, timeout) == "ERROR":
+            raise RuntimeError(f"image {image_id}: {self.images[image_id]['template']['ERROR']}")
+        return image_id
+
+    def create_host(self, name: str) -> int:
+        return self.call("one.host.allocate", name, "kvm", "kvm", -1)
+
+    def instantiate(self, template: str, host_id: int, system_ds: int,
+                    timeout: float = 120) -> int:
+        """Allocate a VM from template text, deploy it and wait until it RUNs."""
+        vm_id = self.call("one.vm.allocate", template, False)
+        self.call("one.vm.deploy", vm_id, host_id, False, system_ds)
+        self.wait_vm(vm_id, "ACTIVE", "RUNNING", timeout)
+        return vm_id
+
     def wait_idle(self, timeout: float = 60) -> None:
         """Wait until the lifecycle worker has run everything queued so far."""
         done = threading.Event()

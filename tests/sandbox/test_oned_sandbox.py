@@ -419,3 +419,18 @@ def test_vm_snapshot_and_recover_delete_recreate(running_vm):
     actions = [(c["action"], c["argv"][0]) for c in tm_calls(tmp_path)]
     # persistent disk (SAVE=YES) is kept; only the VM directory goes
     assert actions == [("delete", f"kvm1:/var/lib/one//datastores/{system_ds}/{vm_id}")]
+
+
+def test_scenario_api(world):
+    frontend, oned, _tmp_path = world
+    image_ds = oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="fake",
+                                     DISK_TYPE="BLOCK")
+    system_ds = oned.create_datastore("sys", "SYSTEM_DS", TM_MAD="fake")
+    frontend.sp.volume_template_create(f"one-ds-{image_ds}")
+    image_id = oned.create_image(image_ds, "blank", size_mb=3)
+    assert frontend.sp.volume(f"one-img-{image_id}")["size"] == 3 << 20
+    host_id = oned.create_host("node9")
+    vm_id = oned.instantiate(f'NAME="x"\nDISK=[IMAGE_ID="{image_id}"]', host_id, system_ds)
+    assert oned.vms[vm_id]["history"][-1]["hostname"] == "node9"
+    with pytest.raises(RuntimeError, match="cannot read /missing"):
+        oned.create_image(image_ds, "broken", path="/missing.img")
