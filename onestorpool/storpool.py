@@ -95,6 +95,14 @@ def _path_arg(name: str) -> str:
 _REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
+def _exists(lookup: Any, name: str) -> bool:
+    try:
+        lookup(name)
+    except NotFound:
+        return False
+    return True
+
+
 class StorPoolClient:
     """One StorPool cluster. Methods name the HTTP query they make in their docstring."""
 
@@ -230,17 +238,16 @@ class StorPoolClient:
         """GET VolumesList"""
         return self._get("VolumesList", mc=True)
 
-    def volume(self, name: str) -> dict[str, Any]:
-        """GET Volume/{name}: the summary of one volume (raises NotFound)."""
-        data = self._get("Volume", name, mc=True)
+    def _one(self, query: str, name: str) -> dict[str, Any]:
+        data = self._get(query, name, mc=True)  # a list of one summary
         return data[0] if isinstance(data, list) else data
 
+    def volume(self, name: str) -> dict[str, Any]:
+        """GET Volume/{name}: the summary of one volume (raises NotFound)."""
+        return self._one("Volume", name)
+
     def volume_exists(self, name: str) -> bool:
-        try:
-            self.volume(name)
-        except NotFound:
-            return False
-        return True
+        return _exists(self.volume, name)
 
     def volume_describe(self, name: str) -> dict[str, Any]:
         """GET VolumeDescribe/{name}"""
@@ -310,15 +317,10 @@ class StorPoolClient:
 
     def snapshot(self, name: str) -> dict[str, Any]:
         """GET Snapshot/{name} (raises NotFound)."""
-        data = self._get("Snapshot", name, mc=True)
-        return data[0] if isinstance(data, list) else data
+        return self._one("Snapshot", name)
 
     def snapshot_exists(self, name: str) -> bool:
-        try:
-            self.snapshot(name)
-        except NotFound:
-            return False
-        return True
+        return _exists(self.snapshot, name)
 
     def snapshot_update(self, name: str, *, rename: str | None = None,
                         tags: Mapping[str, str] | None = None,

@@ -221,12 +221,8 @@ class OnedSandbox(VmOperations):
             reply = [False, f"[{method}] {exc}", XML_RPC_API, -1]
         if not info:
             self.hooks.publish([f"EVENT API {method} {int(reply[0])}"],
-                               self._api_message(method, list(params[1:]), reply, extra))
+                               X.api_message(method, list(params[1:]), reply, extra))
         return reply
-
-    @staticmethod
-    def _api_message(method: str, params: list[Any], reply: list[Any], extra: str) -> str:
-        return X.api_message(method, params, reply, extra)
 
     # -- system ---------------------------------------------------------------------------
 

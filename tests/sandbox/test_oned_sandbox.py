@@ -432,5 +432,5 @@ def test_scenario_api(world):
     host_id = oned.create_host("node9")
     vm_id = oned.instantiate(f'NAME="x"\nDISK=[IMAGE_ID="{image_id}"]', host_id, system_ds)
     assert oned.vms[vm_id]["history"][-1]["hostname"] == "node9"
-    with pytest.raises(RuntimeError, match="Cannot get size from STAT: .*missing.img"):
+    with pytest.raises(RuntimeError, match=r"Cannot get size from STAT: .*missing\.img"):
         oned.create_image(image_ds, "broken", path="/missing.img")
