@@ -51,26 +51,40 @@ def writer_name(kind: str, action: str) -> str:
     return f"{kind}/{action}@{socket.gethostname()}:{os.getpid()}"
 
 
-def append_event(event_type: str, *, writer: str, payload: dict[str, Any], **subjects: Any
-                 ) -> None:
-    """Append the action's one event. The log is opened only now, after the work."""
-    from onestorpool import eventlog
+class ActionRecord:
+    """The one event of a driver action. The log is opened before any work, so an
+    unusable log fails the action before it touches storage; once the work is done, a log
+    failure is only reported: turning it into a failure oned acts on would leave e.g. a
+    volume behind an image in ERROR."""
 
-    eventlog.append_event(event_type, writer=writer, payload=payload, **subjects)
+    def __init__(self, kind: str, action: str):
+        from onestorpool.eventlog import EventLog, default_path
 
+        self.type, self.writer = f"{kind}.{action}", writer_name(kind, action)
+        self.started = time.monotonic()
+        self.payload: dict[str, Any] = {}
+        self.subjects: dict[str, Any] = {}
+        self.log = EventLog(default_path())
 
-def check_event_log_writable() -> None:
-    """Fail before touching storage when the audit log cannot take the event afterwards."""
-    from onestorpool import eventlog
+    def __enter__(self) -> ActionRecord:
+        return self
 
-    path = eventlog.default_path()
-    directory = os.path.dirname(path) or "."
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            raise AddonError(f"event log {path} is not writable")
-    elif not os.access(directory if os.path.isdir(directory) else os.path.dirname(directory)
-                       or ".", os.W_OK):
-        raise AddonError(f"event log directory {directory} is not writable")
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        from onestorpool.eventlog import Event
+
+        payload = {**self.payload,
+                   "duration_ms": round((time.monotonic() - self.started) * 1000)}
+        event_type = self.type
+        if exc is not None:
+            event_type += ".failed"
+            payload["error"] = str(exc) if isinstance(exc, AddonError) else (
+                f"internal error: {type(exc).__name__}")
+        try:
+            self.log.append(Event(event_type, self.writer, payload, **self.subjects))
+        except AddonError as log_error:
+            sys.stderr.write(f"WARN: event log: {log_error}\n")
+        finally:
+            self.log.close()
 
 
 def emit(stdout: str) -> None:
@@ -87,35 +101,16 @@ def run_datastore_action(action: str, argv: list[str] | None = None) -> int:
 def _datastore_main(action: str, argv: list[str]) -> int:
     from onestorpool.drivers import datastore, ds_request
 
-    started = time.monotonic()
-    payload, object_id = split_ds_arguments(argv, sys.stdin.read)
-    func = datastore.ACTIONS.get(action)
-    if func is None:
-        datastore.unsupported(action)
-    check_event_log_writable()
-    ctx = ds_request.build_context(action, payload, object_id)
-    subjects = ds_request.subjects(ctx)
-    writer = writer_name("ds", action)
-    try:
+    with ActionRecord("ds", action) as record:
+        payload, object_id = split_ds_arguments(argv, sys.stdin.read)
+        func = datastore.ACTIONS.get(action)
+        if func is None:
+            datastore.unsupported(action)
+        ctx = ds_request.build_context(action, payload, object_id)
+        record.subjects, record.payload = ds_request.subjects(ctx), ctx.event
         stdout = func(ctx)  # type: ignore[misc]
-    except AddonError as exc:
-        ctx.event.update(error=str(exc))
-        _append_quietly(f"ds.{action}.failed", writer, ctx.event, started, subjects)
-        raise
-    _append_quietly(f"ds.{action}", writer, ctx.event, started, subjects)
     emit(stdout)
     return 0
-
-
-def _append_quietly(event_type: str, writer: str, payload: dict[str, Any], started: float,
-                    subjects: dict[str, Any]) -> None:
-    """The storage work is done: a log failure now is reported, not turned into a failure
-    oned would act on (it would leave the volume behind an image in ERROR)."""
-    payload = {**payload, "duration_ms": round((time.monotonic() - started) * 1000)}
-    try:
-        append_event(event_type, writer=writer, payload=payload, **subjects)
-    except AddonError as exc:
-        sys.stderr.write(f"WARN: event log: {exc}\n")
 
 
 def run_export_delete(argv: list[str] | None = None) -> int:
@@ -134,22 +129,20 @@ def _export_delete_main(argv: list[str]) -> int:
     bridge, location = argv
     config = config_module.load()
     naming = config.naming()
-    host = hosts.get(bridge)
-    payload: dict[str, Any] = {"host": bridge, "location": location}
-    if location.startswith("/dev/storpool/"):
-        snapshot = location.removeprefix("/dev/storpool/")
-        parsed = naming.parse(snapshot)
-        if parsed is None or parsed.kind != "export":
-            raise InputError(f"export.delete: {snapshot} is not an export snapshot")
-        with StorPoolClient.from_config(config) as sp:
-            delete_snapshot(sp, snapshot)
-        payload["removed"] = [snapshot]
-    else:
-        name = os.path.basename(location)
-        parsed = naming.parse(name.rsplit(".", 1)[0])
-        if parsed is None or parsed.kind != "export":
-            raise InputError(f"export.delete: {location} is not an exported image")
-        host.run(["rm", "-f", host.path(location)])
-    _append_quietly("ds.export.delete", writer_name("ds", "export.delete"), payload,
-                    time.monotonic(), {})
+    with ActionRecord("ds", "export.delete") as record:
+        record.payload.update(host=bridge, location=location)
+        host = hosts.get(bridge)
+        if location.startswith("/dev/storpool/"):
+            snapshot = location.removeprefix("/dev/storpool/")
+            parsed = naming.parse(snapshot)
+            if parsed is None or parsed.kind != "export":
+                raise InputError(f"export.delete: {snapshot} is not an export snapshot")
+            with StorPoolClient.from_config(config) as sp:
+                delete_snapshot(sp, snapshot)
+            record.payload["removed"] = [snapshot]
+        else:
+            parsed = naming.parse(os.path.basename(location).rsplit(".", 1)[0])
+            if parsed is None or parsed.kind != "export":
+                raise InputError(f"export.delete: {location} is not an exported image")
+            host.run(["rm", "-f", host.path(location)])
     return 0

@@ -139,7 +139,7 @@ class EventLog:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = FULL")
                 self._ensure_schema()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise EventLogError(f"event log {self.path}: {exc}") from None
 
     def close(self) -> None:

@@ -344,3 +344,12 @@ def test_import_from_a_vm_snapshot(oned_with_vm):
                                                   size=3)), 82)
     assert missing.returncode == 1 and "no snapshot 4" in missing.stderr
     assert not fe.sp.volume_exists("one-img-81") and not fe.sp.volume_exists("one-img-82")
+
+
+def test_unusable_event_log_stops_the_action_before_storage(frontend, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    frontend.env["ONESTORPOOL_EVENTLOG"] = str(blocker / "events.db")
+    result = frontend.run_ds("mkfs", ds_action(image_xml(90, size=1)), 90)
+    assert result.returncode == 1 and result.error_lines[0].startswith("ERROR: event log")
+    assert frontend.storpool_names() == set()

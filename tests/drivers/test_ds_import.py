@@ -167,3 +167,5 @@ def test_bad_driver_input_is_one_clear_line(frontend, stdin, message):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("ERROR: ")
     assert message in result.stderr
     assert frontend.storpool_names() == set()
+    (event,) = frontend.events()  # even unreadable input is on the record
+    assert event.type == "ds.cp.failed" and message in event.payload["error"]
