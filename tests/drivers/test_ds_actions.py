@@ -353,3 +353,14 @@ def test_unusable_event_log_stops_the_action_before_storage(frontend, tmp_path):
     result = frontend.run_ds("mkfs", ds_action(image_xml(90, size=1)), 90)
     assert result.returncode == 1 and result.error_lines[0].startswith("ERROR: event log")
     assert frontend.storpool_names() == set()
+
+
+@pytest.mark.parametrize("action", ["backup", "restore"])
+def test_backup_actions_are_refused_clearly(frontend, action):
+    result = frontend.run_ds(action, ds_action(image_xml(95, size=1)), 95)
+    assert result.returncode == 1
+    assert result.error_lines == [f"ERROR: {action}: operation not supported by the StorPool "
+                                  "datastore (backups are taken by the TM prebackup/postbackup "
+                                  "actions)"]
+    (event,) = frontend.events()
+    assert event.type == f"ds.{action}.failed"
