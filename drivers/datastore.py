@@ -222,6 +222,7 @@ def _import_data(ctx: DsContext, final: str, template: str) -> None:
             _verify_checksums(image, digests)
             info = _qemu_info(host, device)
         fmt = info.get("format", "raw")
+        _refuse_external_files(info)
         ctx.event.update(format=fmt, bytes=written, host=host.name)
         if fmt == "raw":
             ctx.sp.volume_update(staging, rename=final, tags=tags)
@@ -292,6 +293,15 @@ def _qemu_info(host: hosts.Host, path: str) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise StorageError(f"qemu-img info {path}: unexpected output")
     return info
+
+
+def _refuse_external_files(info: dict[str, Any]) -> None:
+    """An uploaded qcow2/VMDK may name a backing file or an external data file: converting
+    it would copy whatever that path holds on the bridge (``/etc/shadow``) into the image."""
+    data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+    if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
+        raise InputError("cp: the image refers to another file (backing or data file "
+                         f"{info.get('backing-filename') or data_file!r}); refusing it")
 
 
 def _qemu_convert(host: hosts.Host, src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:

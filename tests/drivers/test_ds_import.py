@@ -169,3 +169,14 @@ def test_bad_driver_input_is_one_clear_line(frontend, stdin, message):
     assert frontend.storpool_names() == set()
     (event,) = frontend.events()  # even unreadable input is on the record
     assert event.type == "ds.cp.failed" and message in event.payload["error"]
+
+
+def test_images_pointing_at_other_files_are_refused(frontend, tmp_path):
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(b"top secret" * 1000)
+    image = tmp_path / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", str(secret),
+                    str(image)], check=True, capture_output=True)
+    result = frontend.run_ds("cp", ds_action(image_xml(12, path=str(image), size=1)), 12)
+    assert result.returncode == 1 and "refers to another file" in result.error_lines[0]
+    assert frontend.storpool_names() == set()
