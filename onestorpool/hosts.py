@@ -114,11 +114,13 @@ def get(name: str) -> Host:
 
 
 def frontend() -> Host:
-    """The front-end itself: in the sandbox the host directory named ``localhost``."""
+    """The front-end itself, named as its ``[hostname]`` section of storpool.conf names it;
+    in the sandbox the host directory ``localhost``."""
     root = sandbox_root()
     if root is not None:
         (root / FRONTEND).mkdir(parents=True, exist_ok=True)
-    return get(FRONTEND)
+        return get(FRONTEND)
+    return Host(os.uname().nodename, ssh=False)
 
 
 def client_id(host: Host, config, host_template: Mapping[str, str] | None = None) -> int:
