@@ -16,7 +16,7 @@ from typing import Any
 
 from onestorpool.errors import AddonError
 from onestorpool.hosts import Host
-from onestorpool.storpool import AlreadyExists, NotFound, StorPoolClient
+from onestorpool.storpool import AlreadyExists, Busy, NotFound, StorPoolClient
 
 MIB = 1024 * 1024
 
@@ -146,8 +146,8 @@ def detach_all(sp: StorPoolClient, name: str, *, snapshot: bool = False) -> None
             return
         except NotFound:
             return
-        except AddonError as exc:
-            if getattr(exc, "name", "") != "busy" or attempt == 9:
+        except Busy:  # still open on a client: os-brick waits 10 x 0.2 s too
+            if attempt == 9:
                 raise
             time.sleep(0.2)
 
