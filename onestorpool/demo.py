@@ -164,8 +164,8 @@ def cloud_sandbox(workdir: Path) -> None:
     env = dict(line.removeprefix("export ").split("=", 1)
                for line in (directory / "sandbox.env").read_text().splitlines())
     events = zmq.Context.instance().socket(zmq.SUB)
-    events.setsockopt(zmq.SUBSCRIBE, b"EVENT STATE IMAGE/")
-    events.setsockopt(zmq.SUBSCRIBE, b"EVENT API one.image.")
+    for prefix in (b"EVENT STATE IMAGE/", b"EVENT API one.image.", b"EVENT API one.datastore."):
+        events.setsockopt(zmq.SUBSCRIBE, prefix)
     events.connect(env["ONE_ZMQ"])
     try:
         srv = pyone.OneServer(env["ONE_XMLRPC"], session="oneadmin:sandbox")
@@ -178,7 +178,13 @@ def cloud_sandbox(workdir: Path) -> None:
                 sp.volume_template_create(f"one-ds-{ds_id}", replication=3)
         finally:
             del os.environ["ONESTORPOOL_ROOT"]
-        time.sleep(0.3)  # let the subscription reach the publisher
+        # PUB/SUB's slow joiner: repeat a harmless call until its event arrives.
+        for _ in range(100):
+            srv.datastore.update(ds_id, 'SP_DEMO="yes"', 1)
+            if events.poll(100):
+                break
+        while events.poll(100):
+            events.recv_multipart()
         image_id = srv.image.allocate(f'NAME="windows"\nPATH="{workdir / "images/disk.vhdx"}"',
                                       ds_id)
         for _ in range(300):

@@ -50,7 +50,14 @@ def subscriber(world):
     socket.setsockopt(zmq.SUBSCRIBE, b"")
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(oned.hooks.endpoint)
-    time.sleep(0.3)  # the slow-joiner window of PUB/SUB
+    # PUB/SUB's slow joiner: publish probes until one arrives, then drain them, so the
+    # test sees every event from here on, however slow the machine is.
+    deadline = time.monotonic() + 10
+    while not socket.poll(50):
+        assert time.monotonic() < deadline, "the SUB socket never got a message"
+        oned.hooks.publish(["PROBE "], "probe")
+    while socket.poll(100):
+        socket.recv_multipart()
 
     def received(timeout: float = 0.5) -> list[tuple[str, str]]:
         frames = []
