@@ -6,8 +6,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from onestorpool.sandbox.storpool import StorPoolSandbox
+
+# Shared CI machines are noisy: no per-example deadline (timing is the benchmarks' job).
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 TOKEN = "sandbox-test-token"
 
