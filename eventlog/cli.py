@@ -73,7 +73,6 @@ def cmd_tail(log: EventLog, args: argparse.Namespace) -> int:
         if not args.follow:
             return 0
         time.sleep(args.interval)
-        last = max(last, 0)
 
 
 def cmd_verify(log: EventLog, args: argparse.Namespace) -> int:

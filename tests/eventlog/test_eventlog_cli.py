@@ -157,3 +157,21 @@ def test_onestorpool_log_entry_point(log_path):
     missing = subprocess.run([sys.executable, "-m", "onestorpool.cli", "log", "--log",
                               str(log_path) + ".nope", "show"], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("ERROR: no event log")
+
+
+def test_tail_follow_prints_new_records(log_path):
+    import time
+
+    follower = subprocess.Popen([sys.executable, "-m", "onestorpool.cli", "log", "--log",
+                                 str(log_path), "tail", "-n", "0", "-f", "--interval", "0.1",
+                                 "--type", "ds.cp"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        with EventLog(log_path) as log:
+            log.append(Event("ds.rm", "t", {"n": 1}))  # filtered out
+            log.append(Event("ds.cp", "t", {"n": 2}, image=77))
+        line = follower.stdout.readline()
+        assert "ds.cp" in line and "image=77" in line and '"n": 2' in line
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
