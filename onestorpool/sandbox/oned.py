@@ -17,8 +17,11 @@ poweroff/resume, terminate(-hard) (TM mvds/delete), update, and in
 :mod:`onestorpool.sandbox.oned_vmops` stop/suspend/undeploy/resume, cold and live
 migration, disk attach/detach/resize/save-as/snapshots, VM snapshots and recover,
 with the matching state events. Operations are asynchronous as in oned: the call returns,
-a worker runs the drivers. Not yet: backups, restore and hook retries (oned's ACTION
-error); per-VM disk monitoring.
+a worker runs the drivers. Shared system datastores are monitored with
+``monitor_system_datastore``: VM disk usage printed by the TM ``monitor`` (5.10) or pushed
+to the sandbox's onemonitord UDP port (5.12+, ``MONITOR_ADDRESS``/``MONITOR_PORT`` in the
+drivers' environment) lands in the VM's MONITORING. Not yet: backups, restore and hook
+retries (oned's ACTION error).
 
 Driver conventions by ``one_version``: ``5.12`` and ``6.6`` pass the base64 DS action on
 the command line (``<action> <b64> <id>``), ``6.8`` and later on stdin (``<action> <id>``);
@@ -34,6 +37,7 @@ import itertools
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +56,7 @@ from onestorpool.sandbox.oned_vmops import VmOperations
 AUTHENTICATION, AUTHORIZATION, NO_EXISTS, ACTION, XML_RPC_API, INTERNAL = (
     0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000)
 STDIN_SINCE = (6, 8)  # DS driver action on stdin from 6.8 on
+PUSHED_MONITORING_SINCE = (5, 12)  # VM disk usage sent to onemonitord, not printed
 IMAGE_STATE_FOR_HOOK = {"USED_PERS": "USED", "LOCKED_USED_PERS": "LOCKED_USED"}
 
 
@@ -141,11 +146,21 @@ class OnedSandbox(VmOperations):
         self.driver_env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
         self.work: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self.monitord: socket.socket | None = None
+        if self.version >= PUSHED_MONITORING_SINCE:
+            # onemonitord's UDP port: drivers push VM disk usage there (send_to_monitor)
+            self.monitord = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.monitord.bind(("127.0.0.1", 0))
+            self.driver_env["MONITOR_ADDRESS"] = "127.0.0.1"
+            self.driver_env["MONITOR_PORT"] = str(self.monitord.getsockname()[1])
 
     # -- process --------------------------------------------------------------------------
 
     def start(self) -> OnedSandbox:
-        for target in (self.server.serve_forever, self._worker):
+        targets: list[Callable[[], None]] = [self.server.serve_forever, self._worker]
+        if self.monitord is not None:
+            targets.append(self._receive_monitoring)
+        for target in targets:
             thread = threading.Thread(target=target, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -156,6 +171,67 @@ class OnedSandbox(VmOperations):
         self.server.shutdown()
         self.server.server_close()
         self.hooks.close()
+        if self.monitord is not None:
+            self.monitord.close()
+
+    # -- VM disk monitoring -----------------------------------------------------------------
+
+    def monitor_system_datastore(self, ds_id: int) -> dict[str, Any]:
+        """What oned does for a shared system datastore: ``tm/<TM_MAD>/monitor <id>`` with
+        the DS action on stdin; capacity on stdout, VM disk usage printed (5.10) or pushed
+        to onemonitord over UDP (5.12+)."""
+        ds = self._datastore(ds_id)
+        xml = (f"<DS_DRIVER_ACTION_DATA>{X.datastore_body(ds)}"
+               "<DATASTORE_LOCATION>/var/lib/one/datastores</DATASTORE_LOCATION>"
+               "<MONITOR_VM_DISKS>1</MONITOR_VM_DISKS></DS_DRIVER_ACTION_DATA>")
+        script = self.remotes / "tm" / ds["tm_mad"] / "monitor"
+        result = self._run(["tm", ds["tm_mad"], "monitor"], script, [str(ds_id)],
+                           base64.b64encode(xml.encode()).decode(), ds_id)
+        if result["exit"] == 0:
+            for line in result["stdout"].splitlines():
+                key, _, value = line.partition("=")
+                if key in ("TOTAL_MB", "FREE_MB", "USED_MB"):
+                    ds[key.lower()] = int(float(value))
+                elif key.strip() == "VM" and self.version < PUSHED_MONITORING_SINCE:
+                    self._store_vm_monitoring(value)
+        return result
+
+    def _receive_monitoring(self) -> None:
+        assert self.monitord is not None
+        while True:
+            try:
+                data = self.monitord.recv(1 << 20)
+            except OSError:
+                return  # closed by stop()
+            words = data.decode(errors="replace").split()
+            if len(words) == 5 and words[:2] == ["MONITOR_VM", "SUCCESS"]:
+                import zlib
+
+                try:
+                    payload = zlib.decompress(base64.b64decode(words[4])).decode()
+                except (ValueError, zlib.error):
+                    continue
+                for line in payload.splitlines():
+                    key, _, value = line.partition("=")
+                    if key.strip() == "VM":
+                        self._store_vm_monitoring(value)
+
+    def _store_vm_monitoring(self, vector: str) -> None:
+        """``[ID=<vm>, POLL="..."]`` (5.10) or ``[ID=<vm>, MONITOR="<base64>"]``."""
+        fields = X.parse_template(f"VM={vector.strip()}").get("VM", [{}])[0]
+        if not fields.get("ID", "").isdigit():
+            return
+        text = fields.get("POLL", "")
+        if "MONITOR" in fields:
+            text = base64.b64decode(fields["MONITOR"]).decode(errors="replace")
+        disks = {int(d["ID"]): int(float(d["SIZE"]))
+                 for d in X.parse_template(text).get("DISK_SIZE", [])
+                 if d.get("ID", "").isdigit() and d.get("SIZE")}
+        with self.lock:
+            vm = self.vms.get(int(fields["ID"]))
+            if vm is not None:
+                vm["monitoring"] = {"disks": disks, "timestamp": int(time.time())}
+                self.changed.notify_all()
 
     def _worker(self) -> None:
         while (job := self.work.get()) is not None:

@@ -9,7 +9,8 @@ from xml.sax.saxutils import escape
 
 Template = dict[str, Any]  # values: str, or list of dicts for vectors (DISK, CONTEXT, ...)
 
-_PAIR_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\]\n]*)\s*')
+_PAIR_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\]\n]*)\s*',
+                      re.DOTALL)
 
 
 def parse_template(text: str) -> Template:
@@ -39,22 +40,45 @@ def parse_template(text: str) -> Template:
         key = match[1].upper()
         position = match.end()
         if text.startswith("[", position):
-            end = text.index("]", position)
+            pairs, position = _vector_pairs(text, position + 1, key)
             vector = {}
-            for pair in text[position + 1:end].split(","):
-                if pair.strip():
-                    found = _PAIR_RE.fullmatch(pair)
-                    if found is None:
-                        raise ValueError(f"template syntax error in {key} vector")
-                    vector[found[1].upper()] = _unquote(found[2].strip())
+            for pair in pairs:
+                found = _PAIR_RE.fullmatch(pair)
+                if found is None:
+                    raise ValueError(f"template syntax error in {key} vector")
+                vector[found[1].upper()] = _unquote(found[2].strip())
             result.setdefault(key, []).append(vector)
-            position = end + 1
         else:
             value = re.compile(r'"(?:[^"\\]|\\.)*"|[^\n]*').match(text, position)
             assert value is not None
             result[key] = _unquote(value[0].strip())
             position = value.end()
     return result
+
+
+def _vector_pairs(text: str, position: int, key: str) -> tuple[list[str], int]:
+    """The ``A=1, B="x, ]"`` pairs of a vector up to its closing ``]`` (quotes respected);
+    returns them and the position after the ``]``."""
+    pairs, current, quoted = [], [], False
+    while position < len(text):
+        char = text[position]
+        if char == "\\" and quoted:
+            current.append(text[position:position + 2])
+            position += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in ",]":
+            if "".join(current).strip():
+                pairs.append("".join(current))
+            current = []
+            if char == "]":
+                return pairs, position + 1
+            position += 1
+            continue
+        current.append(char)
+        position += 1
+    raise ValueError(f"template syntax error: {key} vector is not closed")
 
 
 def _unquote(value: str) -> str:
@@ -179,12 +203,22 @@ def vm_body(vm: dict[str, Any]) -> str:
             f"<PREV_STATE>{vm['prev_state']}</PREV_STATE>"
             f"<PREV_LCM_STATE>{vm['prev_lcm_state']}</PREV_LCM_STATE><RESCHED>0</RESCHED>"
             f"<STIME>{vm['stime']}</STIME><ETIME>{vm['etime']}</ETIME>"
-            f"<DEPLOY_ID>{cdata(vm['deploy_id'])}</DEPLOY_ID><MONITORING/>"
+            f"<DEPLOY_ID>{cdata(vm['deploy_id'])}</DEPLOY_ID>{monitoring_xml(vm)}"
             f"<SCHED_ACTIONS/>"
             f"{template_xml(vm_template(vm), vm=True)}"
             f"{template_xml(vm['user_template'], 'USER_TEMPLATE')}"
             f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>{snapshots}"
             f"<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>")
+
+
+def monitoring_xml(vm: dict[str, Any]) -> str:
+    monitoring = vm.get("monitoring")
+    if not monitoring:
+        return "<MONITORING/>"
+    disks = "".join(f"<DISK_SIZE><ID>{disk}</ID><SIZE>{size}</SIZE></DISK_SIZE>"
+                    for disk, size in sorted(monitoring["disks"].items()))
+    return (f"<MONITORING>{disks}<ID>{vm['id']}</ID>"
+            f"<TIMESTAMP>{monitoring['timestamp']}</TIMESTAMP></MONITORING>")
 
 
 def vm_template(vm: dict[str, Any]) -> Template:

@@ -441,3 +441,32 @@ def test_scenario_api(world):
     assert oned.vms[vm_id]["history"][-1]["hostname"] == "node9"
     with pytest.raises(RuntimeError, match=r"Cannot get size from STAT: .*missing\.img"):
         oned.create_image(image_ds, "broken", path="/missing.img")
+
+
+@pytest.mark.parametrize("one_version", ["5.10", "6.10"])
+def test_vm_disk_monitoring_printed_or_pushed(tmp_path, storpool_sandbox, one_version):
+    frontend = make_frontend(tmp_path / "fe", storpool_sandbox)
+    env = {k: v for k, v in frontend.env.items() if k.startswith("ONESTORPOOL_")}
+    remotes = tmp_path / "remotes"
+    remotes.mkdir()
+    (remotes / "tm").symlink_to(FAKE_TM)
+    env["FAKE_TM_LOG"] = str(tmp_path / "tm.log")
+    oned = OnedSandbox(tmp_path / "oned", remotes=remotes, driver_env=env,
+                       one_version=one_version).start()
+    try:
+        system_ds = oned.create_datastore("sys", "SYSTEM_DS", TM_MAD="fake", SHARED="YES")
+        host_id = oned.create_host("kvm1")
+        vm_id = oned.instantiate('NAME="m"\nDISK=[TYPE="fs",SIZE="10"]', host_id, system_ds)
+        oned.driver_env["FAKE_MONITOR_VM"] = str(vm_id)
+        result = oned.monitor_system_datastore(system_ds)
+        assert result["exit"] == 0
+        pushed = one_version != "5.10"
+        assert ("VM=[" in result["stdout"]) is not pushed
+        assert ("MONITOR_PORT" in oned.driver_env) is pushed
+        oned._wait(lambda: oned.vms[vm_id].get("monitoring") or None, "monitoring", 10)
+        vm = client(oned).vm.info(vm_id)
+        assert {d.ID: d.SIZE for d in vm.MONITORING.DISK_SIZE} == {0: 7, 1: 3}
+        assert oned.datastores[system_ds]["total_mb"] == 100
+        assert xsd("vm.xsd").validate(in_namespace(oned.vm_info(vm_id)))
+    finally:
+        oned.stop()
