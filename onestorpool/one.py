@@ -546,9 +546,7 @@ def parse_hook_message(key: str | bytes, payload: str | bytes) -> HookEvent:
     does not escape string parameters): they are parsed forgivingly."""
     key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
     event = parse_hook_key(key_text)
-    if event.kind == "RETRY":
-        return event
-    raw = decode_base64(payload, "hook message")
+    raw = decode_base64(payload, "hook message")  # RETRY content ends in a blank: stripped
     message = parse_xml(raw, "HOOK_MESSAGE", forgiving=event.kind == "API")
     if message.tag != "HOOK_MESSAGE":
         raise InputError(f"hook message: expected HOOK_MESSAGE, got {message.tag}")

@@ -84,12 +84,20 @@ class HookBus:
         self.lock = threading.Lock()
         self.sent: list[tuple[str, str]] = []
 
-    def publish(self, keys: list[str], message: str) -> None:
-        payload = base64.b64encode(message.encode()).decode()
+    def publish(self, keys: list[str], message: str, suffix: str = "") -> None:
+        payload = base64.b64encode(message.encode()).decode() + suffix
         with self.lock:
             for key in keys:
                 self.socket.send_multipart([key.encode(), payload.encode()])
                 self.sent.append((key, payload))
+
+    def publish_retry(self, hook_id: int, arguments: str, remote_host: str = "") -> None:
+        """What ``onehook retry`` makes one_hm send: key ``RETRY``, the base64 message and
+        one blank (``HookManager::format_message``)."""
+        host = f"<REMOTE_HOST>{remote_host}</REMOTE_HOST>" if remote_host else ""
+        encoded = base64.b64encode(arguments.encode()).decode()
+        self.publish(["RETRY"], f"<HOOK_MESSAGE><ARGUMENTS>{encoded}</ARGUMENTS>"
+                                f"<HOOK_ID>{hook_id}</HOOK_ID>{host}</HOOK_MESSAGE>", " ")
 
     def close(self) -> None:
         self.socket.close()

@@ -470,3 +470,14 @@ def test_vm_disk_monitoring_printed_or_pushed(tmp_path, storpool_sandbox, one_ve
         assert xsd("vm.xsd").validate(in_namespace(oned.vm_info(vm_id)))
     finally:
         oned.stop()
+
+
+def test_retry_messages(world, subscriber):
+    _, oned, _ = world
+    oned.hooks.publish_retry(4, "VM 42 $TEMPLATE", remote_host="kvm1")
+    ((key, payload),) = subscriber()
+    assert key == "RETRY" and payload.endswith(" ")  # one_hm appends one blank
+    event = parse_hook_message(key, payload)
+    assert event.kind == "RETRY" and event.message.findtext("HOOK_ID") == "4"
+    assert base64.b64decode(event.message.findtext("ARGUMENTS")) == b"VM 42 $TEMPLATE"
+    assert event.message.findtext("REMOTE_HOST") == "kvm1"
