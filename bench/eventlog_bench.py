@@ -178,10 +178,15 @@ def table(results: list[tuple[str, float, str]]) -> str:
 
 
 def write_section(text: str) -> None:
+    write_named_section("Event log", text)
+
+
+def write_named_section(title: str, text: str) -> None:
+    """Replace (or add) the ``## <title>`` section of BENCHMARKS.md, leaving the others."""
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
     current = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## Event log\n\n{text}\n"
-    pattern = re.compile(r"## Event log\n.*?(?=\n## |\Z)", re.DOTALL)
+    section = f"## {title}\n\n{text}\n"
+    pattern = re.compile(rf"## {re.escape(title)}\n.*?(?=\n## |\Z)", re.DOTALL)
     updated = pattern.sub(section.rstrip("\n"), current) if pattern.search(current) else (
         current.rstrip("\n") + "\n\n" + section)
     path.write_text(updated.rstrip("\n") + "\n")
