@@ -3,57 +3,89 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from onestorpool.eventlog import default_path
+from onestorpool.errors import InputError
 from onestorpool.eventlog.record import Record
-from onestorpool.eventlog.store import EventLog, EventLogError
+from onestorpool.eventlog.store import EventLog, EventLogError, default_path
+
+SUBJECTS = ("vm", "image", "datastore", "volume", "snapshot")
 
 
 def parse_since(text: str) -> float:
     """``2026-11-24T10:00``, ``2026-11-24``, or relative ``90s``/``15m``/``2h``/``3d``."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[:-1].isdigit() and text[-1] in units:
+    if text[:-1].isdigit() and text[-1:] in units:
         return time.time() - int(text[:-1]) * units[text[-1]]
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--since: expected a date or N[s|m|h|d], "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a date or N[s|m|h|d], got {text!r}"
+                                         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
+def parse_anchor(text: str) -> tuple[int, bytes]:
+    """``SEQ:HASH`` as ``stats`` prints the head."""
+    seq, _, digest = text.partition(":")
+    try:
+        anchor = int(seq), bytes.fromhex(digest)
+    except ValueError:
+        anchor = (0, b"")
+    if len(anchor[1]) != 32:  # SHA-256
+        raise argparse.ArgumentTypeError(f"expected SEQ:HASH (64 hex digits), got {text!r}")
+    return anchor
+
+
 def _filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vm", type=int)
-    parser.add_argument("--image", type=int)
-    parser.add_argument("--datastore", type=int)
-    parser.add_argument("--volume")
-    parser.add_argument("--type", action="append", dest="types", help="repeatable")
-    parser.add_argument("--since", type=parse_since)
-    parser.add_argument("--from-seq", type=int, default=0, help="records after this number")
-    parser.add_argument("--failed", action="store_true", help="failed actions only")
+    parser.add_argument("--vm", type=int, help="records about this VM")
+    parser.add_argument("--image", type=int, help="records about this image")
+    parser.add_argument("--datastore", type=int, help="records about this datastore")
+    parser.add_argument("--volume", help="records about this StorPool volume")
+    parser.add_argument("--snapshot", help="records about this StorPool snapshot")
+    parser.add_argument("--type", action="append", dest="types", metavar="TYPE",
+                        help="event type, repeatable")
+    parser.add_argument("--since", type=parse_since, metavar="WHEN",
+                        help="a date (UTC unless given) or an age: 90s, 15m, 2h, 3d")
+    parser.add_argument("--from-seq", type=int, default=0, metavar="SEQ",
+                        help="records after this sequence number")
+    parser.add_argument("--failed", action="store_true",
+                        help="failed actions and effects only")
 
 
-def _select(log: EventLog, args: argparse.Namespace, since_seq: int | None = None):
-    records = log.read(since_seq=args.from_seq if since_seq is None else since_seq,
-                       since_time=args.since, types=args.types, vm=args.vm,
-                       image=args.image, datastore=args.datastore, volume=args.volume)
+def _filtered(args: argparse.Namespace) -> bool:
+    return bool(args.types or args.since or args.failed
+                or any(getattr(args, s) is not None for s in SUBJECTS))
+
+
+def _select(log: EventLog, args: argparse.Namespace, *, since_seq: int | None = None,
+            until_seq: int | None = None, follow: bool = False) -> Iterator[Record]:
+    subjects = {s: getattr(args, s) for s in SUBJECTS}
+    start = args.from_seq if since_seq is None else since_seq
+    if follow:
+        records = log.iterate(since_seq=start, follow=True, interval=args.interval,
+                              since_time=args.since, types=args.types, **subjects)
+    else:
+        records = log.read(since_seq=start, until_seq=until_seq, since_time=args.since,
+                           types=args.types, **subjects)
     if args.failed:
-        records = (r for r in records if r.type.endswith(".failed") or "error" in r.payload)
+        return (r for r in records if r.type.endswith(".failed") or "error" in r.payload)
     return records
 
 
 def _line(record: Record) -> str:
     when = datetime.fromtimestamp(record.time, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    subjects = " ".join(f"{k}={v}" for k, v in (("vm", record.vm), ("image", record.image),
-                                                 ("ds", record.datastore),
-                                                 ("volume", record.volume)) if v is not None)
+    subjects = " ".join(f"{name}={value}" for name, value in (
+        ("vm", record.vm), ("image", record.image), ("ds", record.datastore),
+        ("volume", record.volume), ("snapshot", record.snapshot)) if value is not None)
     payload = json.dumps(record.payload, sort_keys=True, default=str)
     return f"{record.seq:>8} {when} {record.type:<22} {subjects} {payload} [{record.writer}]"
 
@@ -65,51 +97,57 @@ def cmd_show(log: EventLog, args: argparse.Namespace) -> int:
 
 
 def cmd_tail(log: EventLog, args: argparse.Namespace) -> int:
-    last = max(0, log.head()[0] - args.lines)
-    while True:
-        for record in _select(log, args, since_seq=last):
+    top = log.head()[0]
+    # Unfiltered, the last N records are the last N sequence numbers; filtered, the last N
+    # that match (which means reading the matches, through their index).
+    start = args.from_seq if _filtered(args) else max(args.from_seq, top - args.lines)
+    last = collections.deque(_select(log, args, since_seq=start, until_seq=top),
+                             maxlen=max(args.lines, 0))
+    for record in last:
+        print(_line(record), flush=True)
+    if args.follow:
+        for record in _select(log, args, since_seq=top, follow=True):
             print(_line(record), flush=True)
-            last = record.seq
-        if not args.follow:
-            return 0
-        time.sleep(args.interval)
+    return 0
 
 
 def cmd_verify(log: EventLog, args: argparse.Namespace) -> int:
-    from onestorpool.eventlog.archive import verify_archive
+    from onestorpool.eventlog.archive import verify_archives
     from onestorpool.eventlog.verify import verify
 
     status = 0
-    for archive in args.archive or ():
-        ok, message = verify_archive(Path(archive), log)
-        print(message if ok else f"FAILED: {message}")
-        status |= 0 if ok else 1
-    result = verify(log)
+    for check in verify_archives([Path(a) for a in args.archive or ()], log):
+        print(check.message if check.ok else f"FAILED: {check.message}")
+        status |= 0 if check.ok else 1
+    result = verify(log, anchors=args.anchor or ())
     if result.ok:
-        print(f"ok: {result.checked} records, chain head {result.head}")
+        print(f"ok: {result.checked} records, chain head {result.head_seq}:{result.head}")
     else:
-        print(f"FAILED at record {result.first_bad}: {result.reason}")
+        where = "" if result.first_bad is None else f" at record {result.first_bad}"
+        print(f"FAILED{where}: {result.reason}")
         status = 1
     return status
 
 
 def cmd_export(log: EventLog, args: argparse.Namespace) -> int:
-    out = sys.stdout
+    write = sys.stdout.write
     for record in _select(log, args):
-        out.write(json.dumps(record.to_json(), sort_keys=True, default=str) + "\n")
+        write(json.dumps(record.to_json(), sort_keys=True, default=str) + "\n")
     return 0
 
 
 def cmd_stats(log: EventLog, args: argparse.Namespace) -> int:
+    from onestorpool.eventlog.projections import pending_effects
+
     rows = log.db.execute("SELECT type, COUNT(*), MIN(time), MAX(time) FROM events "
                           "GROUP BY type ORDER BY type").fetchall()
     seq, head = log.head()
     archived, _ = log.anchor()
-    print(f"records: {log.count()} (archived through {archived}), last seq {seq}")
-    print(f"chain head: {head.hex()}")
-    print(f"effects done: {len(log.done_keys())}")
+    print(f"records: {log.count()} live (archived through {archived}), last seq {seq}")
+    print(f"chain head: {seq}:{head.hex()}")
+    print(f"effects: {len(log.done_keys())} done, {len(pending_effects(log))} pending")
     for event_type, count, first, last in rows:
-        print(f"  {event_type:<24} {count:>8}  "
+        print(f"  {event_type:<24} {count:>9}  "
               f"{datetime.fromtimestamp(first, UTC):%Y-%m-%d} .. "
               f"{datetime.fromtimestamp(last, UTC):%Y-%m-%d}")
     return 0
@@ -120,7 +158,7 @@ def cmd_pending(log: EventLog, args: argparse.Namespace) -> int:
 
     for pending in pending_effects(log, effect_type=args.effect):
         print(f"{pending.key}  {pending.type}  requested by #{pending.requested_by.seq}"
-              f"  failures={pending.failures} {pending.last_error}")
+              f"  failures={pending.failures} {pending.last_error}".rstrip())
     return 0
 
 
@@ -139,7 +177,8 @@ def cmd_replay(log: EventLog, args: argparse.Namespace) -> int:
     outcomes = replay.replay(log, since_seq=args.from_seq, dry_run=not args.execute,
                              effect_type=args.effect)
     for outcome in outcomes:
-        print(f"{outcome.status:<10} {outcome.effect_type:<16} {outcome.key}  {outcome.detail}")
+        print(f"{outcome.status:<10} {outcome.effect_type:<16} {outcome.key}  "
+              f"#{outcome.request_seq}  {outcome.detail}".rstrip())
     if not outcomes:
         print("nothing to do: every requested effect is done")
     return 1 if any(o.status in ("failed", "no-handler") for o in outcomes) else 0
@@ -148,8 +187,11 @@ def cmd_replay(log: EventLog, args: argparse.Namespace) -> int:
 def cmd_archive(log: EventLog, args: argparse.Namespace) -> int:
     from onestorpool.eventlog.archive import archive
 
-    result = archive(log, Path(args.dir), older_than=args.older_than_days * 86400
-                     if args.through is None else None, through_seq=args.through)
+    if args.through is None and args.older_than_days is None:
+        raise InputError("archive: give --older-than-days or --through")
+    result = archive(log, Path(args.dir), through_seq=args.through,
+                     older_than=None if args.older_than_days is None
+                     else args.older_than_days * 86400)
     if result is None:
         print("nothing to archive")
     else:
@@ -159,37 +201,52 @@ def cmd_archive(log: EventLog, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onestorpool log",
-                                     description="Audit and replay the add-on's event log.")
-    parser.add_argument("--log", default=None, help=f"database (default {default_path()})")
-    sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("show", help="print records")
-    _filters(show)
-    tail = sub.add_parser("tail", help="print the last records, -f to follow")
+    # --log is accepted before or after the command (SUPPRESS: the later one, if given, wins).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the event log database")
+    parser = argparse.ArgumentParser(prog="onestorpool log", parents=[common],
+                                     description="Audit, verify, export and replay the "
+                                                 f"add-on's event log (default "
+                                                 f"{default_path()}).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=text, description=text)
+
+    _filters(command("show", "print records"))
+    tail = command("tail", "print the last records; -f to follow")
     _filters(tail)
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.add_argument("-f", "--follow", action="store_true")
-    tail.add_argument("--interval", type=float, default=1.0)
-    verify = sub.add_parser("verify", help="check the hash chain and the database")
-    verify.add_argument("--archive", action="append", help="also verify an archive file")
-    export = sub.add_parser("export", help="records as JSON lines")
+    tail.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    verify = command("verify", "check the database and the hash chain (exit 1 at the first "
+                               "bad record)")
+    verify.add_argument("--archive", action="append", metavar="FILE",
+                        help="also verify an archive, and that the archives join up")
+    verify.add_argument("--anchor", action="append", type=parse_anchor, metavar="SEQ:HASH",
+                        help="a chain head recorded earlier (stats prints it); repeatable")
+    export = command("export", "print records as JSON lines")
     _filters(export)
     export.add_argument("--format", choices=["jsonl"], default="jsonl")
-    sub.add_parser("stats", help="counts per type, chain head")
-    pending = sub.add_parser("pending", help="side effects requested and not done")
+    command("stats", "counts per type, effects, chain head")
+    pending = command("pending", "side effects requested and not done")
     pending.add_argument("--effect", help="only this effect type")
-    sub.add_parser("objects", help="StorPool objects the log says exist")
-    replay = sub.add_parser("replay", help="run requested effects not done yet "
-                                           "(dry run unless --execute)")
-    replay.add_argument("--from-seq", type=int, default=0)
+    command("objects", "StorPool objects the log says exist")
+    replay = command("replay", "run the requested effects not done yet (a dry run unless "
+                               "--execute)")
+    replay.add_argument("--from-seq", type=int, default=0, metavar="SEQ",
+                        help="effects requested after this sequence number")
     replay.add_argument("--effect", help="only this effect type")
     mode = replay.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", default=True, help="(default)")
+    mode.add_argument("--dry-run", action="store_true", default=True,
+                      help="list what would run (the default)")
     mode.add_argument("--execute", action="store_true", help="perform the effects")
-    archive = sub.add_parser("archive", help="move old records to a .jsonl.gz archive")
-    archive.add_argument("--dir", required=True)
-    archive.add_argument("--older-than-days", type=float, default=90)
-    archive.add_argument("--through", type=int, help="archive up to this sequence number")
+    archive = command("archive", "move old records to a .jsonl.gz archive")
+    archive.add_argument("--dir", required=True, help="where archives go")
+    archive.add_argument("--older-than-days", type=float, help="archive records this old")
+    archive.add_argument("--through", type=int, metavar="SEQ",
+                         help="archive up to this sequence number")
     return parser
 
 
@@ -201,8 +258,9 @@ READ_ONLY = {"show", "tail", "verify", "export", "stats", "pending", "objects"}
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    path = args.log or default_path()
+    path = getattr(args, "log", None) or default_path()
     if not Path(path).exists():
         raise EventLogError(f"no event log at {path}")
-    with EventLog(path, readonly=args.command in READ_ONLY) as log:
+    readonly = args.command in READ_ONLY or (args.command == "replay" and not args.execute)
+    with EventLog(path, readonly=readonly) as log:
         return COMMANDS[args.command](log, args)

@@ -7,8 +7,10 @@
   recorded done by a consumer (the ``tracking`` table).
 
 Effects protocol: an event whose payload has ``effect = {"type": T, "key": K, ...}`` asks
-for an effect; the handler that performs it appends ``effect.done`` (or ``effect.failed``)
-and a tracking row for K in the same transaction.
+for an effect (K is its idempotency key, e.g. ``remote_backup:<tombstone>``). Whoever
+performs it (:func:`onestorpool.eventlog.replay.run_effect`) appends ``effect.done`` and a
+tracking row (consumer ``effects``, key K, position: the requesting record) in one
+transaction; a failure appends ``effect.failed`` and leaves it pending.
 """
 
 from __future__ import annotations

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from onestorpool.errors import AddonError
 from onestorpool.eventlog.record import (
@@ -30,61 +28,84 @@ from onestorpool.eventlog.record import (
     pack_payload,
 )
 
-DB_SCHEMA = 1
+DEFAULT_PATH = "/var/lib/one/onestorpool/events.db"
+ARCHIVED = "log.archived"  # the record that names an archive cut (archive.py, verify.py)
 BUSY_TIMEOUT_MS = 30_000
+PAGE_SIZE = 1024  # new logs: here reads are as fast as with 4096, appends cheaper
 
-SCHEMA_SQL = """
-CREATE TABLE events (
-    seq        INTEGER PRIMARY KEY,
-    time       REAL    NOT NULL,
-    writer     TEXT    NOT NULL,
-    host       TEXT    NOT NULL,
-    pid        INTEGER NOT NULL,
-    type       TEXT    NOT NULL,
-    vm         INTEGER,
-    image      INTEGER,
-    datastore  INTEGER,
-    volume     TEXT,
-    snapshot   TEXT,
-    effect_key TEXT,
-    schema     INTEGER NOT NULL,
-    payload    BLOB    NOT NULL,
-    prev_hash  BLOB    NOT NULL,
-    hash       BLOB    NOT NULL
-);
-CREATE INDEX events_vm ON events(vm) WHERE vm IS NOT NULL;
-CREATE INDEX events_image ON events(image) WHERE image IS NOT NULL;
-CREATE INDEX events_datastore ON events(datastore) WHERE datastore IS NOT NULL;
-CREATE INDEX events_volume ON events(volume) WHERE volume IS NOT NULL;
-CREATE INDEX events_snapshot ON events(snapshot) WHERE snapshot IS NOT NULL;
-CREATE INDEX events_effect ON events(effect_key) WHERE effect_key IS NOT NULL;
-CREATE INDEX events_type ON events(type);
-CREATE INDEX events_time ON events(time);
-CREATE TABLE tracking (
-    consumer TEXT    NOT NULL,
-    key      TEXT    NOT NULL,
-    seq      INTEGER NOT NULL,
-    PRIMARY KEY (consumer, key)
-);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TRIGGER events_append_only BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
-CREATE TRIGGER events_no_delete BEFORE DELETE ON events
-WHEN OLD.seq > COALESCE((SELECT CAST(value AS INTEGER) FROM meta
-                         WHERE key = 'archived_through'), 0)
-BEGIN SELECT RAISE(ABORT, 'the event log is append-only (archive first)'); END;
-CREATE TRIGGER tracking_append_only BEFORE UPDATE ON tracking
-BEGIN SELECT RAISE(ABORT, 'tracking is append-only'); END;
-CREATE TRIGGER tracking_no_delete BEFORE DELETE ON tracking
-BEGIN SELECT RAISE(ABORT, 'tracking is append-only'); END;
-CREATE TRIGGER meta_archive_only_grows BEFORE UPDATE ON meta
-WHEN NEW.key = 'archived_through'
-     AND CAST(NEW.value AS INTEGER) < CAST(OLD.value AS INTEGER)
-BEGIN SELECT RAISE(ABORT, 'archived_through only grows'); END;
-"""
+# Database schema, one step per version (PRAGMA user_version). A database is created by
+# running every step, so new and migrated databases cannot differ.
+SCHEMA_STEPS: tuple[str, ...] = (
+    # 1: events, tracking, meta; append-only triggers.
+    """
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY,
+        time       REAL    NOT NULL,
+        writer     TEXT    NOT NULL,
+        host       TEXT    NOT NULL,
+        pid        INTEGER NOT NULL,
+        type       TEXT    NOT NULL,
+        vm         INTEGER,
+        image      INTEGER,
+        datastore  INTEGER,
+        volume     TEXT,
+        snapshot   TEXT,
+        effect_key TEXT,
+        schema     INTEGER NOT NULL,
+        payload    BLOB    NOT NULL,
+        prev_hash  BLOB    NOT NULL,
+        hash       BLOB    NOT NULL
+    );
+    CREATE INDEX events_vm ON events(vm) WHERE vm IS NOT NULL;
+    CREATE INDEX events_image ON events(image) WHERE image IS NOT NULL;
+    CREATE INDEX events_datastore ON events(datastore) WHERE datastore IS NOT NULL;
+    CREATE INDEX events_volume ON events(volume) WHERE volume IS NOT NULL;
+    CREATE INDEX events_snapshot ON events(snapshot) WHERE snapshot IS NOT NULL;
+    CREATE INDEX events_effect ON events(effect_key) WHERE effect_key IS NOT NULL;
+    CREATE INDEX events_type ON events(type);
+    CREATE INDEX events_time ON events(time);
+    CREATE TABLE tracking (
+        consumer TEXT    NOT NULL,
+        key      TEXT    NOT NULL,
+        seq      INTEGER NOT NULL,
+        PRIMARY KEY (consumer, key)
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TRIGGER events_append_only BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    WHEN OLD.seq > COALESCE((SELECT CAST(value AS INTEGER) FROM meta
+                             WHERE key = 'archived_through'), 0)
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only (archive first)'); END;
+    CREATE TRIGGER tracking_append_only BEFORE UPDATE ON tracking
+    BEGIN SELECT RAISE(ABORT, 'tracking is append-only'); END;
+    CREATE TRIGGER tracking_no_delete BEFORE DELETE ON tracking
+    BEGIN SELECT RAISE(ABORT, 'tracking is append-only'); END;
+    CREATE TRIGGER meta_archive_only_grows BEFORE UPDATE ON meta
+    WHEN NEW.key = 'archived_through'
+         AND CAST(NEW.value AS INTEGER) < CAST(OLD.value AS INTEGER)
+    BEGIN SELECT RAISE(ABORT, 'archived_through only grows'); END;
+    """,
+    # 2: the consumer's position in tracking; the head witness in meta ("<seq> <hash>" of
+    # the last record, written with every append), so that cutting records off the end of
+    # the chain is detected; meta rows stay.
+    """
+    ALTER TABLE tracking ADD COLUMN position INTEGER;
+    CREATE INDEX tracking_position ON tracking(consumer, position);
+    INSERT INTO meta (key, value) VALUES ('head', COALESCE(
+        (SELECT seq || ' ' || lower(hex(hash)) FROM events ORDER BY seq DESC LIMIT 1),
+        (SELECT a.value || ' ' || h.value FROM meta a, meta h
+         WHERE a.key = 'archived_through' AND h.key = 'anchor_hash'),
+        '0 ' || lower(hex(zeroblob(32)))));
+    CREATE TRIGGER meta_no_delete BEFORE DELETE ON meta
+    BEGIN SELECT RAISE(ABORT, 'the event log metadata is append-only'); END;
+    """,
+)
+DB_SCHEMA = len(SCHEMA_STEPS)
 
 COLUMNS = ("seq, time, writer, host, pid, type, vm, image, datastore, volume, snapshot, "
            "effect_key, schema, payload, prev_hash, hash")
+INSERT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 class EventLogError(AddonError):
@@ -94,27 +115,54 @@ class EventLogError(AddonError):
 class AlreadyDone(EventLogError):
     """A consumer already recorded this idempotency key: the effect happened before."""
 
+    def __init__(self, consumer: str, key: str):
+        super().__init__(f"{consumer} already recorded {key!r} as done")
+        self.consumer, self.key = consumer, key
 
-@dataclass(frozen=True)
-class Event:
-    """An event to append. Subjects are indexed; ``payload`` is any msgpack-able dict."""
 
+def default_path() -> str:
+    """``$ONESTORPOOL_EVENTLOG``, else ``/var/lib/one/onestorpool/events.db`` (under
+    ``$ONESTORPOOL_ROOT`` when set: the sandbox's fake root, as for every default path)."""
+    explicit = os.environ.get("ONESTORPOOL_EVENTLOG")
+    if explicit:
+        return explicit
+    root = os.environ.get("ONESTORPOOL_ROOT", "/")
+    return os.path.join(root, DEFAULT_PATH.lstrip("/"))
+
+
+class _EventFields(NamedTuple):
     type: str
     writer: str
-    payload: dict[str, Any] = field(default_factory=dict)
-    vm: int | None = None
-    image: int | None = None
-    datastore: int | None = None
-    volume: str | None = None
-    snapshot: str | None = None
+    payload: dict[str, Any]
+    vm: int | None
+    image: int | None
+    datastore: int | None
+    volume: str | None
+    snapshot: str | None
+
+
+class Event(_EventFields):
+    """An event to append (immutable). Subjects are indexed; ``payload`` is a dict of
+    msgpack types (None, bool, int, float, str, bytes, list, dict)."""
+
+    __slots__ = ()
+
+    def __new__(cls, type: str, writer: str, payload: dict[str, Any] | None = None,
+                vm: int | None = None, image: int | None = None, datastore: int | None = None,
+                volume: str | None = None, snapshot: str | None = None) -> Event:
+        # A fresh dict per event: a shared default would leak one caller's keys to another.
+        return super().__new__(cls, type, writer, {} if payload is None else payload, vm,
+                               image, datastore, volume, snapshot)
 
     @property
     def effect_key(self) -> str | None:
+        """The idempotency key when this event requests a side effect (see projections)."""
         effect = self.payload.get("effect")
         return str(effect["key"]) if isinstance(effect, dict) and "key" in effect else None
 
 
-_HOST = socket.gethostname()
+# os.uname() is what socket.gethostname() returns on Linux, without importing socket.
+HOST = os.uname().nodename
 _new_record = tuple.__new__  # a row is exactly a Record's fields: replay is hot
 
 
@@ -123,24 +171,45 @@ def _row_to_record(row: Sequence[Any]) -> Record:
 
 
 class EventLog:
-    """One event log database. Safe to use from several processes at once."""
+    """One event log database. Safe to use from several processes at once; one instance
+    belongs to one thread at a time."""
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False):
         self.path = os.fspath(path)
         self.readonly = readonly
         try:
-            if not readonly:
-                _prepare_file(self.path)
-            uri = f"file:{self.path}{'?mode=ro' if readonly else ''}"
-            self.db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                                      isolation_level=None, check_same_thread=False)
-            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not readonly:
+            if readonly:
+                self.db = sqlite3.connect(_readonly_uri(self.path), uri=True,
+                                          timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                          check_same_thread=False)
+            else:
+                fresh = _prepare_file(self.path)
+                self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                          isolation_level=None, check_same_thread=False)
+                if fresh:
+                    # Before WAL, as both only apply to an empty file (and setting
+                    # auto_vacuum on a full one costs a write): an append changes ~7 pages
+                    # (the table, the subject, type and time index leaves, the head witness),
+                    # each written to the WAL before the fsync, so smaller pages make durable
+                    # appends cheaper (BENCHMARKS.md); incremental auto_vacuum lets archiving
+                    # give space back (archive.py).
+                    self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+                    self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = FULL")
-                self._ensure_schema()
-        except (sqlite3.Error, OSError) as exc:
+            self._check_schema()
+        except (sqlite3.Error, OSError, EventLogError) as exc:
+            if hasattr(self, "db"):
+                self.db.close()
+            if isinstance(exc, EventLogError):
+                raise
             raise EventLogError(f"event log {self.path}: {exc}") from None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, *,
+             readonly: bool = False) -> EventLog:
+        """Open ``path``, or :func:`default_path` when it is ``None``."""
+        return cls(default_path() if path is None else path, readonly=readonly)
 
     def close(self) -> None:
         self.db.close()
@@ -151,19 +220,35 @@ class EventLog:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _ensure_schema(self) -> None:
-        if self.db.execute("PRAGMA user_version").fetchone()[0] == DB_SCHEMA:
+    def _check_schema(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > DB_SCHEMA:
+            raise EventLogError(f"event log {self.path} has schema {version}, newer than "
+                                f"this version of the add-on ({DB_SCHEMA}); upgrade it")
+        if version == DB_SCHEMA:
             return
+        if self.readonly:
+            if version == 0:
+                raise EventLogError(f"{self.path} is not an event log")
+            return  # an older schema reads fine; the next writer migrates it
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _statements(SCHEMA_SQL):
+            # Another process may have created or migrated it while we waited for the lock.
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for step in SCHEMA_STEPS[version:]:
+                for statement in _statements(step):
                     self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {DB_SCHEMA}")
+            self.db.execute(f"PRAGMA user_version = {DB_SCHEMA}")
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise EventLogError(f"event log {self.path}: {exc}") from None
 
     # -- writing --------------------------------------------------------------------------
 
@@ -173,43 +258,49 @@ class EventLog:
             return tx.append(event)
 
     def append_batch(self, events: Sequence[Event]) -> list[int]:
-        """Append several events in one transaction (one fsync)."""
+        """Append several events in one transaction (one fsync): all or none."""
         with self.transaction() as tx:
             return [tx.append(event) for event in events]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """A write transaction: events and tracking rows commit together or not at all."""
+        """A write transaction: events and tracking rows commit together or not at all.
+
+        Holds the log's write lock until the block ends: do the slow work (API calls)
+        before, and only record its outcome inside.
+        """
         if self.readonly:
             raise EventLogError(f"event log {self.path} is open read-only")
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise EventLogError(f"event log {self.path}: {exc}") from None
-        tx = Transaction(self.db)
+        tx = Transaction(self)
         try:
             yield tx
+            tx.write_witness()
             self.db.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.IntegrityError):
-                raise AlreadyDone(str(exc)) from None
             if isinstance(exc, sqlite3.Error):
                 raise EventLogError(f"event log {self.path}: {exc}") from None
             raise
 
     # -- reading --------------------------------------------------------------------------
 
-    def read(self, *, since_seq: int = 0, since_time: float | None = None,
-             types: Sequence[str] | None = None, vm: int | None = None,
-             image: int | None = None, datastore: int | None = None,
+    def read(self, *, since_seq: int = 0, until_seq: int | None = None,
+             since_time: float | None = None, types: Sequence[str] | None = None,
+             vm: int | None = None, image: int | None = None, datastore: int | None = None,
              volume: str | None = None, snapshot: str | None = None,
              effect_key: str | None = None, effects_only: bool = False,
              limit: int | None = None, batch: int = 5000) -> Iterator[Record]:
-        """Records in sequence order, filtered by the indexed columns (``effects_only``:
-        the records that request a side effect, through their partial index)."""
+        """Records after ``since_seq`` (up to ``until_seq``) in sequence order, filtered by
+        the indexed columns (``effects_only``: the records that request a side effect)."""
         where, args = ["seq > ?"], [since_seq]
+        if until_seq is not None:
+            where.append("seq <= ?")
+            args.append(until_seq)
         if effects_only:
             where.append("effect_key IS NOT NULL")
         if since_time is not None:
@@ -227,83 +318,128 @@ class EventLog:
         sql = f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
+        cursor = self._query(sql, args)
         try:
-            cursor = self.db.execute(sql, args)
             while rows := cursor.fetchmany(batch):
                 yield from map(_row_to_record, rows)
         except sqlite3.Error as exc:
             raise EventLogError(f"event log {self.path}: {exc}") from None
 
+    def iterate(self, *, since_seq: int = 0, follow: bool = False, interval: float = 1.0,
+                should_stop: Callable[[], bool] | None = None,
+                **filters: Any) -> Iterator[Record]:
+        """Like :meth:`read`; with ``follow``, keeps polling for new records (``tail -f``,
+        a consumer catching up) until ``should_stop()`` is true."""
+        position = since_seq
+        while True:
+            # Sequence numbers are given under the write lock and committed in order, so
+            # every record up to the head read here is visible to the query that follows.
+            top = self.head()[0]
+            yield from self.read(since_seq=position, until_seq=top, **filters)
+            position = max(position, top)
+            if not follow or (should_stop is not None and should_stop()):
+                return
+            time.sleep(interval)
+
+    def get(self, seq: int) -> Record | None:
+        row = self._query(f"SELECT {COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else _row_to_record(row)
+
     def head(self) -> tuple[int, bytes]:
-        """The last sequence number and hash (the chain anchor when the log is empty)."""
-        row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-                              ).fetchone()
-        if row is not None:
-            return row[0], row[1]
-        return self.anchor()
+        """The last sequence number and hash (the archive anchor when the log is empty)."""
+        row = self._query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row is not None else self.anchor()
 
     def anchor(self) -> tuple[int, bytes]:
         """The (seq, hash) of the last archived record, or (0, genesis)."""
-        values = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN "
-                                      "('archived_through', 'anchor_hash')").fetchall())
-        if "archived_through" in values:
-            return int(values["archived_through"]), bytes.fromhex(values["anchor_hash"])
-        return 0, GENESIS
+        return _anchor(self.meta())
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._query("SELECT key, value FROM meta").fetchall())
 
     def done_keys(self, consumer: str | None = None) -> set[str]:
-        sql, args = "SELECT key FROM tracking", ()
-        if consumer is not None:
-            sql, args = sql + " WHERE consumer = ?", (consumer,)
-        return {row[0] for row in self.db.execute(sql, args)}
+        """Idempotency keys recorded done (by ``consumer``, or by anyone)."""
+        if consumer is None:
+            return {row[0] for row in self._query("SELECT key FROM tracking")}
+        return {row[0] for row in self._query("SELECT key FROM tracking WHERE consumer = ?",
+                                              (consumer,))}
 
-    def is_done(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM tracking WHERE key = ? LIMIT 1", (key,)
-                               ).fetchone() is not None
+    def is_done(self, key: str, consumer: str | None = None) -> bool:
+        sql, args = "SELECT 1 FROM tracking WHERE key = ?", [key]
+        if consumer is not None:
+            sql, args = sql + " AND consumer = ?", [key, consumer]
+        return self._query(sql + " LIMIT 1", args).fetchone() is not None
+
+    def position(self, consumer: str) -> int:
+        """The highest log position ``consumer`` recorded (0: none): where it resumes."""
+        row = self._query("SELECT MAX(position) FROM tracking WHERE consumer = ?",
+                          (consumer,)).fetchone()
+        return row[0] or 0
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM events").fetchone()[0]
 
 
 class Transaction:
-    """Appends inside :meth:`EventLog.transaction`."""
+    """Appends and tracking rows inside :meth:`EventLog.transaction`."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, log: EventLog):
+        self.log = log
         self._head: tuple[int, bytes] | None = None
+        self._appended = False
 
     def append(self, event: Event, *, now: float | None = None) -> int:
+        db = self.log.db
         if self._head is None:
-            row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-                                  ).fetchone()
-            if row is None:
-                values = dict(self.db.execute(
-                    "SELECT key, value FROM meta WHERE key IN ('archived_through', "
-                    "'anchor_hash')").fetchall())
-                row = (int(values.get("archived_through", 0)),
-                       bytes.fromhex(values["anchor_hash"]) if "anchor_hash" in values
-                       else GENESIS)
-            self._head = (row[0], row[1])
+            row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                             ).fetchone()
+            self._head = (row[0], row[1]) if row is not None else self.log.anchor()
         seq, prev = self._head[0] + 1, self._head[1]
-        when = time.time() if now is None else now
-        payload = pack_payload(event.payload)
-        fields = (seq, when, event.writer, _HOST, os.getpid(), event.type, event.vm,
-                  event.image, event.datastore, event.volume, event.snapshot,
-                  event.effect_key, SCHEMA_VERSION, payload, prev)
+        try:
+            payload = pack_payload(event.payload)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EventLogError(f"event {event.type}: payload cannot be stored: {exc}"
+                                ) from None
+        fields = (seq, time.time() if now is None else now, event.writer, HOST, os.getpid(),
+                  event.type, event.vm, event.image, event.datastore, event.volume,
+                  event.snapshot, event.effect_key, SCHEMA_VERSION, payload, prev)
         digest = chain_hash(*fields)
-        self.db.execute(f"INSERT INTO events ({COLUMNS}) VALUES "
-                        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (*fields, digest))
-        self._head = (seq, digest)
+        db.execute(INSERT_SQL, (*fields, digest))
+        self._head, self._appended = (seq, digest), True
         return seq
 
-    def track(self, consumer: str, key: str, seq: int) -> None:
-        """Record that ``consumer`` did the effect ``key`` (event ``seq``); a second time
-        for the same key raises :class:`AlreadyDone` and rolls the transaction back."""
-        self.db.execute("INSERT INTO tracking (consumer, key, seq) VALUES (?,?,?)",
-                        (consumer, key, seq))
+    def write_witness(self) -> None:
+        """Record the new head in meta, once per transaction (this is the only write path;
+        a trigger would cost every row more than the append's own indexes)."""
+        if self._appended and self._head is not None:
+            self.log.db.execute("UPDATE meta SET value = ? WHERE key = 'head'",
+                                (f"{self._head[0]} {self._head[1].hex()}",))
+
+    def track(self, consumer: str, key: str, *, position: int, seq: int) -> None:
+        """Record that ``consumer`` handled log position ``position`` under the idempotency
+        key ``key``, its outcome being event ``seq`` (appended in this transaction).
+
+        A second time for the same consumer and key raises :class:`AlreadyDone`, and the
+        whole transaction (the outcome event included) is rolled back.
+        """
+        try:
+            self.log.db.execute(
+                "INSERT INTO tracking (consumer, key, seq, position) VALUES (?,?,?,?)",
+                (consumer, key, seq, position))
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise AlreadyDone(consumer, key) from None
+            raise
+
+
+def _anchor(meta: dict[str, str]) -> tuple[int, bytes]:
+    if "archived_through" in meta:
+        return int(meta["archived_through"]), bytes.fromhex(meta["anchor_hash"])
+    return 0, GENESIS
 
 
 def _statements(script: str) -> list[str]:
-    """Split the schema script (triggers contain ';' inside BEGIN...END)."""
+    """Split a schema step (triggers contain ';' inside BEGIN...END)."""
     statements, current = [], []
     for line in script.strip().splitlines():
         current.append(line)
@@ -314,9 +450,16 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _prepare_file(path: str) -> None:
+def _readonly_uri(path: str) -> str:
+    # Only these three characters mean something in a file: URI's path.
+    quoted = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file:{quoted}?mode=ro"
+
+
+def _prepare_file(path: str) -> bool:
     """Create the directory (0750) and the database file (0640) before SQLite does, so
-    neither is left world-readable whatever the umask."""
+    neither is left world-readable whatever the umask. SQLite gives its -wal and -shm files
+    the database file's mode. True when the database is still empty."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=0o750, exist_ok=True)
@@ -328,10 +471,12 @@ def _prepare_file(path: str) -> None:
             os.chmod(path, 0o640)
         except FileExistsError:
             pass  # another process won the race
-    _share_with_oneadmin(directory, path)
+        _share_with_oneadmin(directory, path)
+    return os.path.getsize(path) == 0
 
 
 def _share_with_oneadmin(directory: str, path: str) -> None:
+    """As root (packaging, tests run by root), hand the files to the oneadmin group."""
     if os.geteuid() != 0:
         return
     try:

@@ -1,0 +1,120 @@
+"""Crashes, concurrent writers and failed writes: nothing committed is lost, nothing is torn."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from onestorpool.eventlog import Event, EventLog
+from onestorpool.eventlog.verify import verify
+from tests.eventlog.helpers import fill
+
+PAD = "x" * 200
+
+# Appends forever, single events and batches, printing each sequence number once committed.
+APPENDER = """
+import random, sys
+from onestorpool.eventlog import Event, EventLog
+rng = random.Random(int(sys.argv[2]))
+with EventLog(sys.argv[1]) as log:
+    batch = 0
+    while True:
+        batch += 1
+        size = rng.choice([1, 1, 1, 5, 20])
+        name = f"{sys.argv[2]}-{batch}"
+        seqs = log.append_batch([Event("crash", "child", {"batch": name, "i": i,
+                                                           "size": size, "pad": "x" * 200})
+                                 for i in range(size)])
+        print(seqs[-1], flush=True)
+"""
+
+
+def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
+    path = str(tmp_path / "events.db")
+    rng = random.Random(1234)
+    acknowledged = 0
+    for round_ in range(6):
+        child = subprocess.Popen([sys.executable, "-c", APPENDER, path, str(round_)],
+                                 stdout=subprocess.PIPE, text=True)
+        time.sleep(0.2 + rng.random() * 0.4)
+        os.kill(child.pid, signal.SIGKILL)
+        out, _ = child.communicate()
+        printed = [int(line) for line in out.split()]
+        acknowledged = max([acknowledged, *printed])
+        with EventLog(path) as log:  # opening as a writer runs SQLite's recovery
+            assert verify(log).ok
+            assert log.head()[0] >= acknowledged  # every acknowledged append is there
+            batches: dict[str, list[int]] = {}
+            sizes: dict[str, int] = {}
+            for record in log.read():
+                payload = record.payload  # whole records only: each decodes completely
+                assert payload["pad"] == PAD
+                batches.setdefault(payload["batch"], []).append(payload["i"])
+                sizes[payload["batch"]] = payload["size"]
+            for name, items in batches.items():  # a batch is all there or not at all
+                assert items == list(range(sizes[name])), name
+    assert acknowledged > 0
+
+
+def _appender(path: str, writer: str, count: int) -> None:
+    with EventLog(path) as log:
+        for n in range(count):
+            log.append(Event("concurrent", writer, {"n": n}))
+
+
+def test_eight_processes_appending_at_once_lose_nothing(tmp_path):
+    path = str(tmp_path / "events.db")
+    EventLog(path).close()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_appender, args=(path, f"w{i}", 40)) for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    with EventLog(path, readonly=True) as log:
+        records = list(log.read())
+        assert verify(log).ok
+    assert [r.seq for r in records] == list(range(1, 321))
+    assert len({r.pid for r in records}) == 8
+    for i in range(8):
+        mine = [r.payload["n"] for r in records if r.writer == f"w{i}"]
+        assert mine == list(range(40))  # each writer's order kept, nothing lost
+
+
+# Appends until the file system refuses a write (RLIMIT_FSIZE: a full disk for this process).
+FULL_DISK = """
+import os, resource, signal, sys
+from onestorpool.eventlog import Event, EventLog, EventLogError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as on a full disk
+with EventLog(sys.argv[1]) as log:
+    limit = os.path.getsize(sys.argv[1]) + 256 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        while True:
+            print(log.append(Event("fill", "child", {"blob": os.urandom(4096)})), flush=True)
+    except EventLogError as exc:
+        print("ERROR", exc, flush=True)
+    print("READ", sum(1 for _ in log.read()), flush=True)
+"""
+
+
+def test_a_failed_write_is_an_error_and_the_log_stays_readable(tmp_path):
+    path = fill(tmp_path / "events.db", 5)
+    run = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    acknowledged = [int(line) for line in lines if line.isdigit()]
+    (error,) = [line for line in lines if line.startswith("ERROR")]
+    (read,) = [int(line.split()[1]) for line in lines if line.startswith("READ")]
+    assert acknowledged and str(path) in error
+    assert read >= acknowledged[-1]  # the writer itself can still read everything committed
+    with EventLog(path) as log:
+        assert verify(log).ok and log.head()[0] >= acknowledged[-1]
+        assert log.append(Event("after", "t")) > acknowledged[-1]  # and it goes on
