@@ -1,34 +1,83 @@
 """OpenNebula's XML as typed, read-only objects: driver actions, VM, IMAGE, DATASTORE, HOST
-and hook messages.
+and the messages of oned's hook bus.
 
-Everything from outside goes through :func:`parse_xml`: lxml with entity resolution, DTD
-loading and network access off, no huge trees, a size limit, and any DOCTYPE refused (oned
-never sends one). Base64 is decoded strictly. A missing or malformed field raises
-:class:`InputError` naming the object and the field (``IMAGE/SIZE: expected an integer``).
+Parsing (``payload`` is the XML as ``str``/``bytes``, or its base64 exactly as oned hands it to
+a driver: argv, stdin, a ZeroMQ frame; the two cannot be confused, base64 has no ``<``):
 
-Drivers import this module on their hot path: it needs lxml and nothing else heavy.
+====================================================  ==============================================
+``parse_ds_action(payload) -> DsAction``              ``DS_DRIVER_ACTION_DATA`` (DS actions, TM
+                                                      ``monitor``)
+``parse_vmm_action(payload) -> VmmAction``            ``VMM_DRIVER_ACTION_DATA`` (VMM local actions)
+``parse_vm(payload) -> Vm``                           a VM body (``one.vm.info``, TM migrate/backup
+                                                      stdin)
+``parse_image``, ``parse_datastore``, ``parse_host``  IMAGE, DATASTORE, HOST bodies
+``parse_hook_key(key) -> HookEvent``                  the key frame alone, to filter cheaply
+``parse_hook_message(key, payload) -> HookEvent``     both frames of a hook-bus message (or
+``parse_hook_message(frames) -> HookEvent``           ``socket.recv_multipart()`` as is)
+``parse_xml(data, what, forgiving=False)``            the hardened parser (an lxml element)
+``decode_base64(data, what) -> bytes``                strict base64
+====================================================  ==============================================
+
+Objects (frozen dataclasses): :class:`Vm` with :class:`Disk`, :class:`Snapshot`,
+:class:`VmSnapshot`, :class:`HistoryRecord`; :class:`Image`; :class:`Datastore`;
+:class:`Host`; :class:`DsAction`; :class:`VmmAction`; :class:`HookEvent` with
+:class:`ApiParameter`. ``TEMPLATE``/``USER_TEMPLATE`` and vectors are :class:`Template`
+(a read-only, case-sensitive ``Mapping[str, str]`` with typed getters and ``vectors()``).
+Numeric tables (OpenNebula ``include/*.h``): :class:`VmState`, :class:`LcmState`,
+:class:`ImageState`, :class:`ImageType`, :class:`DiskType`, :class:`DatastoreType`,
+:class:`DatastoreState`, :class:`HostState`.
+
+Rules:
+
+* Everything goes through :func:`parse_xml`: UTF-8 only, at most :data:`MAX_XML_BYTES`, no
+  DOCTYPE (so no entity declarations; oned never sends one), no entity resolution, no DTD or
+  network access, libxml2's default depth and size limits. Base64 is decoded strictly.
+* A missing or malformed field raises one :class:`InputError` naming the object path and the
+  field: ``IMAGE/SIZE: expected an integer, got 'abc'``,
+  ``VM/TEMPLATE/DISK[DISK_ID=2]/CLONE: expected YES or NO, got 'maybe'``.
+* A state or type number the tables do not know (a newer oned) is kept as an
+  ``UNKNOWN_<n>`` member, not refused: a driver must not fail on a VM because oned grew a state.
+* API hook messages carry string parameters unescaped (oned inserts them raw), so they may be
+  malformed XML. :attr:`HookEvent.parameters` are cut out of the raw text, exactly as oned
+  wrote them; :attr:`HookEvent.message` is lxml's recovered tree, for inspection only.
+
+Drivers import this module on their hot path: it needs lxml and the standard library only.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Any
 
 from lxml import etree
 
 from onestorpool.errors import InputError
 
 MAX_XML_BYTES = 16 << 20
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                          dtd_validation=False, huge_tree=False, remove_comments=True)
-_FORGIVING = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                             huge_tree=False, recover=True)
+"""Largest XML document accepted (a VM body with many disks and snapshots is ~100 KiB)."""
 
 
-class VmState(IntEnum):
+# -- numeric tables (reference opennebula-interfaces.md §3.6) --------------------------------
+
+
+class _OneEnum(IntEnum):
+    """An OpenNebula numeric table; unknown numbers become ``UNKNOWN_<n>`` pseudo-members."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> _OneEnum | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"UNKNOWN_{value}"
+        member._value_ = value
+        return member
+
+
+class VmState(_OneEnum):
     INIT = 0
     PENDING = 1
     HOLD = 2
@@ -36,47 +85,99 @@ class VmState(IntEnum):
     STOPPED = 4
     SUSPENDED = 5
     DONE = 6
-    FAILED = 7
+    FAILED = 7  # obsolete
     POWEROFF = 8
     UNDEPLOYED = 9
     CLONING = 10
     CLONING_FAILURE = 11
 
 
-# The full LCM table (reference §3.6); pyone's own enum stops at 68. Plain ints: an IntEnum
-# of 72 members costs drivers ~15 ms of start-up.
-LCM_STATE_NAMES: tuple[str, ...] = tuple("""
-    LCM_INIT PROLOG BOOT RUNNING MIGRATE SAVE_STOP SAVE_SUSPEND SAVE_MIGRATE PROLOG_MIGRATE
-    PROLOG_RESUME EPILOG_STOP EPILOG SHUTDOWN CANCEL FAILURE CLEANUP_RESUBMIT UNKNOWN HOTPLUG
-    SHUTDOWN_POWEROFF BOOT_UNKNOWN BOOT_POWEROFF BOOT_SUSPENDED BOOT_STOPPED CLEANUP_DELETE
-    HOTPLUG_SNAPSHOT HOTPLUG_NIC HOTPLUG_SAVEAS HOTPLUG_SAVEAS_POWEROFF HOTPLUG_SAVEAS_SUSPENDED
-    SHUTDOWN_UNDEPLOY EPILOG_UNDEPLOY PROLOG_UNDEPLOY BOOT_UNDEPLOY HOTPLUG_PROLOG_POWEROFF
-    HOTPLUG_EPILOG_POWEROFF BOOT_MIGRATE BOOT_FAILURE BOOT_MIGRATE_FAILURE
-    PROLOG_MIGRATE_FAILURE PROLOG_FAILURE EPILOG_FAILURE EPILOG_STOP_FAILURE
-    EPILOG_UNDEPLOY_FAILURE PROLOG_MIGRATE_POWEROFF PROLOG_MIGRATE_POWEROFF_FAILURE
-    PROLOG_MIGRATE_SUSPEND PROLOG_MIGRATE_SUSPEND_FAILURE BOOT_UNDEPLOY_FAILURE
-    BOOT_STOPPED_FAILURE PROLOG_RESUME_FAILURE PROLOG_UNDEPLOY_FAILURE
-    DISK_SNAPSHOT_POWEROFF DISK_SNAPSHOT_REVERT_POWEROFF DISK_SNAPSHOT_DELETE_POWEROFF
-    DISK_SNAPSHOT_SUSPENDED UNUSED_55 DISK_SNAPSHOT_DELETE_SUSPENDED DISK_SNAPSHOT UNUSED_58
-    DISK_SNAPSHOT_DELETE PROLOG_MIGRATE_UNKNOWN PROLOG_MIGRATE_UNKNOWN_FAILURE DISK_RESIZE
-    DISK_RESIZE_POWEROFF DISK_RESIZE_UNDEPLOYED HOTPLUG_NIC_POWEROFF HOTPLUG_RESIZE
-    HOTPLUG_SAVEAS_UNDEPLOYED HOTPLUG_SAVEAS_STOPPED BACKUP BACKUP_POWEROFF RESTORE
-""".split())
+class LcmState(_OneEnum):
+    """``include/VirtualMachine.h``. 55 exists up to 5.x only, 58 is gone since before 5.10
+    (the reference calls both unused); 65-71 came with 5.12-6.10."""
+
+    LCM_INIT = 0
+    PROLOG = 1
+    BOOT = 2
+    RUNNING = 3
+    MIGRATE = 4
+    SAVE_STOP = 5
+    SAVE_SUSPEND = 6
+    SAVE_MIGRATE = 7
+    PROLOG_MIGRATE = 8
+    PROLOG_RESUME = 9
+    EPILOG_STOP = 10
+    EPILOG = 11
+    SHUTDOWN = 12
+    CANCEL = 13  # obsolete
+    FAILURE = 14  # obsolete
+    CLEANUP_RESUBMIT = 15
+    UNKNOWN = 16
+    HOTPLUG = 17
+    SHUTDOWN_POWEROFF = 18
+    BOOT_UNKNOWN = 19
+    BOOT_POWEROFF = 20
+    BOOT_SUSPENDED = 21
+    BOOT_STOPPED = 22
+    CLEANUP_DELETE = 23
+    HOTPLUG_SNAPSHOT = 24
+    HOTPLUG_NIC = 25
+    HOTPLUG_SAVEAS = 26
+    HOTPLUG_SAVEAS_POWEROFF = 27
+    HOTPLUG_SAVEAS_SUSPENDED = 28
+    SHUTDOWN_UNDEPLOY = 29
+    EPILOG_UNDEPLOY = 30
+    PROLOG_UNDEPLOY = 31
+    BOOT_UNDEPLOY = 32
+    HOTPLUG_PROLOG_POWEROFF = 33
+    HOTPLUG_EPILOG_POWEROFF = 34
+    BOOT_MIGRATE = 35
+    BOOT_FAILURE = 36
+    BOOT_MIGRATE_FAILURE = 37
+    PROLOG_MIGRATE_FAILURE = 38
+    PROLOG_FAILURE = 39
+    EPILOG_FAILURE = 40
+    EPILOG_STOP_FAILURE = 41
+    EPILOG_UNDEPLOY_FAILURE = 42
+    PROLOG_MIGRATE_POWEROFF = 43
+    PROLOG_MIGRATE_POWEROFF_FAILURE = 44
+    PROLOG_MIGRATE_SUSPEND = 45
+    PROLOG_MIGRATE_SUSPEND_FAILURE = 46
+    BOOT_UNDEPLOY_FAILURE = 47
+    BOOT_STOPPED_FAILURE = 48
+    PROLOG_RESUME_FAILURE = 49
+    PROLOG_UNDEPLOY_FAILURE = 50
+    DISK_SNAPSHOT_POWEROFF = 51
+    DISK_SNAPSHOT_REVERT_POWEROFF = 52
+    DISK_SNAPSHOT_DELETE_POWEROFF = 53
+    DISK_SNAPSHOT_SUSPENDED = 54
+    DISK_SNAPSHOT_REVERT_SUSPENDED = 55  # 5.x
+    DISK_SNAPSHOT_DELETE_SUSPENDED = 56
+    DISK_SNAPSHOT = 57
+    DISK_SNAPSHOT_DELETE = 59
+    PROLOG_MIGRATE_UNKNOWN = 60
+    PROLOG_MIGRATE_UNKNOWN_FAILURE = 61
+    DISK_RESIZE = 62
+    DISK_RESIZE_POWEROFF = 63
+    DISK_RESIZE_UNDEPLOYED = 64
+    HOTPLUG_NIC_POWEROFF = 65
+    HOTPLUG_RESIZE = 66
+    HOTPLUG_SAVEAS_UNDEPLOYED = 67
+    HOTPLUG_SAVEAS_STOPPED = 68
+    BACKUP = 69
+    BACKUP_POWEROFF = 70
+    RESTORE = 71
 
 
-class LcmState:
-    """``LcmState.RUNNING == 3``; :func:`lcm_name` for the reverse."""
-
-
-for _number, _name in enumerate(LCM_STATE_NAMES):
-    setattr(LcmState, _name, _number)
+LCM_STATE_NAMES: tuple[str, ...] = tuple(LcmState(n).name for n in range(max(LcmState) + 1))
+"""``LCM_STATE_NAMES[n]`` is the name oned uses for LCM state ``n`` in hook keys."""
 
 
 def lcm_name(value: int) -> str:
-    return LCM_STATE_NAMES[value] if 0 <= value < len(LCM_STATE_NAMES) else str(value)
+    return LcmState(value).name
 
 
-class ImageState(IntEnum):
+class ImageState(_OneEnum):
     INIT = 0
     READY = 1
     USED = 2
@@ -90,7 +191,7 @@ class ImageState(IntEnum):
     LOCKED_USED_PERS = 10
 
 
-class ImageType(IntEnum):
+class ImageType(_OneEnum):
     OS = 0
     CDROM = 1
     DATABLOCK = 2
@@ -101,274 +202,534 @@ class ImageType(IntEnum):
     FILESYSTEM = 7
 
 
-class DatastoreType(IntEnum):
+class DiskType(_OneEnum):
+    """The numeric ``DISK_TYPE`` of IMAGE and DATASTORE bodies (a VM DISK has a string)."""
+
+    FILE = 0
+    CD_ROM = 1
+    BLOCK = 2
+    RBD = 3
+    RBD_CDROM = 4
+    GLUSTER = 5
+    GLUSTER_CDROM = 6
+    SHEEPDOG = 7
+    SHEEPDOG_CDROM = 8
+    ISCSI = 9
+    FILE_SYSTEM = 10
+
+
+class DatastoreType(_OneEnum):
     IMAGE = 0
     SYSTEM = 1
     FILE = 2
     BACKUP = 3
 
 
-class HostState(IntEnum):
+class DatastoreState(_OneEnum):
+    READY = 0
+    DISABLED = 1
+
+
+class HostState(_OneEnum):
     INIT = 0
-    MONITORING_MONITORED = 1
+    MONITORING_MONITORED = 1  # obsolete
     MONITORED = 2
     ERROR = 3
     DISABLED = 4
-    MONITORING_ERROR = 5
-    MONITORING_INIT = 6
-    MONITORING_DISABLED = 7
+    MONITORING_ERROR = 5  # obsolete
+    MONITORING_INIT = 6  # obsolete
+    MONITORING_DISABLED = 7  # obsolete
     OFFLINE = 8
 
 
-# -- parsing ----------------------------------------------------------------------------------
+# -- hardened decoding ------------------------------------------------------------------------
 
 
-def decode_base64(text: str | bytes, what: str = "driver action") -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    raw = b"".join(raw.split())  # oned may wrap long lines
-    if len(raw) > MAX_XML_BYTES * 4 // 3 + 4:
-        raise InputError(f"{what}: base64 input larger than {MAX_XML_BYTES >> 20} MiB")
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+
+
+def decode_base64(data: str | bytes, what: str = "driver action",
+                  max_bytes: int = MAX_XML_BYTES) -> bytes:
+    """Strict base64 (standard alphabet, padding checked); whitespace such as a trailing
+    newline or line wrapping is ignored."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    raw = b"".join(raw.split())
+    if len(raw) > (max_bytes + 2) // 3 * 4:
+        raise InputError(f"{what}: larger than {_size(max_bytes)}")
     try:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise InputError(f"{what}: not valid base64") from None
 
 
-def parse_xml(data: str | bytes, what: str = "XML", forgiving: bool = False) -> etree._Element:
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) > MAX_XML_BYTES:
-        raise InputError(f"{what}: larger than {MAX_XML_BYTES >> 20} MiB")
-    head = raw[:4096].upper()
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in raw.upper():
+def decode_payload(data: str | bytes, what: str) -> bytes:
+    """XML as it is, or the XML inside base64. Base64 never contains ``<``; XML has one at
+    its start, after a BOM or blanks (or as UTF-16, which the parser then refuses)."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if b"<" in raw[:1024]:
+        return raw
+    return decode_base64(raw, what)
+
+
+def _prolog_end(raw: bytes) -> int:
+    """Where the prolog (XML declaration, comments, PIs, blanks) ends: a DOCTYPE can only
+    come there, so text after it (CDATA of user templates) is not searched."""
+    position = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    while True:
+        while position < len(raw) and raw[position] in b" \t\r\n":
+            position += 1
+        for opening, closing in ((b"<?", b"?>"), (b"<!--", b"-->")):
+            if raw.startswith(opening, position):
+                end = raw.find(closing, position + len(opening))
+                position = len(raw) if end < 0 else end + len(closing)
+                break
+        else:
+            return position
+
+
+def _parser(forgiving: bool) -> etree.XMLParser:
+    # A parser per call: construction costs microseconds and sharing one across the
+    # subscriber's threads is not something lxml promises. ``encoding`` overrides whatever the
+    # document declares: oned only writes UTF-8, and a UTF-16 document cannot sneak a DOCTYPE
+    # past the prolog check.
+    return etree.XMLParser(encoding="utf-8", resolve_entities=False, no_network=True,
+                           load_dtd=False, dtd_validation=False, huge_tree=False,
+                           remove_comments=True, remove_pis=True, recover=forgiving)
+
+
+def parse_xml(data: str | bytes, what: str = "XML", forgiving: bool = False,
+              max_bytes: int = MAX_XML_BYTES) -> etree._Element:
+    """The root element of ``data``. ``forgiving`` lets lxml recover from malformed markup
+    (API hook messages); DOCTYPE, entities and size are refused either way."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        raise InputError(f"{what}: larger than {_size(max_bytes)}")
+    start = _prolog_end(raw)
+    if start >= len(raw):
+        raise InputError(f"{what}: empty document")
+    if raw.startswith(b"<!", start):
         raise InputError(f"{what}: DOCTYPE and entity declarations are not accepted")
     try:
-        root = etree.fromstring(raw, _FORGIVING if forgiving else _PARSER)
+        root = etree.fromstring(raw, _parser(forgiving))
     except etree.XMLSyntaxError as exc:
-        raise InputError(f"{what}: malformed XML: {exc.msg}") from None
+        detail = " ".join(str(exc.msg).split())  # libxml2 messages may span lines
+        raise InputError(f"{what}: malformed XML: {detail}") from None
     if root is None:
-        raise InputError(f"{what}: empty document")
+        raise InputError(f"{what}: no XML element found")
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.doctype:  # the prolog check's safety net
+        raise InputError(f"{what}: DOCTYPE and entity declarations are not accepted")
     return root
 
 
-def _decode_maybe_base64(payload: str | bytes, what: str) -> bytes:
-    text = payload.strip() if isinstance(payload, (str, bytes)) else payload
-    if (text[:1] if isinstance(text, bytes) else text[:1].encode()) == b"<":
-        return text.encode() if isinstance(text, str) else text
-    return decode_base64(text, what)
+# -- typed field access -----------------------------------------------------------------------
+
+# int() would also take "1_000", " +5", other scripts' digits and 4000-digit numbers
+_INT_RE = re.compile(r"-?[0-9]{1,19}")
+_ID_RE = re.compile(r"[0-9]{1,19}")
+_TRUE = frozenset(("YES", "TRUE", "1"))
+_FALSE = frozenset(("NO", "FALSE", "0"))
 
 
-class Node:
-    """Typed access to one element; errors name ``<object>/<path>``."""
+def _show(value: str) -> str:
+    """A value for an error message: quoted, and short."""
+    return repr(value) if len(value) <= 40 else f"{value[:40]!r}..."
+
+
+def _to_int(value: str, where: str) -> int:
+    if _INT_RE.fullmatch(value) is None:
+        raise InputError(f"{where}: expected an integer, got {_show(value)}")
+    return int(value)
+
+
+def _id(value: str) -> int | None:
+    """A non-negative number, or ``None`` (for values that are not ours to refuse)."""
+    return int(value) if _ID_RE.fullmatch(value) else None
+
+
+def _to_bool(value: str, where: str, default: bool) -> bool:
+    word = value.upper()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    if word == "":
+        return default
+    raise InputError(f"{where}: expected YES or NO, got {_show(value)}")
+
+
+def _int_list(value: str, where: str) -> tuple[int, ...]:
+    """``"1,2"`` (snapshot CHILDREN) as integers."""
+    return tuple(_to_int(part.strip(), where) for part in value.split(",") if part.strip())
+
+
+class Template(Mapping[str, str]):
+    """A ``TEMPLATE`` (or a vector such as ``DISK``, ``OS``, ``TPM``, ``CONTEXT``): its
+    single-valued attributes as a read-only, case-sensitive mapping of stripped strings, its
+    vectors through :meth:`vectors`. When a single attribute repeats, the first one counts
+    (what oned's ``Template::get`` does)."""
+
+    __slots__ = ("_values", "_vectors", "path")
+
+    def __init__(self, path: str = "TEMPLATE", values: Mapping[str, str] | None = None,
+                 vectors: Mapping[str, tuple[Template, ...]] | None = None):
+        self.path = path
+        self._values = dict(values or {})
+        self._vectors = dict(vectors or {})
+
+    @classmethod
+    def from_element(cls, element: etree._Element | None, path: str) -> Template:
+        values: dict[str, str] = {}
+        vectors: dict[str, list[Template]] = {}
+        for child in () if element is None else element:
+            if not isinstance(child.tag, str):
+                continue  # comments and entity references of a recovered tree
+            if len(child):
+                vectors.setdefault(child.tag, []).append(
+                    cls.from_element(child, f"{path}/{child.tag}"))
+            else:
+                values.setdefault(child.tag, (child.text or "").strip())
+        return cls(path, values, {k: tuple(v) for k, v in vectors.items()})
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Template):
+            return self._values == other._values and self._vectors == other._vectors
+        if isinstance(other, Mapping):
+            return self._values == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to dicts, so not hashable either
+
+    def __repr__(self) -> str:
+        vectors = f", vectors={sorted(self._vectors)}" if self._vectors else ""
+        return f"Template({self.path!r}, {self._values!r}{vectors})"
+
+    def get_int(self, name: str, default: int | None = None) -> int | None:
+        """The integer value of ``name``; ``default`` when it is absent or empty."""
+        value = self._values.get(name, "")
+        return default if value == "" else _to_int(value, f"{self.path}/{name}")
+
+    def get_bool(self, name: str, default: bool = False) -> bool:
+        """``YES``/``NO`` (also ``TRUE``/``FALSE``, ``1``/``0``, any case)."""
+        return _to_bool(self._values.get(name, ""), f"{self.path}/{name}", default)
+
+    def vectors(self, name: str) -> tuple[Template, ...]:
+        """Every vector attribute ``name`` (``SNAPSHOT``, ``NIC``, ...), in document order."""
+        return self._vectors.get(name, ())
+
+    def vector(self, name: str) -> Template | None:
+        """The first vector attribute ``name`` (``OS``, ``TPM``, ``CONTEXT``), or ``None``."""
+        found = self._vectors.get(name)
+        return found[0] if found else None
+
+
+class _Node:
+    """One element and its path for error messages: ``IMAGE``, ``VM/TEMPLATE/DISK[...]``."""
+
+    __slots__ = ("element", "path")
 
     def __init__(self, element: etree._Element, path: str):
         self.element, self.path = element, path
 
-    def text(self, tag: str, default: str | None = None) -> str:
+    def _raw(self, tag: str) -> str | None:
         child = self.element.find(tag)
-        if child is None or child.text is None:
-            if default is not None:
-                return default
+        return None if child is None else (child.text or "").strip()
+
+    def text(self, tag: str) -> str:
+        value = self._raw(tag)
+        if value is None:
             raise InputError(f"{self.path}/{tag}: missing")
-        return child.text.strip()
+        return value
 
-    def int(self, tag: str, default: int | None = None) -> int:
-        value = self.text(tag, None if default is None else "")
-        if value == "" and default is not None:
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise InputError(f"{self.path}/{tag}: expected an integer, got {value!r}") from None
+    def opt_text(self, tag: str, default: str = "") -> str:
+        value = self._raw(tag)
+        return default if value is None else value
 
-    def optional_int(self, tag: str) -> int | None:
-        value = self.text(tag, "")
-        if value == "":
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise InputError(f"{self.path}/{tag}: expected an integer, got {value!r}") from None
+    def int(self, tag: str) -> int:
+        return _to_int(self.text(tag), f"{self.path}/{tag}")
 
-    def child(self, tag: str, required: bool = True) -> Node | None:
+    def opt_int(self, tag: str) -> int | None:
+        """``None`` when the element is absent or empty."""
+        value = self._raw(tag)
+        return None if not value else _to_int(value, f"{self.path}/{tag}")
+
+    def int_or(self, tag: str, default: int) -> int:
+        value = self.opt_int(tag)
+        return default if value is None else value
+
+    def flag(self, tag: str, default: bool = False) -> bool:
+        return _to_bool(self.opt_text(tag), f"{self.path}/{tag}", default)
+
+    def ids(self, path: str) -> tuple[int, ...]:
+        return tuple(_to_int((e.text or "").strip(), f"{self.path}/{path}")
+                     for e in self.element.findall(path))
+
+    def child(self, tag: str) -> _Node | None:
         element = self.element.find(tag)
-        if element is None:
-            if required:
-                raise InputError(f"{self.path}/{tag}: missing")
-            return None
-        return Node(element, f"{self.path}/{tag}")
+        return None if element is None else _Node(element, f"{self.path}/{tag}")
 
-    def attributes(self, tag: str = "TEMPLATE") -> dict[str, str]:
-        """Single-valued children of a template as a dict (vectors are left out)."""
-        element = self.element.find(tag)
-        if element is None:
-            return {}
-        return {child.tag: (child.text or "").strip() for child in element
-                if isinstance(child.tag, str) and len(child) == 0}
+    def template(self, tag: str) -> Template:
+        return Template.from_element(self.element.find(tag), f"{self.path}/{tag}")
 
 
-def yes(value: str) -> bool:
-    return value.strip().upper() in ("YES", "1", "TRUE")
-
-
-# -- objects --------------------------------------------------------------------------------------
+# -- DATASTORE, IMAGE, HOST -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Datastore:
     id: int
     name: str
+    uid: int | None
+    gid: int | None
     type: DatastoreType
     ds_mad: str
     tm_mad: str
     base_path: str
-    state: int
+    disk_type: DiskType | None
+    state: DatastoreState
     cluster_ids: tuple[int, ...]
-    template: dict[str, str] = field(default_factory=dict)
+    total_mb: int | None
+    free_mb: int | None
+    used_mb: int | None
+    image_ids: tuple[int, ...]
+    template: Template = field(default_factory=Template)
+
+    @property
+    def cluster_id(self) -> int | None:
+        return self.cluster_ids[0] if self.cluster_ids else None
+
+    @property
+    def shared(self) -> bool:
+        """``TM_MAD_CONF`` ``SHARED`` copied into the template (system datastores)."""
+        return self.template.get_bool("SHARED")
 
 
-def datastore_from(node: Node) -> Datastore:
-    type_value = node.int("TYPE", 0)
-    try:
-        ds_type = DatastoreType(type_value)
-    except ValueError:
-        raise InputError(f"{node.path}/TYPE: unknown datastore type {type_value}") from None
-    clusters = tuple(int(c.text) for c in node.element.findall("CLUSTERS/ID")
-                     if c.text and c.text.strip().lstrip("-").isdigit())
-    template = node.attributes()
-    return Datastore(id=node.int("ID"), name=node.text("NAME", ""), type=ds_type,
-                     ds_mad=node.text("DS_MAD", template.get("DS_MAD", "")),
-                     tm_mad=node.text("TM_MAD", template.get("TM_MAD", "")),
-                     base_path=node.text("BASE_PATH", ""), state=node.int("STATE", 0),
-                     cluster_ids=clusters, template=template)
+def _datastore(node: _Node) -> Datastore:
+    disk_type = node.opt_int("DISK_TYPE")
+    # 4.x bodies had a single CLUSTER_ID instead of the CLUSTERS list
+    clusters = node.ids("CLUSTERS/ID") or node.ids("CLUSTER_ID")
+    return Datastore(
+        id=node.int("ID"), name=node.text("NAME"), uid=node.opt_int("UID"),
+        gid=node.opt_int("GID"), type=DatastoreType(node.int("TYPE")),
+        ds_mad=node.text("DS_MAD"), tm_mad=node.text("TM_MAD"),
+        base_path=node.text("BASE_PATH"),
+        disk_type=None if disk_type is None else DiskType(disk_type),
+        state=DatastoreState(node.int("STATE")), cluster_ids=clusters,
+        total_mb=node.opt_int("TOTAL_MB"), free_mb=node.opt_int("FREE_MB"),
+        used_mb=node.opt_int("USED_MB"), image_ids=node.ids("IMAGES/ID"),
+        template=node.template("TEMPLATE"))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A disk snapshot: ``SNAPSHOTS/SNAPSHOT`` of a persistent image or of a VM disk."""
+
+    id: int
+    name: str
+    parent: int  # -1: a root
+    children: tuple[int, ...]
+    active: bool
+    date: int | None
+    size_mb: int | None
+
+
+def _snapshots(node: _Node | None) -> tuple[Snapshot, ...]:
+    if node is None:
+        return ()
+    found = []
+    for element in node.element.findall("SNAPSHOT"):
+        item = _Node(element, f"{node.path}/SNAPSHOT")
+        found.append(Snapshot(
+            id=item.int("ID"), name=item.opt_text("NAME"),
+            parent=item.int_or("PARENT", -1),
+            children=_int_list(item.opt_text("CHILDREN"), f"{item.path}/CHILDREN"),
+            active=item.flag("ACTIVE"), date=item.opt_int("DATE"),
+            size_mb=item.opt_int("SIZE")))
+    return tuple(found)
 
 
 @dataclass(frozen=True)
 class Image:
+    """An IMAGE body. In the DS ``stat`` action oned sends only ``<IMAGE><PATH/></IMAGE>``:
+    that image has ``id == -1`` and no owner (``uid``/``gid`` 0), see :func:`parse_ds_action`."""
+
     id: int
     name: str
     uid: int
     gid: int
-    type: int
+    type: ImageType
+    disk_type: DiskType | None
     persistent: bool
-    state: int
-    size: int | None
+    state: ImageState
+    size: int | None  # MB
     source: str
     path: str
     format: str
     fs: str
-    fstype: str
+    fstype: str  # before 6.0 (the XSD no longer has it)
     datastore_id: int | None
-    target_snapshot: int | None
-    cloning_id: int | None
-    template: dict[str, str] = field(default_factory=dict)
-    snapshot_ids: tuple[int, ...] = ()
+    target_snapshot: int | None  # the snapshot a snap_* action works on
+    cloning_id: int | None  # the image this one is being cloned from
+    cloning_ops: int
+    running_vms: int
+    vm_ids: tuple[int, ...]
+    clone_ids: tuple[int, ...]
+    template: Template = field(default_factory=Template)
+    snapshots: tuple[Snapshot, ...] = ()
+
+    @property
+    def snapshot_ids(self) -> tuple[int, ...]:
+        return tuple(s.id for s in self.snapshots)
+
+    @property
+    def md5(self) -> str:
+        return self.template.get("MD5", "")
+
+    @property
+    def sha1(self) -> str:
+        return self.template.get("SHA1", "")
+
+    @property
+    def driver(self) -> str:
+        """Template ``DRIVER`` (``raw``, ``qcow2``); the add-on accepts raw only."""
+        return self.template.get("DRIVER", "")
+
+    @property
+    def qos_class(self) -> str:
+        return self.template.get("SP_QOSCLASS", "")
 
 
-def image_from(node: Node) -> Image:
-    snapshot_ids = tuple(int(s.text) for s in node.element.findall("SNAPSHOTS/SNAPSHOT/ID")
-                         if s.text and s.text.strip().isdigit())
-    target = node.text("TARGET_SNAPSHOT", "")
-    target_snapshot = None
-    if target not in ("", "-1"):
-        target_snapshot = node.int("TARGET_SNAPSHOT")
-    cloning = node.text("CLONING_ID", "")
+def _minus_one_is_none(value: int | None) -> int | None:
+    return None if value is None or value < 0 else value
+
+
+def _image(node: _Node) -> Image:
+    disk_type = node.opt_int("DISK_TYPE")
     return Image(
-        id=node.int("ID"), name=node.text("NAME", ""), uid=node.int("UID", 0),
-        gid=node.int("GID", 0), type=node.int("TYPE", 0),
-        persistent=node.text("PERSISTENT", "0") in ("1", "YES"), state=node.int("STATE", 0),
-        size=node.optional_int("SIZE"), source=node.text("SOURCE", ""),
-        path=node.text("PATH", ""), format=node.text("FORMAT", ""), fs=node.text("FS", ""),
-        fstype=node.text("FSTYPE", ""), datastore_id=node.optional_int("DATASTORE_ID"),
-        target_snapshot=target_snapshot,
-        cloning_id=int(cloning) if cloning.lstrip("-").isdigit() and cloning != "-1" else None,
-        template=node.attributes(), snapshot_ids=snapshot_ids)
+        id=node.int("ID"), name=node.text("NAME"), uid=node.int("UID"), gid=node.int("GID"),
+        type=ImageType(node.int("TYPE")),
+        disk_type=None if disk_type is None else DiskType(disk_type),
+        persistent=node.flag("PERSISTENT"), state=ImageState(node.int("STATE")),
+        size=node.opt_int("SIZE"), source=node.opt_text("SOURCE"),
+        path=node.opt_text("PATH"), format=node.opt_text("FORMAT"), fs=node.opt_text("FS"),
+        fstype=node.opt_text("FSTYPE"), datastore_id=node.opt_int("DATASTORE_ID"),
+        target_snapshot=_minus_one_is_none(node.opt_int("TARGET_SNAPSHOT")),
+        cloning_id=_minus_one_is_none(node.opt_int("CLONING_ID")),
+        cloning_ops=node.int_or("CLONING_OPS", 0), running_vms=node.int_or("RUNNING_VMS", 0),
+        vm_ids=node.ids("VMS/ID"), clone_ids=node.ids("CLONES/ID"),
+        template=node.template("TEMPLATE"), snapshots=_snapshots(node.child("SNAPSHOTS")))
+
+
+def _stat_image(node: _Node) -> Image:
+    """``stat``'s synthetic image: oned sends the PATH (and the sandbox a SIZE) only."""
+    return Image(
+        id=-1, name="", uid=0, gid=0, type=ImageType.OS, disk_type=None, persistent=False,
+        state=ImageState.INIT, size=node.opt_int("SIZE"), source="",
+        path=node.opt_text("PATH"), format="", fs="", fstype="", datastore_id=None,
+        target_snapshot=None, cloning_id=None, cloning_ops=0, running_vms=0, vm_ids=(),
+        clone_ids=(), template=Template(f"{node.path}/TEMPLATE"))
 
 
 @dataclass(frozen=True)
-class DsAction:
-    """``DS_DRIVER_ACTION_DATA``: the datastore, the image (most actions) and extras."""
-
-    datastore: Datastore
-    image: Image | None
-    extra: dict[str, str]
+class Host:
+    id: int
+    name: str
+    state: HostState
+    im_mad: str
+    vm_mad: str
+    cluster_id: int | None
+    template: Template = field(default_factory=Template)
 
     @property
-    def source_bridge_list(self) -> str:
-        return self.extra.get("SOURCE_BRIDGE_LIST", "")
+    def storpool_client_id(self) -> int | None:
+        """Template ``SP_OURID`` when it is a number. Anything else is ignored rather than
+        refused, as the old add-on's ``ONEHOST`` client-id source does: the next source in
+        ``STORPOOL_CLIENT_ID_SOURCES`` is then asked."""
+        return _id(self.template.get("SP_OURID", ""))
 
 
-def parse_ds_action(payload: str | bytes) -> DsAction:
-    """The DS driver action, base64 as oned passes it (or already-decoded XML)."""
-    root = parse_xml(_decode_maybe_base64(payload, "DS driver action"), "DS driver action")
-    if root.tag != "DS_DRIVER_ACTION_DATA":
-        raise InputError(f"DS driver action: expected DS_DRIVER_ACTION_DATA, got {root.tag}")
-    node = Node(root, "DS_DRIVER_ACTION_DATA")
-    datastore = datastore_from(node.child("DATASTORE"))  # type: ignore[arg-type]
-    image_node = node.child("IMAGE", required=False)
-    image = image_from(image_node) if image_node is not None and image_node.element.find(
-        "ID") is not None else None
-    if image is None and image_node is not None:
-        # stat's synthetic <IMAGE><PATH/><SIZE/></IMAGE> has no ID.
-        image = Image(id=-1, name="", uid=0, gid=0, type=0, persistent=False, state=0,
-                      size=image_node.optional_int("SIZE"), source="",
-                      path=image_node.text("PATH", ""), format="", fs="", fstype="",
-                      datastore_id=None, target_snapshot=None, cloning_id=None)
-    extra = {child.tag: (child.text or "").strip() for child in root
-             if isinstance(child.tag, str) and child.tag not in ("IMAGE", "DATASTORE")
-             and len(child) == 0}
-    return DsAction(datastore=datastore, image=image, extra=extra)
+def _host(node: _Node) -> Host:
+    return Host(id=node.int("ID"), name=node.text("NAME"), state=HostState(node.int("STATE")),
+                im_mad=node.opt_text("IM_MAD"), vm_mad=node.opt_text("VM_MAD"),
+                cluster_id=node.opt_int("CLUSTER_ID"), template=node.template("TEMPLATE"))
+
+
+# -- VM ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Disk:
+    """One ``TEMPLATE/DISK``. Typed fields for what the add-on reads; every attribute
+    (inherited datastore and image attributes too) through :meth:`get`/``attributes``."""
+
     disk_id: int
-    attributes: dict[str, str]
+    attributes: Template
+    image_id: int | None  # None: a volatile disk
+    source: str
+    type: str  # BLOCK, FILE, CDROM, RBD..., or fs / swap for volatile disks
+    disk_type: str
+    clone: bool
+    persistent: bool
+    readonly: bool
+    save: bool
+    shareable: bool
+    attach: bool  # being attached or detached right now (ATTACH=YES)
+    size_mb: int | None
+    original_size_mb: int | None
+    datastore_id: int | None
+    tm_mad: str
+    tm_mad_system: str
+    format: str
+    driver: str
+    target: str
+    hotplug_save_as: int | None  # the image a disk-saveas is filling
+    hotplug_save_as_source: str
+    hotplug_save_as_snapshot_id: int | None
+    snapshots: tuple[Snapshot, ...] = ()
 
     def get(self, key: str, default: str = "") -> str:
         return self.attributes.get(key, default)
 
     @property
-    def image_id(self) -> int | None:
-        value = self.get("IMAGE_ID")
-        return int(value) if value.isdigit() else None
-
-    @property
-    def source(self) -> str:
-        return self.get("SOURCE")
-
-    @property
-    def clone(self) -> bool:
-        return yes(self.get("CLONE", "NO"))
-
-    @property
-    def persistent(self) -> bool:
-        return yes(self.get("PERSISTENT", "NO"))
-
-    @property
-    def readonly(self) -> bool:
-        return yes(self.get("READONLY", "NO"))
-
-    @property
-    def type(self) -> str:
-        return self.get("TYPE")
-
-    @property
-    def tm_mad(self) -> str:
-        return self.get("TM_MAD")
-
-    @property
-    def size_mb(self) -> int | None:
-        value = self.get("SIZE")
-        return int(value) if value.isdigit() else None
-
-    @property
-    def datastore_id(self) -> int | None:
-        value = self.get("DATASTORE_ID")
-        return int(value) if value.isdigit() else None
-
-    @property
     def is_volatile(self) -> bool:
         return self.image_id is None and self.type.lower() in ("fs", "swap")
+
+    @property
+    def is_cdrom(self) -> bool:
+        return self.type.upper() == "CDROM"
+
+
+def _disk(element: etree._Element, position: int, parent: str,
+          snapshots: Mapping[int, tuple[Snapshot, ...]]) -> Disk:
+    raw_id = (element.findtext("DISK_ID") or "").strip()
+    label = f"DISK_ID={raw_id}" if _INT_RE.fullmatch(raw_id) else str(position)
+    node = _Node(element, f"{parent}/DISK[{label}]")
+    disk_id = node.int("DISK_ID")
+    return Disk(
+        disk_id=disk_id, attributes=Template.from_element(element, node.path),
+        image_id=node.opt_int("IMAGE_ID"), source=node.opt_text("SOURCE"),
+        type=node.opt_text("TYPE"), disk_type=node.opt_text("DISK_TYPE"),
+        clone=node.flag("CLONE"), persistent=node.flag("PERSISTENT"),
+        readonly=node.flag("READONLY"), save=node.flag("SAVE"),
+        shareable=node.flag("SHAREABLE"), attach=node.flag("ATTACH"),
+        size_mb=node.opt_int("SIZE"), original_size_mb=node.opt_int("ORIGINAL_SIZE"),
+        datastore_id=node.opt_int("DATASTORE_ID"), tm_mad=node.opt_text("TM_MAD"),
+        tm_mad_system=node.opt_text("TM_MAD_SYSTEM"), format=node.opt_text("FORMAT"),
+        driver=node.opt_text("DRIVER"), target=node.opt_text("TARGET"),
+        hotplug_save_as=node.opt_int("HOTPLUG_SAVE_AS"),
+        hotplug_save_as_source=node.opt_text("HOTPLUG_SAVE_AS_SOURCE"),
+        hotplug_save_as_snapshot_id=node.opt_int("HOTPLUG_SAVE_AS_SNAPSHOT_ID"),
+        snapshots=snapshots.get(disk_id, ()))
 
 
 @dataclass(frozen=True)
@@ -376,9 +737,41 @@ class HistoryRecord:
     seq: int
     hostname: str
     host_id: int
-    ds_id: int
-    tm_mad: str
+    ds_id: int  # the system datastore
+    tm_mad: str  # the system datastore's TM
     vm_mad: str
+
+
+def _history(node: _Node) -> HistoryRecord:
+    return HistoryRecord(seq=node.int("SEQ"), hostname=node.text("HOSTNAME"),
+                         host_id=node.int("HID"), ds_id=node.int("DS_ID"),
+                         tm_mad=node.opt_text("TM_MAD"), vm_mad=node.opt_text("VM_MAD"))
+
+
+@dataclass(frozen=True)
+class VmSnapshot:
+    """A system (hypervisor) snapshot, ``TEMPLATE/SNAPSHOT``; the add-on's snapshot scripts
+    print the suffix oned stores as ``HYPERVISOR_ID``."""
+
+    snapshot_id: int
+    hypervisor_id: str
+    name: str
+    time: int | None
+    active: bool
+    attributes: Template
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.attributes.get(key, default)
+
+
+def _vm_snapshot(attributes: Template) -> VmSnapshot:
+    snapshot_id = attributes.get_int("SNAPSHOT_ID")
+    if snapshot_id is None:
+        raise InputError(f"{attributes.path}/SNAPSHOT_ID: missing")
+    return VmSnapshot(snapshot_id=snapshot_id,
+                      hypervisor_id=attributes.get("HYPERVISOR_ID", ""),
+                      name=attributes.get("NAME", ""), time=attributes.get_int("TIME"),
+                      active=attributes.get_bool("ACTIVE"), attributes=attributes)
 
 
 @dataclass(frozen=True)
@@ -388,22 +781,49 @@ class Vm:
     uid: int
     gid: int
     state: VmState
-    lcm_state: int
+    lcm_state: LcmState
+    deploy_id: str
     disks: tuple[Disk, ...]
     context_disk_id: int | None
     history: tuple[HistoryRecord, ...]
-    template: dict[str, str]
-    user_template: dict[str, str]
-    disk_snapshots: dict[int, tuple[int, ...]]
-    vm_snapshots: tuple[dict[str, str], ...]
+    template: Template
+    user_template: Template
+    vm_snapshots: tuple[VmSnapshot, ...]
 
     @property
     def lcm_name(self) -> str:
-        return lcm_name(self.lcm_state)
+        return self.lcm_state.name
 
     @property
     def last_history(self) -> HistoryRecord | None:
         return self.history[-1] if self.history else None
+
+    @property
+    def hostname(self) -> str:
+        """The host of the current history record ("" before the first deploy)."""
+        return self.history[-1].hostname if self.history else ""
+
+    @property
+    def system_ds_id(self) -> int | None:
+        return self.history[-1].ds_id if self.history else None
+
+    @property
+    def system_tm_mad(self) -> str:
+        return self.history[-1].tm_mad if self.history else ""
+
+    @property
+    def context(self) -> Template | None:
+        return self.template.vector("CONTEXT")
+
+    @property
+    def disk_snapshots(self) -> dict[int, tuple[int, ...]]:
+        """Disk id → its snapshot ids, for disks that have any."""
+        return {d.disk_id: tuple(s.id for s in d.snapshots) for d in self.disks if d.snapshots}
+
+    @property
+    def attaching_disk(self) -> Disk | None:
+        """The disk an attach or detach is working on (``ATTACH=YES``)."""
+        return next((d for d in self.disks if d.attach), None)
 
     def disk(self, disk_id: int) -> Disk:
         for disk in self.disks:
@@ -412,143 +832,373 @@ class Vm:
         raise InputError(f"VM {self.id}: no DISK with DISK_ID {disk_id}")
 
 
-def vm_from(node: Node) -> Vm:
-    state_value = node.int("STATE")
-    try:
-        state = VmState(state_value)
-    except ValueError:
-        raise InputError(f"{node.path}/STATE: unknown VM state {state_value}") from None
-    disks = []
-    for element in node.element.findall("TEMPLATE/DISK"):
-        attributes = {c.tag: (c.text or "").strip() for c in element if isinstance(c.tag, str)}
-        disk_id = attributes.get("DISK_ID", "")
-        if not disk_id.isdigit():
-            raise InputError(f"{node.path}/TEMPLATE/DISK/DISK_ID: expected an integer, "
-                             f"got {disk_id!r}")
-        disks.append(Disk(int(disk_id), attributes))
-    context = node.element.find("TEMPLATE/CONTEXT/DISK_ID")
-    history = tuple(
-        HistoryRecord(seq=h.int("SEQ", 0), hostname=h.text("HOSTNAME", ""),
-                      host_id=h.int("HID", -1), ds_id=h.int("DS_ID", -1),
-                      tm_mad=h.text("TM_MAD", ""), vm_mad=h.text("VM_MAD", ""))
-        for h in (Node(e, f"{node.path}/HISTORY_RECORDS/HISTORY")
-                  for e in node.element.findall("HISTORY_RECORDS/HISTORY")))
-    disk_snapshots: dict[int, tuple[int, ...]] = {}
-    for snaps in node.element.findall("SNAPSHOTS"):
-        disk_id = snaps.findtext("DISK_ID", "").strip()
-        if disk_id.isdigit():
-            disk_snapshots[int(disk_id)] = tuple(
-                int(s.findtext("ID", "-1")) for s in snaps.findall("SNAPSHOT"))
-    vm_snapshots = tuple({c.tag: (c.text or "").strip() for c in s if isinstance(c.tag, str)}
-                         for s in node.element.findall("TEMPLATE/SNAPSHOT"))
-    return Vm(id=node.int("ID"), name=node.text("NAME", ""), uid=node.int("UID", 0),
-              gid=node.int("GID", 0), state=state, lcm_state=node.int("LCM_STATE", 0),
-              disks=tuple(disks),
-              context_disk_id=int(context.text) if context is not None and (
-                  context.text or "").strip().isdigit() else None,
-              history=history, template=node.attributes("TEMPLATE"),
-              user_template=node.attributes("USER_TEMPLATE"), disk_snapshots=disk_snapshots,
-              vm_snapshots=vm_snapshots)
+def _vm(node: _Node) -> Vm:
+    snapshots: dict[int, tuple[Snapshot, ...]] = {}
+    for element in node.element.findall("SNAPSHOTS"):  # one per disk, outside the DISK
+        tree = _Node(element, f"{node.path}/SNAPSHOTS")
+        snapshots[tree.int("DISK_ID")] = _snapshots(tree)
+    template = node.template("TEMPLATE")
+    context = template.vector("CONTEXT")
+    disks = tuple(_disk(element, position, template.path, snapshots)
+                  for position, element in enumerate(node.element.findall("TEMPLATE/DISK"), 1))
+    return Vm(
+        id=node.int("ID"), name=node.text("NAME"), uid=node.int("UID"), gid=node.int("GID"),
+        state=VmState(node.int("STATE")), lcm_state=LcmState(node.int("LCM_STATE")),
+        deploy_id=node.opt_text("DEPLOY_ID"), disks=disks,
+        context_disk_id=None if context is None else context.get_int("DISK_ID"),
+        history=tuple(_history(_Node(e, f"{node.path}/HISTORY_RECORDS/HISTORY"))
+                      for e in node.element.findall("HISTORY_RECORDS/HISTORY")),
+        template=template, user_template=node.template("USER_TEMPLATE"),
+        vm_snapshots=tuple(_vm_snapshot(s) for s in template.vectors("SNAPSHOT")))
+
+
+# -- entry points for bodies and driver actions -----------------------------------------------
+
+
+def _root(payload: str | bytes, tag: str, what: str | None = None) -> _Node:
+    what = what or tag
+    root = parse_xml(decode_payload(payload, what), what)
+    if root.tag != tag:
+        raise InputError(f"{what}: expected {tag}, got {root.tag}")
+    return _Node(root, tag)
+
+
+def parse_vm(payload: str | bytes) -> Vm:
+    return _vm(_root(payload, "VM"))
+
+
+def parse_image(payload: str | bytes) -> Image:
+    return _image(_root(payload, "IMAGE"))
+
+
+def parse_datastore(payload: str | bytes) -> Datastore:
+    return _datastore(_root(payload, "DATASTORE"))
+
+
+def parse_host(payload: str | bytes) -> Host:
+    return _host(_root(payload, "HOST"))
 
 
 @dataclass(frozen=True)
-class Host:
-    id: int
-    name: str
-    state: int
-    template: dict[str, str]
+class DsAction:
+    """``DS_DRIVER_ACTION_DATA``: the DATASTORE, the IMAGE (all actions but monitor), the VM
+    (backup-datastore actions) and the single-valued extras (``SOURCE_BRIDGE_LIST``,
+    ``MONITOR_VM_DISKS``, ``DATASTORE_LOCATION``, ``DESTINATION_DS_ID``...)."""
+
+    datastore: Datastore
+    image: Image | None
+    extra: Template
+    vm: Vm | None = None
 
     @property
-    def storpool_client_id(self) -> int | None:
-        value = self.template.get("SP_OURID", "")
-        return int(value) if value.isdigit() else None
+    def source_bridge_list(self) -> str:
+        return self.extra.get("SOURCE_BRIDGE_LIST", "")
+
+    @property
+    def monitor_vm_disks(self) -> bool:
+        """``MONITOR_VM_DISKS=1``: this monitor cycle also reports per-VM disk usage."""
+        return self.extra.get_bool("MONITOR_VM_DISKS")
+
+    @property
+    def datastore_location(self) -> str:
+        return self.extra.get("DATASTORE_LOCATION", "")
 
 
-def host_from(node: Node) -> Host:
-    return Host(id=node.int("ID"), name=node.text("NAME"), state=node.int("STATE", 0),
-                template=node.attributes())
+def parse_ds_action(payload: str | bytes) -> DsAction:
+    """The DS driver action, base64 as oned passes it (or already-decoded XML)."""
+    node = _root(payload, "DS_DRIVER_ACTION_DATA", "DS driver action")
+    datastore = node.child("DATASTORE")
+    if datastore is None:
+        raise InputError("DS_DRIVER_ACTION_DATA/DATASTORE: missing")
+    image = node.child("IMAGE")
+    vm = node.child("VM")
+    return DsAction(
+        datastore=_datastore(datastore),
+        image=None if image is None else (
+            _image(image) if image.element.find("ID") is not None else _stat_image(image)),
+        extra=Template.from_element(node.element, node.path), vm=None if vm is None else _vm(vm))
 
 
-def _parse_object(payload: str | bytes, tag: str, build: Any) -> Any:
-    root = parse_xml(payload, tag)
-    if root.tag != tag:
-        raise InputError(f"{tag}: expected <{tag}>, got <{root.tag}>")
-    return build(Node(root, tag))
+@dataclass(frozen=True)
+class VmmAction:
+    """``VMM_DRIVER_ACTION_DATA``: the VM, its host, and the system DATASTORE. Empty
+    elements (oned writes ``<MIGR_HOST/>`` when there is none) are empty strings."""
+
+    host: str
+    migrate_host: str
+    deploy_id: str
+    local_deployment_file: str
+    remote_deployment_file: str
+    checkpoint_file: str
+    tm_command: str
+    tm_command_rollback: str
+    disk_target_path: str
+    vm: Vm
+    datastore: Datastore | None
 
 
-def parse_vm(xml: str | bytes) -> Vm:
-    return _parse_object(xml, "VM", vm_from)
+def parse_vmm_action(payload: str | bytes) -> VmmAction:
+    node = _root(payload, "VMM_DRIVER_ACTION_DATA", "VMM driver action")
+    vm = node.child("VM")
+    if vm is None:
+        raise InputError("VMM_DRIVER_ACTION_DATA/VM: missing")
+    datastore = node.child("DATASTORE")
+    return VmmAction(
+        host=node.text("HOST"), migrate_host=node.opt_text("MIGR_HOST"),
+        deploy_id=node.opt_text("DEPLOY_ID"),
+        local_deployment_file=node.opt_text("LOCAL_DEPLOYMENT_FILE"),
+        remote_deployment_file=node.opt_text("REMOTE_DEPLOYMENT_FILE"),
+        checkpoint_file=node.opt_text("CHECKPOINT_FILE"),
+        tm_command=node.opt_text("TM_COMMAND"),
+        tm_command_rollback=node.opt_text("TM_COMMAND_ROLLBACK"),
+        disk_target_path=node.opt_text("DISK_TARGET_PATH"), vm=_vm(vm),
+        datastore=None if datastore is None else _datastore(datastore))
 
 
-def parse_image(xml: str | bytes) -> Image:
-    return _parse_object(xml, "IMAGE", image_from)
+# -- hook bus ---------------------------------------------------------------------------------
 
 
-def parse_datastore(xml: str | bytes) -> Datastore:
-    return _parse_object(xml, "DATASTORE", datastore_from)
+@dataclass(frozen=True)
+class ApiParameter:
+    """One ``CALL_INFO/PARAMETERS/PARAMETER`` of an API hook message. ``IN`` parameters are
+    the call's arguments (position 1, the session, is always ``****``); ``OUT`` ones are the
+    reply: ``true, value, 0`` or ``false, message, code, object id``."""
 
-
-def parse_host(xml: str | bytes) -> Host:
-    return _parse_object(xml, "HOST", host_from)
-
-
-# -- hook messages --------------------------------------------------------------------------------
+    position: int
+    direction: str  # "IN" or "OUT"
+    value: str
 
 
 @dataclass(frozen=True)
 class HookEvent:
-    """One message of oned's hook bus: the key frame and the decoded ``HOOK_MESSAGE``."""
+    """One message of oned's hook bus.
 
-    kind: str  # "STATE", "API", "SERVICE", "RETRY"
+    ``kind``: ``STATE`` (``EVENT VM 42/...`` and ``EVENT STATE VM/...`` keys alike),
+    ``SERVICE`` (the VM STATE message again, keyed by its OneFlow service), ``API`` or
+    ``RETRY``. ``state``/``lcm_state`` are oned's names (``VmState.ACTIVE.name`` ...).
+    ``message`` is the decoded ``HOOK_MESSAGE``; for API messages it is lxml's recovered tree,
+    which may be mangled by oned's unescaped strings: read ``parameters`` and ``extra``."""
+
+    kind: str
     key: str
-    object: str = ""  # VM, HOST, IMAGE, NET, ...
+    object: str = ""  # VM, HOST, IMAGE, NET
     object_id: int | None = None
     state: str = ""
     lcm_state: str = ""
+    service_id: int | None = None
+    remote_host: str = ""
     method: str = ""
     success: bool | None = None
+    parameters: tuple[ApiParameter, ...] = ()
+    extra: etree._Element | None = None
+    hook_id: int | None = None
+    arguments: str = ""
     message: etree._Element | None = None
 
     def body(self, tag: str) -> etree._Element | None:
-        """The object body carried by a STATE message (``VM``, ``IMAGE``, ``HOST``)."""
+        """The object body a STATE message carries (``VM``, ``HOST``, ``IMAGE``, ``VNET``)."""
         return None if self.message is None else self.message.find(tag)
 
+    def _body_node(self, tag: str) -> _Node:
+        element = self.body(tag)
+        if element is None:
+            raise InputError(f"hook message {self.key.strip()!r}: no {tag} body")
+        return _Node(element, f"HOOK_MESSAGE/{tag}")
 
-def parse_hook_key(key: str) -> HookEvent:
-    """Keys: ``EVENT API <method> <0|1>``, ``EVENT STATE <OBJ>/<STATE>/<LCM>/<id> ``,
-    ``EVENT <OBJ> <id>/<STATE>/<LCM> ``, ``EVENT SERVICE <id> ``, ``RETRY ...``."""
-    words = key.split()
-    if not words:
-        raise InputError("hook message: empty key")
-    if words[0] == "RETRY":
-        return HookEvent("RETRY", key)
-    if words[0] != "EVENT" or len(words) < 2:
+    def vm(self) -> Vm:
+        return _vm(self._body_node("VM"))
+
+    def image(self) -> Image:
+        return _image(self._body_node("IMAGE"))
+
+    def host(self) -> Host:
+        return _host(self._body_node("HOST"))
+
+    def parameter(self, position: int, direction: str = "IN") -> str | None:
+        """The value of an API parameter, ``None`` when the call had no such parameter."""
+        for parameter in self.parameters:
+            if parameter.position == position and parameter.direction == direction:
+                return parameter.value
+        return None
+
+
+_OBJECT_RE = re.compile(r"[A-Z]+")
+
+
+def _state_key(kind: str, key: str, obj: str, object_id: str, state: str,
+               lcm: str) -> HookEvent | None:
+    number = _id(object_id)
+    if _OBJECT_RE.fullmatch(obj) is None or number is None:
+        return None
+    return HookEvent(kind, key, object=obj, object_id=number, state=state, lcm_state=lcm)
+
+
+def parse_hook_key(key: str | bytes) -> HookEvent:
+    """Keys as one_hm publishes them: ``EVENT API <method> <0|1>``,
+    ``EVENT STATE <OBJ>/<STATE>/<LCM>/<id> ``, ``EVENT <OBJ> <id>/<STATE>/<LCM> ``,
+    ``EVENT SERVICE <id> ``, ``RETRY`` (the LCM part is empty but for VMs)."""
+    if isinstance(key, bytes):
+        key = key.decode("ascii", "replace")
+    if not key.isascii():  # one_hm's keys are ASCII
         raise InputError(f"hook message: unknown key {key[:80]!r}")
-    if words[1] == "API" and len(words) >= 4 and words[3] in ("0", "1"):
-        return HookEvent("API", key, method=words[2], success=words[3] == "1")
-    if words[1] == "SERVICE" and len(words) >= 3 and words[2].isdigit():
-        return HookEvent("SERVICE", key, object="SERVICE", object_id=int(words[2]))
-    if words[1] == "STATE" and len(words) >= 3:
-        parts = words[2].split("/")
-        if len(parts) == 4 and parts[3].isdigit():
-            return HookEvent("STATE", key, object=parts[0], object_id=int(parts[3]),
-                             state=parts[1], lcm_state=parts[2])
-    if len(words) >= 3:
-        parts = words[2].split("/")
-        if len(parts) == 3 and parts[0].isdigit():
-            return HookEvent("STATE", key, object=words[1], object_id=int(parts[0]),
-                             state=parts[1], lcm_state=parts[2])
-    raise InputError(f"hook message: unknown key {key[:80]!r}")
+    words = key.split()
+    event = None
+    if words == ["RETRY"]:
+        event = HookEvent("RETRY", key)
+    elif len(words) == 4 and words[:2] == ["EVENT", "API"] and words[3] in ("0", "1"):
+        event = HookEvent("API", key, method=words[2], success=words[3] == "1")
+    elif len(words) == 3 and words[:2] == ["EVENT", "SERVICE"] and _id(words[2]) is not None:
+        event = HookEvent("SERVICE", key, service_id=_id(words[2]))
+    elif len(words) == 3 and words[:2] == ["EVENT", "STATE"] and words[2].count("/") == 3:
+        obj, state, lcm, object_id = words[2].split("/")
+        event = _state_key("STATE", key, obj, object_id, state, lcm)
+    elif len(words) == 3 and words[0] == "EVENT" and words[2].count("/") == 2:
+        object_id, state, lcm = words[2].split("/")
+        event = _state_key("STATE", key, words[1], object_id, state, lcm)
+    if event is None:
+        raise InputError(f"hook message: unknown key {key[:80]!r}")
+    return event
 
 
-def parse_hook_message(key: str | bytes, payload: str | bytes) -> HookEvent:
-    """Both ZeroMQ frames of one hook event. API messages may be malformed XML (oned
-    does not escape string parameters): they are parsed forgivingly."""
-    key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-    event = parse_hook_key(key_text)
-    raw = decode_base64(payload, "hook message")  # RETRY content ends in a blank: stripped
-    message = parse_xml(raw, "HOOK_MESSAGE", forgiving=event.kind == "API")
-    if message.tag != "HOOK_MESSAGE":
-        raise InputError(f"hook message: expected HOOK_MESSAGE, got {message.tag}")
-    return HookEvent(event.kind, event.key, event.object, event.object_id, event.state,
-                     event.lcm_state, event.method, event.success, message)
+def parse_hook_message(key: str | bytes | Sequence[str | bytes],
+                       payload: str | bytes | None = None) -> HookEvent:
+    """Both ZeroMQ frames of one hook event (``key, payload``, or the list of frames)."""
+    if payload is None:
+        frames = [key] if isinstance(key, (str, bytes)) else list(key)
+        if len(frames) != 2:
+            raise InputError(f"hook message: expected 2 frames, got {len(frames)}")
+        key, payload = frames
+    if not isinstance(key, (str, bytes)):
+        raise InputError("hook message: the key frame is not text")
+    event = parse_hook_key(key)
+    raw = decode_base64(payload, "hook message")  # RETRY content ends in a blank: ignored
+    if event.kind == "RETRY":
+        return _retry_event(event, raw)
+    if event.kind == "API":
+        return _api_event(event, raw)
+    return _state_event(event, raw)
+
+
+def _hook_root(raw: bytes, forgiving: bool = False) -> _Node:
+    root = parse_xml(raw, "HOOK_MESSAGE", forgiving=forgiving)
+    if root.tag != "HOOK_MESSAGE":
+        raise InputError(f"hook message: expected HOOK_MESSAGE, got {root.tag}")
+    return _Node(root, "HOOK_MESSAGE")
+
+
+def _retry_event(event: HookEvent, raw: bytes) -> HookEvent:
+    node = _hook_root(raw)
+    arguments = decode_base64(node.text("ARGUMENTS"), "HOOK_MESSAGE/ARGUMENTS")
+    return replace(event, hook_id=node.int("HOOK_ID"),
+                   arguments=arguments.decode("utf-8", "replace"),
+                   remote_host=node.opt_text("REMOTE_HOST"), message=node.element)
+
+
+# oned writes SERVICE_ID (a user template attribute) and REMOTE_HOST unescaped in the header
+# of a STATE message; when that breaks the XML, escaping the two header values lets the
+# well-formed object body through. The lookaheads pin each to its place in the header.
+_RAW_STATE_FIELDS = (rb"(<SERVICE_ID>)(.*?)(</SERVICE_ID>)(?=\s*<REMOTE_HOST)",
+                     rb"(<REMOTE_HOST>)(.*?)(</REMOTE_HOST>)(?=\s*<(?:RESOURCE_ID|VM|HOST)>)")
+
+
+def _escape(text: bytes) -> bytes:
+    return text.replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b">", b"&gt;")
+
+
+def _state_root(raw: bytes) -> _Node:
+    try:
+        return _hook_root(raw)
+    except InputError:
+        repaired = raw
+        for pattern in _RAW_STATE_FIELDS:
+            repaired = re.sub(pattern, lambda m: m[1] + _escape(m[2]) + m[3], repaired,
+                              count=1, flags=re.S)
+        if repaired == raw:
+            raise
+        return _hook_root(repaired)
+
+
+# HOOK_OBJECT is VNET in hook_message_state.xsd, NET in what oned sends and in the keys.
+_HOOK_OBJECTS = {"VNET": "NET"}
+
+
+def _state_event(event: HookEvent, raw: bytes) -> HookEvent:
+    node = _state_root(raw)
+    if node.text("HOOK_TYPE") != "STATE":
+        raise InputError(f"hook message: key {event.key.strip()!r} with HOOK_TYPE "
+                         f"{node.text('HOOK_TYPE')!r}")
+    obj = node.text("HOOK_OBJECT")
+    obj = _HOOK_OBJECTS.get(obj, obj)
+    resource_id = node.int("RESOURCE_ID")
+    raw_service = node.opt_text("SERVICE_ID")
+    # SERVICE_ID comes from the VM's user template: a non-number is the user's, not corruption
+    service_id = _id(raw_service)
+    if event.kind == "STATE" and (event.object, event.object_id) != (obj, resource_id):
+        raise InputError(f"hook message: key {event.key.strip()!r} but the message is about "
+                         f"{obj} {resource_id}")
+    if event.kind == "SERVICE" and (obj != "VM" or service_id != event.service_id):
+        raise InputError(f"hook message: key {event.key.strip()!r} but the message is about "
+                         f"{obj} {resource_id} of service {raw_service or 'none'}")
+    return replace(event, object=obj, object_id=resource_id, state=node.text("STATE"),
+                   lcm_state=node.opt_text("LCM_STATE"), service_id=service_id,
+                   remote_host=node.opt_text("REMOTE_HOST"), message=node.element)
+
+
+# API messages are cut along oned's fixed layout (src/hm/HookAPI.cc): the header and the
+# trailer are oned's own text, string parameter values are whatever the caller sent. Plain
+# pattern strings: ``re`` compiles and caches them on first use, off the drivers' start-up.
+_API_HEAD = (rb"\s*(?:<\?xml[^>]*\?>\s*)?<HOOK_MESSAGE>\s*<HOOK_TYPE>API</HOOK_TYPE>"
+             rb"\s*<CALL>([^<]*)</CALL>\s*<CALL_INFO>\s*<RESULT>([01])</RESULT>\s*<PARAMETERS>")
+_API_PARAMETER = (rb"\s*<PARAMETER>\s*<POSITION>([0-9]{1,9})</POSITION>\s*<TYPE>(IN|OUT)</TYPE>"
+                  rb"\s*(?:<VALUE>(.*?)</VALUE>|<VALUE/>)\s*</PARAMETER>")
+_API_TAIL = (rb"\s*</PARAMETERS>\s*(?:<EXTRA>(.*)</EXTRA>|<EXTRA/>)?\s*</CALL_INFO>"
+             rb"\s*</HOOK_MESSAGE>\s*")
+
+
+def _unescape(text: str) -> str:
+    for escaped, plain in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"),
+                           ("&amp;", "&")):
+        text = text.replace(escaped, plain)
+    return text
+
+
+def _api_parameters(raw: bytes, start: int, where: str) -> tuple[list[ApiParameter], int]:
+    parameters = []
+    parameter = re.compile(_API_PARAMETER, re.S)  # cached by re after the first call
+    while (found := parameter.match(raw, start)) is not None:
+        parameters.append(ApiParameter(int(found[1]), found[2].decode(),
+                                       (found[3] or b"").decode("utf-8", "replace")))
+        start = found.end()
+    inputs = [p for p in parameters if p.direction == "IN"]
+    outputs = [p for p in parameters if p.direction == "OUT"]
+    # oned numbers the IN block 1..n, then the OUT block 1..m. A string parameter that
+    # contains parameter markup breaks that order: refuse it rather than guess.
+    if (parameters != inputs + outputs
+            or [p.position for p in inputs] != list(range(1, len(inputs) + 1))
+            or [p.position for p in outputs] != list(range(1, len(outputs) + 1))):
+        raise InputError(f"{where}: parameters out of order (a string parameter that "
+                         "contains parameter markup?)")
+    if outputs and outputs[0].value == "false" and len(outputs) > 1:
+        # the error message is the one value oned escapes (Request::failure_response)
+        outputs[1] = replace(outputs[1], value=_unescape(outputs[1].value))
+    return inputs + outputs, start
+
+
+def _api_event(event: HookEvent, raw: bytes) -> HookEvent:
+    where = f"hook message {event.method}"
+    message = _hook_root(raw, forgiving=True)  # size and DOCTYPE checks, and the tree
+    head = re.match(_API_HEAD, raw)
+    if head is None:
+        raise InputError(f"{where}: not an API HOOK_MESSAGE")
+    call, result = head[1].decode("utf-8", "replace").strip(), head[2] == b"1"
+    if (call, result) != (event.method, event.success):
+        raise InputError(f"{where}: key {event.key.strip()!r} but the message is about "
+                         f"{call} with RESULT {int(result)}")
+    parameters, end = _api_parameters(raw, head.end(), where)
+    tail = re.compile(_API_TAIL, re.S).fullmatch(raw, end)
+    if tail is None:
+        raise InputError(f"{where}: cannot find the end of the PARAMETERS")
+    extra = None
+    if tail[1] and tail[1].strip():
+        extra = parse_xml(b"<EXTRA>" + tail[1] + b"</EXTRA>", "HOOK_MESSAGE/CALL_INFO/EXTRA")
+    return replace(event, parameters=tuple(parameters), extra=extra, message=message.element)

@@ -1,141 +1,320 @@
 """Talking to oned over XML-RPC: endpoint and credentials found the way OpenNebula's tools
 find them, a lightweight call path for drivers, and pyone for the subscriber and admin tools.
 
-Endpoint: ``ONE_XMLRPC``, else ``~/.one/one_endpoint``, else ``/var/lib/one/.one/one_endpoint``,
-else ``http://localhost:2633/RPC2``. Credentials: the file named by ``ONE_AUTH``, else
-``~/.one/one_auth``, else ``/var/lib/one/.one/one_auth`` (``user:password``).
+Resolution (``src/oca/ruby/opennebula/lib/client.rb``), in one place for both paths:
 
-:func:`one_call` uses only the standard library (drivers must not import pyone); :func:`server`
-builds a ``pyone.OneServer``. Both retry transport errors (refused, reset, timed out) with
-the add-on's one retry policy, never an answer of oned's (authorization, not found, ...).
+* endpoint: ``$ONE_XMLRPC``, else ``$HOME/.one/one_endpoint``, else oneadmin's
+  ``/var/lib/one/.one/one_endpoint``, else ``http://localhost:2633/RPC2``;
+* credentials: the file named by ``$ONE_AUTH``, else ``$HOME/.one/one_auth``, else
+  ``/var/lib/one/.one/one_auth``; its first line is the session, ``user:password``.
+
+Public API:
+
+``endpoint() -> str``, ``session() -> str``
+    the resolution above.
+``one_call(method, *params, retry=None, timeout=30.0, idempotent=None) -> Any``
+    standard library only (drivers must not import pyone): the session goes first, the value
+    of ``[true, value, 0]`` comes back (the raw XML string for ``*.info``).
+``vm_info(id) -> one.Vm``, ``image_info``, ``datastore_info``, ``host_info``
+    ``one_call`` of ``one.<object>.info`` parsed by :mod:`onestorpool.one`.
+``server(retry=None, timeout=30.0)``
+    a ``pyone.OneServer`` for the same endpoint and session (``srv.vm.info(42)``), its calls
+    bounded by ``timeout`` and retried like ``one_call``.
+:class:`OneError`, :class:`OneTransportError`
+    oned's answer was an error (``code``: :data:`NO_EXISTS`...), or oned was not reached.
+
+Retries use the add-on's one policy (:class:`onestorpool.retry.RetryPolicy`: tenacity,
+jittered exponential backoff, bounded attempts and deadline, injectable ``sleep``) and happen
+on transport errors only, never on an answer of oned's (authentication, authorization, not
+found...). A request that never left (connection refused, connect timeout, name lookup) is
+always retried; one that was sent but got no answer (reset, read timeout, HTTP 502/503/504 from
+a proxy) only when the call is read-only (``*.info``, ``system.version``...) or the caller says
+``idempotent=True``: sending ``one.image.allocate`` twice would make two images. Every call
+uses a fresh connection, so a failure is either "not sent" or "sent", never a stale keep-alive.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onestorpool.errors import AddonError
 from onestorpool.retry import RetryPolicy
 
+if TYPE_CHECKING:
+    from onestorpool.one import Datastore, Host, Image, Vm
+
 DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
 ONEADMIN_HOME = "/var/lib/one"
+DEFAULT_TIMEOUT = 30.0
+
+# oned's error codes (include/Request.h)
+AUTHENTICATION = 0x0100
+AUTHORIZATION = 0x0200
+NO_EXISTS = 0x0400
+ACTION = 0x0800
+XML_RPC_API = 0x1000
+INTERNAL = 0x2000
+ALLOCATE = 0x4000
+LOCKED = 0x8000
+REPLICATION = 0x10000
 
 
 class OneError(AddonError):
     """oned answered with an error (authentication, authorization, not found, ...)."""
 
+    transient = False
+
     def __init__(self, method: str, message: str, code: int | None = None):
+        # oned's messages already start with "[one.vm.info] ": say the method once
+        message = message.removeprefix(f"[{method}]").strip()
         super().__init__(f"oned {method}: {message}")
-        self.code = code
-        self.transient = False
+        self.method, self.code = method, code
 
 
 class OneTransportError(AddonError):
-    """oned could not be reached."""
+    """oned could not be reached, or did not answer; ``transient`` says whether the call may
+    be sent again."""
 
-    transient = True
+    def __init__(self, message: str, transient: bool = True):
+        super().__init__(message)
+        self.transient = transient
 
 
-def _home_files(name: str) -> list[Path]:
-    paths = [Path.home() / ".one" / name] if "HOME" in os.environ else []
+# -- endpoint and credentials -----------------------------------------------------------------
+
+
+def _one_files(name: str) -> list[Path]:
+    """``$HOME/.one/<name>`` then oneadmin's own (drivers run as oneadmin, maybe without
+    HOME in their environment)."""
+    home = os.environ.get("HOME")
+    paths = [Path(home) / ".one" / name] if home else []
     return [*paths, Path(ONEADMIN_HOME) / ".one" / name]
 
 
 def endpoint() -> str:
-    if os.environ.get("ONE_XMLRPC"):
+    if os.environ.get("ONE_XMLRPC", "").strip():
         return os.environ["ONE_XMLRPC"].strip()
-    for path in _home_files("one_endpoint"):
-        if path.is_file():
-            text = path.read_text().strip()
-            if text:
-                return text
-    return DEFAULT_ENDPOINT
-
-
-def session() -> str:
-    candidates = [Path(os.environ["ONE_AUTH"])] if os.environ.get("ONE_AUTH") else []
-    for path in candidates + _home_files("one_auth"):
+    for path in _one_files("one_endpoint"):
         try:
             text = path.read_text().strip()
         except OSError:
             continue
-        if ":" not in text:
+        if text:
+            return text
+    return DEFAULT_ENDPOINT
+
+
+def session() -> str:
+    named = os.environ.get("ONE_AUTH", "")
+    candidates = [Path(named)] if named else []
+    for path in candidates + _one_files("one_auth"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue  # as OpenNebula's tools do: a missing ONE_AUTH file falls through
+        first = text.splitlines()[0].strip() if text else ""
+        if ":" not in first:
             raise AddonError(f"{path}: expected user:password")
-        return text.splitlines()[0].strip()
+        return first
     raise AddonError("no OpenNebula credentials: set ONE_AUTH or create ~/.one/one_auth")
 
 
-def one_call(method: str, *params: Any, retry: RetryPolicy | None = None,
-             timeout: float = 30.0) -> Any:
-    """Call ``method`` with the session first, as oned expects; returns the value on
-    success (an XML string for ``*.info``), raises :class:`OneError` otherwise."""
+def _redact(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+# -- transport --------------------------------------------------------------------------------
+
+
+class _NotSent(Exception):
+    """The connection could not be opened: the request never left."""
+
+    def __init__(self, cause: OSError):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+_TRANSPORTS: dict[bool, type] = {}
+
+
+def _transport(url: str, timeout: float) -> Any:
+    """An ``xmlrpc.client`` transport with a timeout, connecting before it sends (to tell
+    "not sent" from "sent") and using one connection per request."""
+    import xmlrpc.client
+
+    https = url.lower().startswith("https:")
+    if https not in _TRANSPORTS:
+        base = xmlrpc.client.SafeTransport if https else xmlrpc.client.Transport
+
+        class Bounded(base):  # type: ignore[misc, valid-type]
+            def __init__(self, timeout: float):
+                super().__init__()
+                self.timeout = timeout
+
+            def make_connection(self, host: Any) -> Any:
+                connection = super().make_connection(host)
+                connection.timeout = self.timeout
+                if connection.sock is None:
+                    try:
+                        connection.connect()
+                    except OSError as exc:
+                        self.close()
+                        raise _NotSent(exc) from exc
+                return connection
+
+            def request(self, host: Any, handler: Any, request_body: Any,
+                        verbose: bool = False) -> Any:
+                # No stdlib resend on a reset keep-alive connection: our retry policy
+                # decides, knowing whether the call is safe to send twice.
+                try:
+                    return self.single_request(host, handler, request_body, verbose)
+                finally:
+                    self.close()
+
+        _TRANSPORTS[https] = Bounded
+    return _TRANSPORTS[https](timeout)
+
+
+_READ_ONLY = frozenset(("version", "config", "monitoring", "raftstatus", "accounting",
+                        "showback"))
+
+
+def is_read_only(method: str) -> bool:
+    """Whether sending ``method`` twice is harmless: ``one.*.info*`` and the like."""
+    verb = method.rsplit(".", 1)[-1]
+    return verb.startswith("info") or verb in _READ_ONLY
+
+
+def _transport_error(exc: BaseException, what: str, idempotent: bool) -> AddonError | None:
+    """Our error for a transport failure (``None``: not one)."""
     import http.client
+    import ssl
+    import xmlrpc.client
+    from xml.parsers.expat import ExpatError
+
+    if isinstance(exc, _NotSent):
+        # a certificate problem does not heal by waiting; refused, unreachable or a
+        # connect timeout may
+        transient = not isinstance(exc.cause, ssl.SSLError)
+        return OneTransportError(f"{what}: cannot connect: {exc.cause}", transient)
+    if isinstance(exc, xmlrpc.client.ProtocolError):
+        transient = idempotent and exc.errcode in (502, 503, 504)
+        return OneTransportError(f"{what}: HTTP {exc.errcode} {exc.errmsg}", transient)
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        return OneTransportError(f"{what}: no answer: {exc or type(exc).__name__}",
+                                 idempotent)
+    if isinstance(exc, (xmlrpc.client.ResponseError, ExpatError)):
+        return OneTransportError(f"{what}: the answer is not XML-RPC", transient=False)
+    return None
+
+
+def _value(method: str, reply: Any) -> Any:
+    """``[true, value, 0]`` → value; ``[false, message, code, id...]`` → :class:`OneError`."""
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], bool):
+        raise OneError(method, f"unexpected reply {reply!r:.80}")
+    if reply[0]:
+        return reply[1] if len(reply) > 1 else None
+    code = reply[2] if len(reply) > 2 and isinstance(reply[2], int) else None
+    raise OneError(method, str(reply[1]) if len(reply) > 1 else "failed", code)
+
+
+# -- the lightweight path ---------------------------------------------------------------------
+
+
+def one_call(method: str, *params: Any, retry: RetryPolicy | None = None,
+             timeout: float = DEFAULT_TIMEOUT, idempotent: bool | None = None) -> Any:
+    """Call ``method`` with the session first, as oned expects; returns the value on
+    success (an XML string for ``*.info``), raises :class:`OneError` or
+    :class:`OneTransportError` otherwise. ``idempotent`` defaults to :func:`is_read_only`."""
     import xmlrpc.client
 
     url, auth = endpoint(), session()
-
-    class _Transport(xmlrpc.client.Transport):
-        def make_connection(self, host: Any) -> http.client.HTTPConnection:
-            connection = super().make_connection(host)
-            connection.timeout = timeout
-            return connection
+    safe = is_read_only(method) if idempotent is None else idempotent
+    what = f"oned {_redact(url)} {method}"
 
     def attempt() -> Any:
-        proxy = xmlrpc.client.ServerProxy(url, transport=_Transport(), allow_none=False)
+        proxy = xmlrpc.client.ServerProxy(url, transport=_transport(url, timeout))
         try:
             reply = getattr(proxy, method)(auth, *params)
-        except (OSError, http.client.HTTPException) as exc:
-            raise OneTransportError(f"oned {url}: {exc}") from None
         except xmlrpc.client.Fault as fault:
-            raise OneError(method, fault.faultString) from None
-        if not isinstance(reply, list) or not reply:
-            raise OneError(method, f"unexpected reply {reply!r:.80}")
-        if reply[0] is not True:
-            code = reply[2] if len(reply) > 2 and isinstance(reply[2], int) else None
-            raise OneError(method, str(reply[1]) if len(reply) > 1 else "failed", code)
-        return reply[1]
+            raise OneError(method, fault.faultString) from fault
+        except Exception as exc:
+            error = _transport_error(exc, what, safe)
+            if error is None:
+                raise
+            raise error from exc
+        return _value(method, reply)
 
     return (retry or RetryPolicy(attempts=3, deadline=20)).call(attempt, f"oned {method}")
 
 
-def datastore_info(ds_id: int) -> Any:
-    """The DATASTORE of ``ds_id`` as a :class:`onestorpool.one.Datastore`."""
+def vm_info(vm_id: int) -> Vm:
+    from onestorpool.one import parse_vm
+
+    return parse_vm(one_call("one.vm.info", vm_id))
+
+
+def image_info(image_id: int) -> Image:
+    from onestorpool.one import parse_image
+
+    return parse_image(one_call("one.image.info", image_id))
+
+
+def datastore_info(ds_id: int) -> Datastore:
+    """Decrypted: the StorPool endpoint and token may be in the datastore's template."""
     from onestorpool.one import parse_datastore
 
     return parse_datastore(one_call("one.datastore.info", ds_id, True))
 
 
-def server(retry: RetryPolicy | None = None) -> Any:
-    """A ``pyone.OneServer`` for the configured endpoint, its calls retried on transport
-    errors only."""
+def host_info(host_id: int) -> Host:
+    from onestorpool.one import parse_host
+
+    return parse_host(one_call("one.host.info", host_id))
+
+
+# -- pyone ------------------------------------------------------------------------------------
+
+
+def server(retry: RetryPolicy | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """A ``pyone.OneServer`` for the configured endpoint and session, its calls bounded by
+    ``timeout`` and retried on transport errors only (read-only calls also after a send)."""
     import pyone
 
-    inner = pyone.OneServer(endpoint(), session=session())
-    return _Retrying(inner, retry or RetryPolicy(attempts=5, deadline=60))
+    url = endpoint()
+    inner = pyone.OneServer(url, session=session())
+    # pyone's requests-based transport has no timeout of its own (its ``timeout`` argument
+    # sets the process-wide socket default): give its ServerProxy our bounded transport.
+    if hasattr(inner, "_ServerProxy__transport"):
+        inner._ServerProxy__transport = _transport(url, timeout)
+    return _Retrying(inner, retry or RetryPolicy(attempts=5, deadline=60), _redact(url))
 
 
 class _Retrying:
     """Wraps pyone's proxy: ``srv.vm.info(1)`` as usual, transport errors retried."""
 
-    def __init__(self, target: Any, retry: RetryPolicy, path: str = ""):
-        self._target, self._retry, self._path = target, retry, path
+    def __init__(self, target: Any, retry: RetryPolicy, url: str, path: str = ""):
+        self._target, self._retry, self._url, self._path = target, retry, url, path
 
     def __getattr__(self, name: str) -> Any:
-        return _Retrying(getattr(self._target, name), self._retry,
+        return _Retrying(getattr(self._target, name), self._retry, self._url,
                          f"{self._path}.{name}" if self._path else name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        method = f"one.{self._path}"
+        what = f"oned {self._url} {method}"
+        safe = is_read_only(method)
+
         def attempt() -> Any:
             try:
                 return self._target(*args, **kwargs)
-            except (OSError, ConnectionError) as exc:
-                raise OneTransportError(f"oned {self._path}: {exc}") from exc
             except Exception as exc:
-                # pyone wraps transport failures of its requests session in its own types
-                if type(exc).__module__.startswith(("requests", "urllib3")):
-                    raise OneTransportError(f"oned {self._path}: {exc}") from exc
-                raise
+                error = _transport_error(exc, what, safe)
+                if error is None:
+                    raise  # pyone's OneException family: oned's answer, not retried
+                raise error from exc
 
-        return self._retry.call(attempt, f"oned {self._path}")
+        return self._retry.call(attempt, f"oned {method}")

@@ -1,430 +1,525 @@
-"""The oned sandbox's VM operations beyond deploy/terminate: stop, suspend, undeploy,
-resume, cold and live migration, disk hot-plug, disk snapshots, disk resize, disk save-as,
-VM snapshots and recover. Each follows oned's state machine and runs the TM lines oned
-would (``src/tm/TransferManager.cc``); the VMM part (libvirt) is not emulated, except that a
-``vmm/kvm/<action>`` script in the remotes is run for VM snapshots, as the add-on's local
-actions are.
+"""Disk and snapshot operations of running or powered-off VMs in the oned sandbox: disk
+attach/detach, disk snapshots, disk resize, disk save-as and VM (system) snapshots, with
+oned's states and messages (``src/dm/DispatchManagerActions.cc``,
+``src/lcm/LifeCycleStates.cc``, ``src/vmm_mad/exec/one_vmm_exec.rb``).
 
-A sandbox has no scheduler: a resumed STOPPED or UNDEPLOYED VM goes back to the host it
-left.
+On a RUNNING VM the VMM driver does the work (its TM_COMMAND line, then the hypervisor or a
+local action script); on a powered-off VM the Transfer Manager runs the line directly.
 """
 
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
-from onestorpool.one import LCM_STATE_NAMES, ImageState, VmState
+from onestorpool.sandbox import oned_transfer as T
+from onestorpool.sandbox.oned_objects import (
+    ACTION,
+    IMAGE_TYPES,
+    LCM_STATES,
+    DiskSnapshots,
+    Image,
+    ImageState,
+    OneFailure,
+    Vm,
+    is_volatile,
+    now,
+)
+from onestorpool.sandbox.oned_storage import _parse, add_snapshot
+from onestorpool.sandbox.oned_vm import LCM, S, VmApi, _free_target
 
-L = {name: number for number, name in enumerate(LCM_STATE_NAMES)}
+# vmm_execrc LIVE_DISK_SNAPSHOTS of 6.10, plus the add-on's kvm-storpool (its installer adds it)
+LIVE_DISK_SNAPSHOTS = frozenset(
+    "kvm-qcow2 kvm-shared kvm-ceph kvm-ssh qemu-qcow2 qemu-shared qemu-ceph qemu-ssh "
+    "kvm-storpool".split())
 
 
-class VmOperations:
-    """Mixed into :class:`onestorpool.sandbox.oned.OnedSandbox`."""
+class VmOperations(VmApi):
+    """``one.vm.attach|detach|disk*|snapshot*``."""
 
-    # Provided by OnedSandbox.
-    datastores: dict[int, dict[str, Any]]
-    images: dict[int, dict[str, Any]]
-    hosts: dict[int, dict[str, Any]]
+    live_disk_snapshots: frozenset[str]
 
-    def _fail(self, method: str, vm_id: int) -> Exception:
-        from onestorpool.sandbox.oned import ACTION, OneFailure
+    def _running(self, vm: Vm) -> bool:
+        return vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]
 
-        return OneFailure(ACTION, f"[{method}] Wrong state to perform action", vm_id)
+    def _wrong_state(self, method: str, vm: Vm, what: str) -> OneFailure:
+        return OneFailure(ACTION, f"[{method}] Could not {what} for VM {vm.id}, wrong state "
+                                  f"{S(vm.state).name}.", vm.id)
 
-    def _where(self, vm: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
-        last = vm["history"][-1]
-        system = self.datastores[last["ds_id"]]
-        return last, system, self._vm_dir(vm, system)  # type: ignore[attr-defined]
+    def _disk(self, vm: Vm, disk_id: int, method: str) -> dict[str, str]:
+        disk = vm.disk(disk_id)
+        if disk is None:
+            raise OneFailure(ACTION, f"[{method}] VM disk does not exist", vm.id)
+        return disk
 
-    def _disk_lines(self, vm: dict[str, Any], action: str, src: str, dst: str
-                    ) -> list[tuple[str, str, list[str]]]:
-        """``MV`` lines for every disk and the system directory (stop/undeploy/resume/
-        cold migrate)."""
-        _last, system, vm_dir = self._where(vm)
-        lines = []
-        for disk in vm["template"]["DISK"]:
-            tm_mad = disk.get("TM_MAD") or system["tm_mad"]
-            ds_id = disk.get("DATASTORE_ID", str(system["id"]))
-            lines.append((tm_mad, action, [f"{src}:{vm_dir}/disk.{disk['DISK_ID']}",
-                                           f"{dst}:{vm_dir}/disk.{disk['DISK_ID']}",
-                                           str(vm["id"]), ds_id]))
-        lines.append((system["tm_mad"], action, [f"{src}:{vm_dir}", f"{dst}:{vm_dir}",
-                                                 str(vm["id"]), str(system["id"])]))
-        return lines
+    def _back(self, vm: Vm, state: int) -> None:
+        """Return to the stable state an operation started from."""
+        if state == S.ACTIVE:
+            self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+        else:
+            self._set_vm_state(vm, state, LCM["LCM_INIT"])
 
-    def _transfer(self, vm: dict[str, Any], during: str, lines: list[Any], success: tuple,
-                  failure: str, after: Any = None) -> None:
-        """Set ``during``, run the lines in the worker, then ``success`` or ``failure``."""
-        self._set_vm_state(vm, VmState.ACTIVE, L[during])  # type: ignore[attr-defined]
+    # -- attach / detach ----------------------------------------------------------------------
 
-        def run() -> None:
-            error = self._run_transfer(vm, lines)  # type: ignore[attr-defined]
+    def vm_attach(self, vm_id: int, text: str) -> int:
+        method = "one.vm.attach"
+        template = _parse(text, method)
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not (self._running(vm) or vm.state == S.POWEROFF):
+                raise self._wrong_state(method, vm, "attach a new disk")
+            vectors = template.get("DISK")
+            if not vectors:
+                raise OneFailure(ACTION, f"[{method}] Wrong number of DISK attributes.", vm_id)
+            ids = [int(d["DISK_ID"]) for d in vm.disks]
+            ids += [int(c["DISK_ID"]) for c in vm.template.get("CONTEXT") or []]
+            try:
+                disk = self._disk_attributes(vm_id, max(ids, default=-1) + 1, vectors[0])
+            except ValueError as error:
+                raise OneFailure(ACTION, f"[{method}] {error}", vm_id) from None
+            error = self._check_images([disk])
             if error:
-                vm["user_template"]["ERROR"] = error
-                self._set_vm_state(vm, VmState.ACTIVE, L[failure])  # type: ignore
-                return
-            if after is not None:
-                after()
-            for state in success:
-                self._set_vm_state(vm, *state)  # type: ignore[attr-defined]
-
-        self.work.put(run)  # type: ignore[attr-defined]
-
-    def _running(self, vm: dict[str, Any]) -> bool:
-        return (vm["state"], vm["lcm_state"]) == (VmState.ACTIVE, L["RUNNING"])
-
-    # -- stop, suspend, undeploy, resume --------------------------------------------------
-
-    def vm_lifecycle_action(self, action: str, vm: dict[str, Any]) -> None:
-        vm_id = vm["id"]
-        if action == "suspend":
-            if not self._running(vm):
-                raise self._fail("one.vm.action", vm_id)
-            self._set_vm_state(vm, VmState.ACTIVE, L["SAVE_SUSPEND"])  # type: ignore
-            self._set_vm_state(vm, VmState.SUSPENDED, 0)  # type: ignore
-        elif action in ("stop", "undeploy", "undeploy-hard"):
-            if not self._running(vm) and not (action != "stop"
-                                              and vm["state"] == VmState.POWEROFF):
-                raise self._fail("one.vm.action", vm_id)
-            last, _, _ = self._where(vm)
-            stop = action == "stop"
-            first = "SAVE_STOP" if stop else "SHUTDOWN_UNDEPLOY"
-            self._set_vm_state(vm, VmState.ACTIVE, L[first])  # type: ignore
-            self._transfer(vm, "EPILOG_STOP" if stop else "EPILOG_UNDEPLOY",
-                           self._disk_lines(vm, "mv", last["hostname"], "localhost"),
-                           ((VmState.STOPPED if stop else VmState.UNDEPLOYED, 0),),
-                           "EPILOG_STOP_FAILURE" if stop else "EPILOG_UNDEPLOY_FAILURE",
-                           after=lambda: self.hosts[last["hid"]]["vms"].remove(vm_id))
-        elif action == "resume":
-            if vm["state"] == VmState.SUSPENDED:
-                self._set_vm_state(vm, VmState.ACTIVE, L["BOOT_SUSPENDED"])  # type: ignore
-                self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-            elif vm["state"] in (VmState.STOPPED, VmState.UNDEPLOYED):
-                was_stopped = vm["state"] == VmState.STOPPED
-                self._set_vm_state(vm, VmState.PENDING, 0)  # type: ignore
-                last, _, _ = self._where(vm)
-                self.hosts[last["hid"]]["vms"].append(vm_id)
-                boot = "BOOT_STOPPED" if was_stopped else "BOOT_UNDEPLOY"
-                self._transfer(vm, "PROLOG_RESUME" if was_stopped else "PROLOG_UNDEPLOY",
-                               self._disk_lines(vm, "mv", "localhost", last["hostname"]),
-                               ((VmState.ACTIVE, L[boot]), (VmState.ACTIVE, L["RUNNING"])),
-                               "PROLOG_RESUME_FAILURE" if was_stopped
-                               else "PROLOG_UNDEPLOY_FAILURE")
+                raise OneFailure(ACTION, f"[{method}] {error}", vm_id)
+            used = {d.get("TARGET", "") for d in vm.disks}
+            used |= {c.get("TARGET", "") for c in vm.template.get("CONTEXT") or []}
+            if not disk.get("TARGET"):
+                disk["TARGET"] = _free_target(disk.get("DEV_PREFIX", "sd"), used)
+            if is_volatile(disk):
+                self._volatile_attributes_for(vm, disk)
+            disk["ATTACH"] = "YES"
+            vm.disks.append(disk)
+            self._take_images(vm, [disk])
+            place = self._place(vm)
+            try:
+                line = T.prolog_disk(vm, disk, place, self.frontend)
+            except T.TransferError as error:
+                vm.disks.remove(disk)
+                self._release_images(vm, [disk])
+                raise OneFailure(ACTION, f"[{method}] {error}", vm_id) from None
+            rollback = T.epilog_disk(vm, disk, place)
+            start = vm.state
+            vm.last.action = 21
+            if start == S.POWEROFF:
+                self._set_vm_state(vm, S.ACTIVE, LCM["HOTPLUG_PROLOG_POWEROFF"])
             else:
-                raise self._fail("one.vm.action", vm_id)
+                self._set_vm_state(vm, S.ACTIVE, LCM["HOTPLUG"])
+            self._submit(lambda: self._attach(vm, disk, line, rollback, start))
+            return vm_id
+
+    def _volatile_attributes_for(self, vm: Vm, disk: dict[str, str]) -> None:
+        system = self._system_ds(vm)
+        saved = vm.template["DISK"]
+        vm.template["DISK"] = [disk]
+        try:
+            self._volatile_attributes(vm, system)
+        finally:
+            vm.template["DISK"] = saved
+
+    def _attach(self, vm: Vm, disk: dict[str, str], line: T.Line | None,
+                rollback: T.Line | None, start: int) -> None:
+        with self.lock:
+            place = self._place(vm)
+            xml = self._vmm_xml(vm, tm_command=" ".join(line or []),
+                                tm_rollback=" ".join(rollback or []),
+                                disk_path=f"{place.system_dir}/disk.{disk['DISK_ID']}")
+        if start == S.POWEROFF:
+            ok, info = self._transfer(vm, "prolog_attach", [line] if line else [])
+            failure = "tm"
         else:
-            raise self._fail("one.vm.action", vm_id)
-
-    # -- migration ------------------------------------------------------------------------
-
-    def vm_migrate(self, vm_id: int, host_id: int, live: bool = False,
-                   enforce: bool = False, ds_id: int = -1, migration_type: int = 0) -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        target = self._host(host_id)  # type: ignore[attr-defined]
-        last, system, vm_dir = self._where(vm)
-        if target["id"] == last["hid"]:
-            raise self._fail("one.vm.migrate", vm_id)
-        poweroff = vm["state"] == VmState.POWEROFF
-        if not (self._running(vm) or poweroff) or (live and not self._running(vm)):
-            raise self._fail("one.vm.migrate", vm_id)
-        source_host = last["hostname"]
-        vm["history"].append({**last, "seq": last["seq"] + 1, "hostname": target["name"],
-                              "hid": host_id, "stime": int(time.time())})
-
-        def move_host() -> None:
-            self.hosts[last["hid"]]["vms"].remove(vm_id)
-            target["vms"].append(vm_id)
-
-        if live:
-            # premigrate/postmigrate of the system TM, VM XML on stdin (executed by the VMM)
-            from onestorpool.sandbox import oned_xml as X
-
-            payload = base64.b64encode(X.vm_body(vm).encode()).decode()
-            args = [source_host, target["name"], vm_dir, str(vm_id), str(system["id"])]
-            self._set_vm_state(vm, VmState.ACTIVE, L["MIGRATE"])  # type: ignore
-
-            def run() -> None:
-                for action in ("premigrate", "postmigrate"):
-                    tm_mad = system["tm_mad"]
-                    script = self.remotes / "tm" / tm_mad / action  # type: ignore
-                    result = self._run(["tm", tm_mad, action], script,  # type: ignore
-                                       args, payload, vm_id)
-                    if result["exit"] != 0:
-                        vm["history"].pop()
-                        vm["user_template"]["ERROR"] = result["error"]
-                        self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-                        return
-                move_host()
-                self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-
-            self.work.put(run)  # type: ignore[attr-defined]
-        elif poweroff:
-            self._transfer(vm, "PROLOG_MIGRATE_POWEROFF",
-                           self._disk_lines(vm, "mv", source_host, target["name"]),
-                           ((VmState.POWEROFF, 0),), "PROLOG_MIGRATE_POWEROFF_FAILURE",
-                           after=move_host)
-        else:
-            self._set_vm_state(vm, VmState.ACTIVE, L["SAVE_MIGRATE"])  # type: ignore
-            self._transfer(vm, "PROLOG_MIGRATE",
-                           self._disk_lines(vm, "mv", source_host, target["name"]),
-                           ((VmState.ACTIVE, L["BOOT_MIGRATE"]), (VmState.ACTIVE,
-                                                                  L["RUNNING"])),
-                           "PROLOG_MIGRATE_FAILURE", after=move_host)
-        return vm_id
-
-    # -- disks ----------------------------------------------------------------------------
-
-    def _disk(self, vm: dict[str, Any], disk_id: int) -> dict[str, Any]:
-        from onestorpool.sandbox.oned import ACTION, OneFailure
-
-        for disk in vm["template"]["DISK"]:
-            if disk["DISK_ID"] == str(disk_id):
-                return disk
-        raise OneFailure(ACTION, f"VM disk with ID {disk_id} does not exist", vm["id"])
-
-    def vm_attach(self, vm_id: int, disk_template: str) -> int:
-        from onestorpool.sandbox import oned_xml as X
-
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        poweroff = vm["state"] == VmState.POWEROFF
-        if not (self._running(vm) or poweroff):
-            raise self._fail("one.vm.attach", vm_id)
-        disk = X.parse_template(disk_template).get("DISK", [{}])[0]
-        disk_id = max((int(d["DISK_ID"]) for d in vm["template"]["DISK"]), default=-1) + 1
-        disk = self._resolve_disk(vm_id, disk_id, dict(disk))  # type: ignore[attr-defined]
-        vm["template"]["DISK"].append(disk)
-        last, system, vm_dir = self._where(vm)
-        target = f"{last['hostname']}:{vm_dir}/disk.{disk_id}"
-        if "IMAGE_ID" in disk:
-            action = "clone" if disk["CLONE"] == "YES" else "ln"
-            lines = [(disk["TM_MAD"], action, [f"localhost:{disk['SOURCE']}", target,
-                                               str(vm_id), disk["DATASTORE_ID"]])]
-        else:
-            lines = [(system["tm_mad"], "mkimage", [disk.get("SIZE", "0"),
-                                                    disk.get("FORMAT", "raw"), target,
-                                                    str(vm_id), str(system["id"])])]
-        back = (VmState.POWEROFF, 0) if poweroff else (VmState.ACTIVE, L["RUNNING"])
-        self._transfer(vm, "HOTPLUG_PROLOG_POWEROFF" if poweroff else "HOTPLUG", lines,
-                       (back,), "RUNNING" if not poweroff else "HOTPLUG_PROLOG_POWEROFF")
-        return vm_id
+            ok, info = True, ""
+            if line:
+                run = self.drivers.tm_line(vm.id, line)
+                ok, info = run.ok, run.info
+            if ok:
+                target = disk["TARGET"]
+                ok, info = self._vmm(vm, "attach_disk", [
+                    vm.deploy_id, f"{place.system_dir}/disk.{disk['DISK_ID']}", target,
+                    str(ord(target[-1].lower()) - 97), base64.b64encode(xml.encode()).decode()],
+                    xml)
+                if not ok and rollback:
+                    self.drivers.tm_line(vm.id, rollback)
+            failure = "vmm"
+        with self.lock:
+            if ok:
+                disk.pop("ATTACH", None)
+            else:
+                if failure == "tm":
+                    self._tm_error(vm, info)
+                else:
+                    self._vm_error_info(vm, "ATTACHDISK", info)
+                if disk in vm.disks:
+                    vm.disks.remove(disk)
+                self._release_images(vm, [disk])
+            self._back(vm, start)
 
     def vm_detach(self, vm_id: int, disk_id: int) -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        poweroff = vm["state"] == VmState.POWEROFF
-        if not (self._running(vm) or poweroff):
-            raise self._fail("one.vm.detach", vm_id)
-        disk = self._disk(vm, disk_id)
-        last, system, vm_dir = self._where(vm)
-        path = f"{last['hostname']}:{vm_dir}/disk.{disk_id}"
-        if disk.get("SAVE") == "YES":
-            lines = [(disk["TM_MAD"], "mvds", [path, disk["SOURCE"], str(vm_id),
-                                                disk["DATASTORE_ID"]])]
-        else:
-            lines = [(disk.get("TM_MAD") or system["tm_mad"], "delete",
-                      [path, str(vm_id), disk.get("DATASTORE_ID", str(system["id"]))])]
+        method = "one.vm.detach"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not (self._running(vm) or vm.state == S.POWEROFF):
+                raise self._wrong_state(method, vm, "detach disk")
+            disk = self._disk(vm, disk_id, method)
+            disk["ATTACH"] = "YES"
+            line = T.epilog_disk(vm, disk, self._place(vm))
+            start = vm.state
+            vm.last.action = 22
+            if start == S.POWEROFF:
+                self._set_vm_state(vm, S.ACTIVE, LCM["HOTPLUG_EPILOG_POWEROFF"])
+            else:
+                self._set_vm_state(vm, S.ACTIVE, LCM["HOTPLUG"])
+            self._submit(lambda: self._detach(vm, disk, line, start))
+            return vm_id
 
-        def drop() -> None:
-            vm["template"]["DISK"].remove(disk)
-            image = self.images.get(int(disk.get("IMAGE_ID", -1)))
-            if image is not None and vm_id in image["vms"]:
-                image["vms"].remove(vm_id)
-                if not image["vms"]:
-                    self._set_image_state(image, ImageState.READY)  # type: ignore
+    def _detach(self, vm: Vm, disk: dict[str, str], line: T.Line | None, start: int) -> None:
+        with self.lock:
+            place = self._place(vm)
+            xml = self._vmm_xml(vm, tm_command=" ".join(line or []),
+                                disk_path=f"{place.system_dir}/disk.{disk['DISK_ID']}")
+        if start == S.POWEROFF:  # the TM alone (trigger_epilog_detach)
+            ok, info = self._transfer(vm, "epilog_detach", [line] if line else [])
+            failure = "tm"
+        else:  # VMM DETACHDISK: the hypervisor lets go, then its TM_COMMAND line
+            target = disk["TARGET"]
+            ok, info = self._vmm(vm, "detach_disk", [
+                vm.deploy_id, f"{place.system_dir}/disk.{disk['DISK_ID']}", target,
+                str(ord(target[-1].lower()) - 97)], xml)
+            if ok and line:
+                run = self.drivers.tm_line(vm.id, line)
+                ok, info = run.ok, run.info
+            failure = "vmm"
+        with self.lock:
+            disk.pop("ATTACH", None)
+            if ok:
+                self._release_images(vm, [disk])  # a persistent image keeps the snapshots
+                vm.disks.remove(disk)
+                vm.disk_snapshots.pop(int(disk["DISK_ID"]), None)
+            elif failure == "tm":
+                self._tm_error(vm, info)
+            else:
+                self._vm_error_info(vm, "DETACHDISK", info)
+            self._back(vm, start)
 
-        back = (VmState.POWEROFF, 0) if poweroff else (VmState.ACTIVE, L["RUNNING"])
-        self._transfer(vm, "HOTPLUG_EPILOG_POWEROFF" if poweroff else "HOTPLUG", lines,
-                       (back,), "RUNNING" if not poweroff else "HOTPLUG_EPILOG_POWEROFF",
-                       after=drop)
-        return vm_id
-
-    def _disk_op(self, vm: dict[str, Any], disk_id: int, action: str, extra: list[str],
-                 running_state: str | None, poweroff_state: str, after: Any = None) -> None:
-        poweroff = vm["state"] == VmState.POWEROFF
-        if poweroff:
-            state = poweroff_state
-        elif self._running(vm) and running_state is not None:
-            state = running_state
-        else:
-            raise self._fail(f"one.vm.{action}", vm["id"])
-        disk = self._disk(vm, disk_id)
-        last, system, vm_dir = self._where(vm)
-        tm_mad = disk.get("TM_MAD") or system["tm_mad"]
-        line = (tm_mad, action, [f"{last['hostname']}:{vm_dir}/disk.{disk_id}", *extra,
-                                 str(vm["id"]), disk.get("DATASTORE_ID", str(system["id"]))])
-        back = (VmState.POWEROFF, 0) if poweroff else (VmState.ACTIVE, L["RUNNING"])
-        self._transfer(vm, state, [line], (back,), "RUNNING" if not poweroff else state,
-                       after=after)
+    # -- disk snapshots -----------------------------------------------------------------------
 
     def vm_disk_snapshot_create(self, vm_id: int, disk_id: int, name: str = "") -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        ids = vm["disk_snapshots"].setdefault(disk_id, [])
-        snap_id = max(ids, default=-1) + 1
-        live = self._running(vm)
-        self._disk_op(vm, disk_id, "snap_create_live" if live else "snap_create",
-                      [str(snap_id)], "DISK_SNAPSHOT", "DISK_SNAPSHOT_POWEROFF",
-                      after=lambda: ids.append(snap_id))
-        return snap_id
+        method = "one.vm.disksnapshotcreate"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not (self._running(vm) or vm.state in (S.POWEROFF, S.SUSPENDED)):
+                raise self._wrong_state(method, vm, "create a new snapshot")
+            disk = self._disk(vm, disk_id, method)
+            if is_volatile(disk):
+                raise OneFailure(ACTION, f"[{method}] Cannot make snapshots on volatile "
+                                         "disks", vm_id)
+            if disk.get("READONLY", "NO").upper() == "YES":
+                raise OneFailure(ACTION, f"[{method}] Cannot make snapshots on readonly "
+                                         "disks", vm_id)
+            tree = vm.disk_snapshots.setdefault(disk_id, DiskSnapshots(disk_id))
+            snapshot = add_snapshot(tree.snapshots, tree.next_snapshot, name,
+                                    int(disk.get("SIZE", "0") or 0))
+            tree.next_snapshot += 1
+            disk.update(DISK_SNAPSHOT_ACTIVE="YES", DISK_SNAPSHOT_ID=str(snapshot.id))
+            start = vm.state
+            vm.last.action = 25
+            state = {S.POWEROFF: "DISK_SNAPSHOT_POWEROFF",
+                     S.SUSPENDED: "DISK_SNAPSHOT_SUSPENDED"}.get(start, "DISK_SNAPSHOT")
+            self._set_vm_state(vm, S.ACTIVE, LCM[state])
+            self._submit(lambda: self._disk_snapshot(vm, disk, "SNAP_CREATE", snapshot.id,
+                                                     start))
+            return snapshot.id
 
     def vm_disk_snapshot_revert(self, vm_id: int, disk_id: int, snap_id: int) -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        self._disk_op(vm, disk_id, "snap_revert", [str(snap_id)], None,
-                      "DISK_SNAPSHOT_REVERT_POWEROFF")
-        return vm_id
+        method = "one.vm.disksnapshotrevert"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if vm.state != S.POWEROFF:
+                raise self._wrong_state(method, vm, "revert to disk snapshot")
+            disk = self._disk(vm, disk_id, method)
+            tree = vm.disk_snapshots.get(disk_id)
+            if tree is None or not any(s.id == snap_id for s in tree.snapshots):
+                raise OneFailure(ACTION, f"[{method}] Snapshot does not exist", vm_id)
+            disk.update(DISK_SNAPSHOT_ACTIVE="YES", DISK_SNAPSHOT_ID=str(snap_id))
+            vm.last.action = 41
+            self._set_vm_state(vm, S.ACTIVE, LCM["DISK_SNAPSHOT_REVERT_POWEROFF"])
+            self._submit(lambda: self._disk_snapshot(vm, disk, "SNAP_REVERT", snap_id,
+                                                     S.POWEROFF))
+            return vm_id
 
     def vm_disk_snapshot_delete(self, vm_id: int, disk_id: int, snap_id: int) -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        ids = vm["disk_snapshots"].get(disk_id, [])
-        self._disk_op(vm, disk_id, "snap_delete", [str(snap_id)], "DISK_SNAPSHOT_DELETE",
-                      "DISK_SNAPSHOT_DELETE_POWEROFF",
-                      after=lambda: snap_id in ids and ids.remove(snap_id))
-        return vm_id
+        method = "one.vm.disksnapshotdelete"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not (self._running(vm) or vm.state in (S.POWEROFF, S.SUSPENDED)):
+                raise self._wrong_state(method, vm, "delete disk snapshot")
+            disk = self._disk(vm, disk_id, method)
+            tree = vm.disk_snapshots.get(disk_id)
+            snapshot = next((s for s in tree.snapshots if s.id == snap_id), None) \
+                if tree else None
+            if snapshot is None:
+                raise OneFailure(ACTION, f"[{method}] Snapshot does not exist", vm_id)
+            if snapshot.active:
+                raise OneFailure(ACTION, f"[{method}] Cannot delete the active snapshot",
+                                 vm_id)
+            if tree is not None and any(s.parent == snap_id for s in tree.snapshots):
+                raise OneFailure(ACTION, f"[{method}] Cannot delete snapshot with children",
+                                 vm_id)
+            disk.update(DISK_SNAPSHOT_ACTIVE="YES", DISK_SNAPSHOT_ID=str(snap_id))
+            start = vm.state
+            vm.last.action = 26
+            state = {S.POWEROFF: "DISK_SNAPSHOT_DELETE_POWEROFF",
+                     S.SUSPENDED: "DISK_SNAPSHOT_DELETE_SUSPENDED"}.get(
+                         start, "DISK_SNAPSHOT_DELETE")
+            self._set_vm_state(vm, S.ACTIVE, LCM[state])
+            self._submit(lambda: self._disk_snapshot(vm, disk, "SNAP_DELETE", snap_id, start))
+            return vm_id
+
+    def _disk_snapshot(self, vm: Vm, disk: dict[str, str], verb: str, snap_id: int,
+                       start: int) -> None:
+        """TM SNAP_* (or, on a RUNNING VM, the VMM's DISKSNAPSHOTCREATE: the line becomes
+        SNAP_CREATE_LIVE when ``<VM_MAD>-<TM_MAD>`` is in LIVE_DISK_SNAPSHOTS)."""
+        with self.lock:
+            line = T.disk_action(verb, vm, disk, self._place(vm), str(snap_id))
+            live = verb == "SNAP_CREATE" and start == S.ACTIVE
+            pair = f"{vm.last.vm_mad}-{disk.get('TM_MAD', '')}"
+        if live and pair not in self.live_disk_snapshots:
+            ok, info, where = (False, "Cannot perform a live DISKSNAPSHOTCREATE operation",
+                               "vmm")
+        elif live:
+            head = line[0]
+            line = [head.replace(".", "_LIVE.", 1) if "." in head else head + "_LIVE",
+                    *line[1:]]
+            run = self.drivers.tm_line(vm.id, line)
+            ok, info, where = run.ok, run.info, "vmm"
+        else:
+            ok, info = self._transfer(vm, "disk_snapshot", [line])
+            where = "tm"
+        with self.lock:
+            tree = vm.disk_snapshots.get(int(disk["DISK_ID"]))
+            disk.pop("DISK_SNAPSHOT_ACTIVE", None)
+            disk.pop("DISK_SNAPSHOT_ID", None)
+            if ok and tree is not None:
+                if verb == "SNAP_REVERT":
+                    for snapshot in tree.snapshots:
+                        snapshot.active = snapshot.id == snap_id
+                elif verb == "SNAP_DELETE":
+                    tree.snapshots = [s for s in tree.snapshots if s.id != snap_id]
+            elif not ok:
+                if where == "tm":
+                    self._tm_error(vm, info)
+                else:
+                    self._vm_error_info(vm, "DISKSNAPSHOTCREATE", info)
+                if verb == "SNAP_CREATE" and tree is not None:
+                    failed = next((s for s in tree.snapshots if s.id == snap_id), None)
+                    tree.snapshots = [s for s in tree.snapshots if s.id != snap_id]
+                    for snapshot in tree.snapshots:  # its parent is the active one again
+                        snapshot.active = failed is not None and snapshot.id == failed.parent
+            if tree is not None:
+                disk["DISK_SNAPSHOT_TOTAL_SIZE"] = str(sum(s.size for s in tree.snapshots))
+            self._back(vm, start)
+
+    # -- resize -------------------------------------------------------------------------------
 
     def vm_disk_resize(self, vm_id: int, disk_id: int, size: str) -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        disk = self._disk(vm, disk_id)
+        method = "one.vm.diskresize"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not (self._running(vm) or vm.state in (S.POWEROFF, S.UNDEPLOYED)):
+                raise self._wrong_state(method, vm, "resize disk")
+            disk = self._disk(vm, disk_id, method)
+            try:
+                new_size = int(str(size).strip())
+            except ValueError:
+                raise OneFailure(ACTION, f"[{method}] Wrong size {size!r}", vm_id) from None
+            if new_size <= int(disk.get("SIZE", "0") or 0):
+                raise OneFailure(ACTION, f"[{method}] New disk size has to be greater than "
+                                         "current one", vm_id)
+            disk.update(RESIZE="YES", SIZE_PREV=disk.get("SIZE", "0"), SIZE=str(new_size))
+            start = vm.state
+            vm.last.action = 29
+            state = {S.POWEROFF: "DISK_RESIZE_POWEROFF",
+                     S.UNDEPLOYED: "DISK_RESIZE_UNDEPLOYED"}.get(start, "DISK_RESIZE")
+            self._set_vm_state(vm, S.ACTIVE, LCM[state])
+            self._submit(lambda: self._resize(vm, disk, start))
+            return vm_id
 
-        def grow() -> None:
-            disk["SIZE_PREV"], disk["SIZE"] = disk.get("SIZE", "0"), str(size)
+    def _resize(self, vm: Vm, disk: dict[str, str], start: int) -> None:
+        with self.lock:
+            place = self._fe_place(vm) if start == S.UNDEPLOYED else self._place(vm)
+            line = T.disk_action("RESIZE", vm, disk, place, disk["SIZE"])
+            xml = self._vmm_xml(vm, tm_command=" ".join(line))
+        if start == S.ACTIVE:  # VMM RESIZEDISK: the TM line, then virsh blockresize
+            run = self.drivers.tm_line(vm.id, line)
+            ok, info = run.ok, run.info
+            if ok:
+                ok, info = self._vmm(vm, "resize_disk", [
+                    vm.deploy_id, disk["DISK_ID"], disk["SIZE"],
+                    base64.b64encode(xml.encode()).decode()], xml)
+            where = "RESIZEDISK"
+        else:
+            ok, info = self._transfer(vm, "disk_resize", [line])
+            where = ""
+        with self.lock:
+            disk.pop("RESIZE", None)
+            previous = disk.pop("SIZE_PREV", disk["SIZE"])
+            if not ok:
+                disk["SIZE"] = previous
+                if where:
+                    self._vm_error_info(vm, where, info)
+                else:
+                    self._tm_error(vm, info)
+            self._back(vm, start)
 
-        self._disk_op(vm, disk_id, "resize", [str(size)], "DISK_RESIZE",
-                      "DISK_RESIZE_POWEROFF", after=grow)
-        return vm_id
+    # -- save-as ------------------------------------------------------------------------------
 
     def vm_disk_saveas(self, vm_id: int, disk_id: int, name: str, image_type: str = "",
                        snap_id: int = -1) -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        disk = self._disk(vm, disk_id)
-        poweroff = vm["state"] == VmState.POWEROFF
-        if not (self._running(vm) or poweroff) or "IMAGE_ID" not in disk:
-            raise self._fail("one.vm.disksaveas", vm_id)
-        ds_id = int(disk["DATASTORE_ID"])
-        image_id, _ = self.image_allocate(  # type: ignore[attr-defined]
-            f'NAME="{name}"\nSIZE="{disk.get("SIZE", "0")}"\nFORMAT="save_as"', ds_id,
-            _queue=False)
-        image = self.images[image_id]
-        ds = self.datastores[ds_id]
-        last, _, vm_dir = self._where(vm)
+        """``VirtualMachineDiskSaveas``: a new image (``mkfs`` with FORMAT save_as gives
+        its SOURCE), then TM ``cpds`` copies the disk into it."""
+        method = "one.vm.disksaveas"
+        states = {S.POWEROFF: "HOTPLUG_SAVEAS_POWEROFF",
+                  S.SUSPENDED: "HOTPLUG_SAVEAS_SUSPENDED"}
+        if self.version >= (6, 0):
+            states.update({S.UNDEPLOYED: "HOTPLUG_SAVEAS_UNDEPLOYED",
+                           S.STOPPED: "HOTPLUG_SAVEAS_STOPPED"})
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not (self._running(vm) or vm.state in states):
+                raise self._wrong_state(method, vm, "save disk")
+            disk = self._disk(vm, disk_id, method)
+            if not disk.get("IMAGE_ID", "").isdigit():
+                raise OneFailure(ACTION, f"[{method}] Cannot save_as volatile disks", vm_id)
+            source_image = self.images.get(int(disk["IMAGE_ID"]))
+            kind = (image_type or (IMAGE_TYPES[source_image.type] if source_image else "OS"))
+            ds = self._datastore(int(disk["DATASTORE_ID"]), method)
+            image = self._new_image({"NAME": name, "TYPE": kind.upper(),
+                                     "SAVED_DISK_ID": str(disk_id), "SAVED_VM_ID": str(vm_id),
+                                     "SAVED_IMAGE_ID": disk["IMAGE_ID"],
+                                     "SAVE_AS_HOT": "YES"},
+                                    ds, int(disk.get("SIZE", "0") or 0), method)
+            image.format, image.saving = "save_as", (vm_id, disk_id)
+            self.images[image.id] = image
+            ds.images.append(image.id)
+            disk.update(HOTPLUG_SAVE_AS=str(image.id), HOTPLUG_SAVE_AS_ACTIVE="YES",
+                        HOTPLUG_SAVE_AS_SNAPSHOT_ID=str(snap_id))
+            vm.saveas_from = vm.state
+            vm.last.action = 40
+            self._set_vm_state(vm, S.ACTIVE, LCM[states.get(vm.state, "HOTPLUG_SAVEAS")])
+            self._submit(lambda: self._register(image))
+            return image.id
 
-        def run() -> None:
-            mkfs = self._run_ds(ds, "mkfs", self._ds_action_xml(image), image_id)  # type: ignore
-            if mkfs["exit"] != 0:
-                self._image_failed(image, mkfs["error"])  # type: ignore[attr-defined]
-                self._set_vm_state(vm, *back)  # type: ignore[attr-defined]
-                return
-            image["source"] = mkfs["stdout"].strip()
-            line = (disk["TM_MAD"], "cpds", [f"{last['hostname']}:{vm_dir}/disk.{disk_id}",
-                                             image["source"], str(snap_id), str(vm_id),
-                                             str(ds_id)])
-            error = self._run_transfer(vm, [line])  # type: ignore[attr-defined]
-            if error:
-                self._image_failed(image, error)  # type: ignore[attr-defined]
+    def _saveas_mkfs_done(self, image: Image, ok: bool, payload: str) -> None:
+        """``ImageManager::_mkfs`` of a save-as image: the SOURCE goes to the VM disk and
+        the TM copies the disk (``trigger_saveas_hot``)."""
+        vm_id, disk_id = image.saving or (-1, -1)
+        vm = self.vms.get(vm_id)
+        disk = vm.disk(disk_id) if vm is not None else None
+        if not ok or vm is None or disk is None:
+            self._image_error(image, self._with_info("Error creating datablock", payload))
+            self._set_image_state(image, ImageState.ERROR)
+            if vm is not None:
+                self._saveas_finished(vm, disk)
+            return
+        image.source = payload if self.version >= (6, 0) else (payload.split() or [""])[0]
+        disk["HOTPLUG_SAVE_AS_SOURCE"] = image.source
+        image.format = disk.get("FORMAT") or disk.get("DRIVER") or "raw"
+        ds = self.datastores[image.ds_id]
+        lcm = LCM_STATES[vm.lcm_state]
+        place = self._fe_place(vm) if lcm in ("HOTPLUG_SAVEAS_STOPPED",
+                                              "HOTPLUG_SAVEAS_UNDEPLOYED") else self._place(vm)
+        line = T.cpds(vm, disk, place, image.source,
+                      int(disk.get("HOTPLUG_SAVE_AS_SNAPSHOT_ID", "-1")), ds.tm_mad, ds.id)
+        self._submit(lambda: self._saveas_copy(vm, disk, image, line))
+
+    def _saveas_copy(self, vm: Vm, disk: dict[str, str], image: Image, line: T.Line) -> None:
+        ok, info = self._transfer(vm, "disk_saveas", [line])
+        with self.lock:
+            if ok:
+                image.saving = None
+                image.template.pop("SAVE_AS_HOT", None)
+                self._set_image_state(image, ImageState.READY)
             else:
-                image["format"] = "raw"
-                self._set_image_state(image, ImageState.READY)  # type: ignore
-            self._set_vm_state(vm, *back)  # type: ignore[attr-defined]
+                self._tm_error(vm, info)
+                self._image_error(image, self._with_info(
+                    "Error executing image transfer script", info))
+                self._set_image_state(image, ImageState.ERROR)
+            self._saveas_finished(vm, disk)
 
-        back = (VmState.POWEROFF, 0) if poweroff else (VmState.ACTIVE, L["RUNNING"])
-        self._set_vm_state(vm, VmState.ACTIVE,  # type: ignore[attr-defined]
-                           L["HOTPLUG_SAVEAS_POWEROFF" if poweroff else "HOTPLUG_SAVEAS"])
-        self.work.put(run)  # type: ignore[attr-defined]
-        return image_id
+    def _saveas_finished(self, vm: Vm, disk: dict[str, str] | None) -> None:
+        if disk is not None:
+            for key in ("HOTPLUG_SAVE_AS", "HOTPLUG_SAVE_AS_ACTIVE",
+                        "HOTPLUG_SAVE_AS_SNAPSHOT_ID", "HOTPLUG_SAVE_AS_SOURCE"):
+                disk.pop(key, None)
+        self._back(vm, vm.saveas_from)
 
-    # -- VM snapshots and recover ---------------------------------------------------------
+    # -- VM (system) snapshots --------------------------------------------------------------
 
     def vm_snapshot_create(self, vm_id: int, name: str = "") -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        if not self._running(vm):
-            raise self._fail("one.vm.snapshotcreate", vm_id)
-        snapshots = vm["template"].setdefault("SNAPSHOT", [])
-        snap_id = max((int(s["SNAPSHOT_ID"]) for s in snapshots), default=-1) + 1
-        last, _, _ = self._where(vm)
-        self._set_vm_state(vm, VmState.ACTIVE, L["HOTPLUG_SNAPSHOT"])  # type: ignore
-
-        def run() -> None:
-            script = self.remotes / "vmm" / "kvm" / "snapshot_create"  # type: ignore
-            hypervisor_id = f"snap-{snap_id}"
-            if script.is_file():
-                result = self._run(["vmm", "kvm", "snapshot_create"], script,  # type: ignore
-                                   [vm["deploy_id"], str(snap_id), str(vm_id),
-                                    last["hostname"]], None, vm_id)
-                if result["exit"] != 0:
-                    vm["user_template"]["ERROR"] = result["error"]
-                    self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-                    return
-                hypervisor_id = result["stdout"].strip()
-            snapshots.append({"SNAPSHOT_ID": str(snap_id), "NAME": name or f"snapshot-{snap_id}",
-                              "HYPERVISOR_ID": hypervisor_id, "TIME": str(int(time.time())),
-                              "ACTIVE": "YES"})
-            self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-
-        self.work.put(run)  # type: ignore[attr-defined]
-        return snap_id
-
-    def _vm_snapshot_op(self, action: str, vm_id: int, snap_id: int) -> int:
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        snapshots = vm["template"].get("SNAPSHOT", [])
-        snapshot = next((s for s in snapshots if s["SNAPSHOT_ID"] == str(snap_id)), None)
-        if snapshot is None or not self._running(vm):
-            raise self._fail(f"one.vm.{action.replace('_', '')}", vm_id)
-        last, _, _ = self._where(vm)
-        self._set_vm_state(vm, VmState.ACTIVE, L["HOTPLUG_SNAPSHOT"])  # type: ignore
-
-        def run() -> None:
-            script = self.remotes / "vmm" / "kvm" / action  # type: ignore[attr-defined]
-            if script.is_file():
-                result = self._run(["vmm", "kvm", action], script,  # type: ignore
-                                   [vm["deploy_id"], snapshot["HYPERVISOR_ID"], str(vm_id),
-                                    last["hostname"]], None, vm_id)
-                if result["exit"] != 0:
-                    vm["user_template"]["ERROR"] = result["error"]
-                    self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-                    return
-            if action == "snapshot_delete":
-                snapshots.remove(snapshot)
-            else:
-                for other in snapshots:
-                    other["ACTIVE"] = "YES" if other is snapshot else "NO"
-            self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-
-        self.work.put(run)  # type: ignore[attr-defined]
-        return vm_id
+        method = "one.vm.snapshotcreate"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not self._running(vm):
+                raise self._wrong_state(method, vm, "create snapshot")
+            snapshots = vm.template.setdefault("SNAPSHOT", [])
+            snap_id = max((int(s["SNAPSHOT_ID"]) for s in snapshots), default=-1) + 1
+            memory = int(vm.template.get("MEMORY", "0") or 0)
+            snapshots.append({"SNAPSHOT_ID": str(snap_id), "NAME": name or
+                              f"snapshot-{snap_id}", "TIME": str(now()), "HYPERVISOR_ID": "",
+                              "ACTIVE": "YES", "ACTION": "CREATE",
+                              "SYSTEM_DISK_SIZE": str(memory)})
+            vm.last.action = 37
+            self._set_vm_state(vm, S.ACTIVE, LCM["HOTPLUG_SNAPSHOT"])
+            self._submit(lambda: self._vm_snapshot(vm, "snapshot_create", snap_id))
+            return snap_id
 
     def vm_snapshot_revert(self, vm_id: int, snap_id: int) -> int:
-        return self._vm_snapshot_op("snapshot_revert", vm_id, snap_id)
+        return self._vm_snapshot_request("one.vm.snapshotrevert", "snapshot_revert", vm_id,
+                                         snap_id)
 
     def vm_snapshot_delete(self, vm_id: int, snap_id: int) -> int:
-        return self._vm_snapshot_op("snapshot_delete", vm_id, snap_id)
+        return self._vm_snapshot_request("one.vm.snapshotdelete", "snapshot_delete", vm_id,
+                                         snap_id)
 
-    def vm_recover(self, vm_id: int, operation: int) -> int:
-        """0 failure, 1 success, 2 retry, 3 delete, 4 delete-recreate, 5 delete-db."""
-        vm = self._vm(vm_id)  # type: ignore[attr-defined]
-        if operation in (3, 4) and vm["history"]:
-            last, system, vm_dir = self._where(vm)
-            lines = [(d.get("TM_MAD") or system["tm_mad"], "delete",
-                      [f"{last['hostname']}:{vm_dir}/disk.{d['DISK_ID']}", str(vm_id),
-                       d.get("DATASTORE_ID", str(system["id"]))])
-                     for d in vm["template"]["DISK"] if d.get("SAVE") != "YES"]
-            lines.append((system["tm_mad"], "delete", [f"{last['hostname']}:{vm_dir}",
-                                                       str(vm_id), str(system["id"])]))
+    def _vm_snapshot_request(self, method: str, action: str, vm_id: int, snap_id: int) -> int:
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if not self._running(vm):
+                raise self._wrong_state(method, vm, f"{action.split('_')[1]} snapshot")
+            snapshot = next((s for s in vm.template.get("SNAPSHOT", [])
+                             if s["SNAPSHOT_ID"] == str(snap_id)), None)
+            if snapshot is None:
+                raise OneFailure(ACTION, f"[{method}] Could not {action.split('_')[1]} "
+                                         f"snapshot {snap_id}, it does not exist", vm_id)
+            snapshot.update(ACTIVE="YES", ACTION=action.split("_")[1].upper())
+            vm.last.action = 39 if action == "snapshot_revert" else 38
+            self._set_vm_state(vm, S.ACTIVE, LCM["HOTPLUG_SNAPSHOT"])
+            self._submit(lambda: self._vm_snapshot(vm, action, snap_id))
+            return vm_id
 
-            def finish() -> None:
-                if vm_id in self.hosts[last["hid"]]["vms"]:
-                    self.hosts[last["hid"]]["vms"].remove(vm_id)
-                if operation == 3:
-                    self._release_images(vm)  # type: ignore[attr-defined]
+    def _vm_snapshot(self, vm: Vm, action: str, snap_id: int) -> None:
+        """VMM SNAPSHOTCREATE (``deploy_id snap_id``; prints the hypervisor's name for it,
+        kept as HYPERVISOR_ID), SNAPSHOTREVERT and SNAPSHOTDELETE (``deploy_id
+        hypervisor_id``); local scripts get the VMM message on stdin."""
+        with self.lock:
+            snapshot = next(s for s in vm.template["SNAPSHOT"]
+                            if s["SNAPSHOT_ID"] == str(snap_id))
+            argument = str(snap_id) if action == "snapshot_create" else \
+                snapshot["HYPERVISOR_ID"]
+            xml = self._vmm_xml(vm)
+        verb = action.replace("_", "").upper()  # SNAPSHOTCREATE: the -l key and the error
+        ok, info = self._vmm(vm, verb, [vm.deploy_id, argument], xml, default_name=action)
+        with self.lock:
+            snapshots: list[dict[str, Any]] = vm.template["SNAPSHOT"]
+            if action == "snapshot_create" and ok:
+                snapshot["HYPERVISOR_ID"] = (info.split() or [""])[0]
+            if (action == "snapshot_create" and not ok) or \
+                    (action == "snapshot_delete" and ok):
+                snapshots.remove(snapshot)
+            else:
+                snapshot.pop("ACTIVE", None)
+                snapshot.pop("ACTION", None)
+            if not snapshots:
+                vm.template.pop("SNAPSHOT", None)
+            if not ok:
+                self._vm_error_info(vm, verb, info)
+            self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
 
-            final = ((VmState.PENDING, 0),) if operation == 4 else ((VmState.DONE, 0),)
-            during = "CLEANUP_RESUBMIT" if operation == 4 else "CLEANUP_DELETE"
-            self._transfer(vm, during, lines, final, "RUNNING", after=finish)
-        elif operation == 1 and vm["lcm_state"] in (L["PROLOG_FAILURE"], L["BOOT_FAILURE"]):
-            self._set_vm_state(vm, VmState.ACTIVE, L["RUNNING"])  # type: ignore
-        elif operation == 0 and vm["state"] == VmState.ACTIVE:
-            self._set_vm_state(vm, VmState.ACTIVE, L["PROLOG_FAILURE"])  # type: ignore
-        elif operation == 5:
-            self._release_images(vm)  # type: ignore[attr-defined]
-            self._set_vm_state(vm, VmState.DONE, 0)  # type: ignore[attr-defined]
-        else:
-            raise self._fail("one.vm.recover", vm_id)
-        return vm_id

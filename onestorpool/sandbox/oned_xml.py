@@ -1,5 +1,8 @@
-"""XML bodies as oned returns them (element order of OpenNebula's XSDs), and the parser of
-OpenNebula template text (``KEY = "value"`` lines and ``VECTOR = [ A = "1", B = "2" ]``)."""
+"""XML as oned writes it: object bodies (element order of OpenNebula's XSDs and of oned's
+``to_xml`` methods), pools, driver messages, and the parser of OpenNebula template text
+(``KEY = "value"`` lines and ``VECTOR = [ A = "1", B = "2" ]``) or of a ``<TEMPLATE>`` XML
+document (pyone sends either).
+"""
 
 from __future__ import annotations
 
@@ -7,36 +10,55 @@ import re
 from typing import Any
 from xml.sax.saxutils import escape
 
-Template = dict[str, Any]  # values: str, or list of dicts for vectors (DISK, CONTEXT, ...)
+from onestorpool.sandbox.oned_objects import (
+    Datastore,
+    DiskSnapshots,
+    History,
+    Host,
+    Image,
+    ImageSnapshot,
+    Template,
+    Vm,
+)
 
+_KEY_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*')
+_VALUE_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[^\n]*')
 _PAIR_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\]\n]*)\s*',
                       re.DOTALL)
 
 
 def parse_template(text: str) -> Template:
-    """OpenNebula template syntax, or a ``<TEMPLATE>`` XML document (pyone sends either)."""
+    """Attribute names upper-cased as oned does; vectors become lists of dicts."""
     text = text.strip()
     if text.startswith("<"):
-        from onestorpool.one import parse_xml
+        from lxml import etree
 
-        root = parse_xml(text, "template")
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+        try:
+            root = etree.fromstring(text.encode(), parser)
+        except etree.XMLSyntaxError as error:
+            raise ValueError(f"malformed XML template: {error}") from None
         result: Template = {}
         for child in root:
             if len(child):
-                result.setdefault(child.tag, []).append(
-                    {c.tag: (c.text or "") for c in child})
+                result.setdefault(child.tag.upper(), []).append(
+                    {c.tag.upper(): (c.text or "") for c in child})
             else:
-                result[child.tag] = child.text or ""
+                result[child.tag.upper()] = child.text or ""
         return result
     result = {}
     position = 0
     while position < len(text):
-        match = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*').match(text, position)
+        match = _KEY_RE.match(text, position)
         if match is None:
             stripped = text[position:].lstrip()
             if not stripped:
                 break
-            raise ValueError(f"template syntax error near {stripped[:30]!r}")
+            if stripped.startswith("#"):  # a comment line
+                position = text.find("\n", position + 1)
+                position = len(text) if position < 0 else position
+                continue
+            raise ValueError(f"syntax error near {stripped[:30]!r}")
         key = match[1].upper()
         position = match.end()
         if text.startswith("[", position):
@@ -45,11 +67,11 @@ def parse_template(text: str) -> Template:
             for pair in pairs:
                 found = _PAIR_RE.fullmatch(pair)
                 if found is None:
-                    raise ValueError(f"template syntax error in {key} vector")
+                    raise ValueError(f"syntax error in {key} vector")
                 vector[found[1].upper()] = _unquote(found[2].strip())
             result.setdefault(key, []).append(vector)
         else:
-            value = re.compile(r'"(?:[^"\\]|\\.)*"|[^\n]*').match(text, position)
+            value = _VALUE_RE.match(text, position)
             assert value is not None
             result[key] = _unquote(value[0].strip())
             position = value.end()
@@ -78,7 +100,7 @@ def _vector_pairs(text: str, position: int, key: str) -> tuple[list[str], int]:
             continue
         current.append(char)
         position += 1
-    raise ValueError(f"template syntax error: {key} vector is not closed")
+    raise ValueError(f"syntax error: {key} vector is not closed")
 
 
 def _unquote(value: str) -> str:
@@ -104,152 +126,210 @@ _VM_RANK = {name: rank for rank, name in enumerate(VM_TEMPLATE_ORDER)}
 
 def template_xml(template: Template, tag: str = "TEMPLATE", vm: bool = False) -> str:
     """Attributes in name order (oned keeps a template in a sorted multimap); a VM's
-    TEMPLATE in the schema's order."""
+    TEMPLATE in the schema's order. Values are CDATA, as oned writes them."""
     parts = []
     order = (lambda item: (_VM_RANK.get(item[0], len(_VM_RANK)), item[0])) if vm else None
     for key, value in sorted(template.items(), key=order):
         if isinstance(value, list):
             for vector in value:
-                inner = "".join(f"<{k}>{cdata(v)}</{k}>" for k, v in vector.items())
+                # VectorAttribute keeps its values in a std::map: sorted by name
+                inner = "".join(f"<{k}>{cdata(v)}</{k}>" for k, v in sorted(vector.items()))
                 parts.append(f"<{key}>{inner}</{key}>")
         else:
             parts.append(f"<{key}>{cdata(value)}</{key}>")
-    return f"<{tag}>{''.join(parts)}</{tag}>"
+    return f"<{tag}>{''.join(parts)}</{tag}>" if parts else f"<{tag}/>"
 
 
-def permissions() -> str:
-    return ("<PERMISSIONS><OWNER_U>1</OWNER_U><OWNER_M>1</OWNER_M><OWNER_A>0</OWNER_A>"
-            "<GROUP_U>0</GROUP_U><GROUP_M>0</GROUP_M><GROUP_A>0</GROUP_A><OTHER_U>0</OTHER_U>"
-            "<OTHER_M>0</OTHER_M><OTHER_A>0</OTHER_A></PERMISSIONS>")
+PERMISSIONS = ("<PERMISSIONS><OWNER_U>1</OWNER_U><OWNER_M>1</OWNER_M><OWNER_A>0</OWNER_A>"
+               "<GROUP_U>0</GROUP_U><GROUP_M>0</GROUP_M><GROUP_A>0</GROUP_A><OTHER_U>0"
+               "</OTHER_U><OTHER_M>0</OTHER_M><OTHER_A>0</OTHER_A></PERMISSIONS>")
 
 
-def owner(uid: int = 0, gid: int = 0) -> str:
+def _owner(uid: int, gid: int) -> str:
+    # Names are validated on allocate (no <, >, &), so oned prints them raw.
     return (f"<UID>{uid}</UID><GID>{gid}</GID><UNAME>oneadmin</UNAME>"
             f"<GNAME>oneadmin</GNAME>")
 
 
-def datastore_body(ds: dict[str, Any]) -> str:
-    images = "".join(f"<ID>{i}</ID>" for i in ds["images"])
-    return (f"<DATASTORE><ID>{ds['id']}</ID>{owner()}<NAME>{cdata(ds['name'])}</NAME>"
-            f"{permissions()}<DS_MAD>{cdata(ds['ds_mad'])}</DS_MAD>"
-            f"<TM_MAD>{cdata(ds['tm_mad'])}</TM_MAD>"
-            f"<BASE_PATH>{cdata(ds['base_path'])}</BASE_PATH><TYPE>{ds['type']}</TYPE>"
-            f"<DISK_TYPE>{ds['disk_type']}</DISK_TYPE><STATE>0</STATE>"
-            f"<CLUSTERS><ID>0</ID></CLUSTERS><TOTAL_MB>{ds['total_mb']}</TOTAL_MB>"
-            f"<FREE_MB>{ds['free_mb']}</FREE_MB><USED_MB>{ds['used_mb']}</USED_MB>"
-            f"<IMAGES>{images}</IMAGES>{template_xml(ds['template'])}</DATASTORE>")
+def _ids(tag: str, ids: list[int]) -> str:
+    inner = "".join(f"<ID>{i}</ID>" for i in ids)
+    return f"<{tag}>{inner}</{tag}>" if inner else f"<{tag}/>"
 
 
-def image_body(img: dict[str, Any]) -> str:
-    snapshots = "".join(
-        f"<SNAPSHOT><ACTIVE>{'YES' if s['active'] else 'NO'}</ACTIVE><DATE>{s['date']}</DATE>"
-        f"<ID>{s['id']}</ID><NAME>{cdata(s['name'])}</NAME><PARENT>-1</PARENT>"
-        f"<SIZE>{img['size']}</SIZE></SNAPSHOT>" for s in img["snapshots"])
-    vms = "".join(f"<ID>{v}</ID>" for v in img["vms"])
-    return (f"<IMAGE><ID>{img['id']}</ID>{owner(img['uid'], img['gid'])}"
-            f"<NAME>{cdata(img['name'])}</NAME>{permissions()}<TYPE>{img['type']}</TYPE>"
-            f"<DISK_TYPE>2</DISK_TYPE><PERSISTENT>{int(img['persistent'])}</PERSISTENT>"
-            f"<REGTIME>{img['regtime']}</REGTIME><MODTIME>{img['regtime']}</MODTIME>"
-            f"<SOURCE>{cdata(img['source'])}</SOURCE><PATH>{cdata(img['path'])}</PATH>"
-            f"<FORMAT>{cdata(img['format'])}</FORMAT><FS>{cdata(img['fs'])}</FS>"
-            f"<SIZE>{img['size']}</SIZE><STATE>{img['state']}</STATE>"
-            f"<PREV_STATE>{img['prev_state']}</PREV_STATE>"
-            f"<RUNNING_VMS>{len(img['vms'])}</RUNNING_VMS><CLONING_OPS>0</CLONING_OPS>"
-            f"<CLONING_ID>-1</CLONING_ID><TARGET_SNAPSHOT>{img['target_snapshot']}"
-            f"</TARGET_SNAPSHOT><DATASTORE_ID>{img['ds_id']}</DATASTORE_ID>"
-            f"<DATASTORE>{cdata(img['ds_name'])}</DATASTORE><VMS>{vms}</VMS><CLONES/>"
-            f"<APP_CLONES/>{template_xml(img['template'])}"
-            f"<SNAPSHOTS><ALLOW_ORPHANS>YES</ALLOW_ORPHANS><CURRENT_BASE>-1</CURRENT_BASE>"
-            f"<NEXT_SNAPSHOT>{img['next_snapshot']}</NEXT_SNAPSHOT>{snapshots}</SNAPSHOTS>"
+def datastore_body(ds: Datastore) -> str:
+    return (f"<DATASTORE><ID>{ds.id}</ID>{_owner(0, 0)}<NAME>{ds.name}</NAME>{PERMISSIONS}"
+            f"<DS_MAD>{cdata(ds.ds_mad)}</DS_MAD><TM_MAD>{cdata(ds.tm_mad)}</TM_MAD>"
+            f"<BASE_PATH>{cdata(ds.base_path)}</BASE_PATH><TYPE>{ds.type}</TYPE>"
+            f"<DISK_TYPE>{ds.disk_type}</DISK_TYPE><STATE>{ds.state}</STATE>"
+            f"<CLUSTERS><ID>0</ID></CLUSTERS><TOTAL_MB>{ds.total_mb}</TOTAL_MB>"
+            f"<FREE_MB>{ds.free_mb}</FREE_MB><USED_MB>{ds.used_mb}</USED_MB>"
+            f"{_ids('IMAGES', ds.images)}{template_xml(ds.template)}</DATASTORE>")
+
+
+def _snapshot_xml(snapshot: ImageSnapshot, children: list[int]) -> str:
+    active = "<ACTIVE>YES</ACTIVE>" if snapshot.active else ""
+    kids = f"<CHILDREN>{','.join(map(str, children))}</CHILDREN>" if children else ""
+    return (f"<SNAPSHOT>{active}{kids}<DATE>{snapshot.date}</DATE><ID>{snapshot.id}</ID>"
+            f"<NAME>{cdata(snapshot.name)}</NAME><PARENT>{snapshot.parent}</PARENT>"
+            f"<SIZE>{snapshot.size}</SIZE></SNAPSHOT>")
+
+
+def _snapshots_xml(snapshots: list[ImageSnapshot], next_id: int, current_base: int,
+                   disk_id: int | None = None, allow_orphans: str = "YES") -> str:
+    body = "".join(_snapshot_xml(s, [c.id for c in snapshots if c.parent == s.id])
+                   for s in snapshots)
+    disk = f"<DISK_ID>{disk_id}</DISK_ID>" if disk_id is not None else ""
+    return (f"<SNAPSHOTS><ALLOW_ORPHANS>{allow_orphans}</ALLOW_ORPHANS>"
+            f"<CURRENT_BASE>{current_base}</CURRENT_BASE>{disk}"
+            f"<NEXT_SNAPSHOT>{next_id}</NEXT_SNAPSHOT>{body}</SNAPSHOTS>")
+
+
+def image_body(img: Image) -> str:
+    return (f"<IMAGE><ID>{img.id}</ID>{_owner(img.uid, img.gid)}<NAME>{img.name}</NAME>"
+            f"{PERMISSIONS}<TYPE>{img.type}</TYPE><DISK_TYPE>{img.disk_type}</DISK_TYPE>"
+            f"<PERSISTENT>{int(img.persistent)}</PERSISTENT><REGTIME>{img.regtime}</REGTIME>"
+            f"<MODTIME>{img.regtime}</MODTIME><SOURCE>{cdata(img.source)}</SOURCE>"
+            f"<PATH>{cdata(img.path)}</PATH><FORMAT>{cdata(img.format)}</FORMAT>"
+            f"<FS>{cdata(img.fs)}</FS><SIZE>{img.size}</SIZE><STATE>{img.state}</STATE>"
+            f"<PREV_STATE>{img.prev_state}</PREV_STATE><RUNNING_VMS>{len(img.vms)}"
+            f"</RUNNING_VMS><CLONING_OPS>{img.cloning_ops}</CLONING_OPS>"
+            f"<CLONING_ID>{img.cloning_id}</CLONING_ID>"
+            f"<TARGET_SNAPSHOT>{img.target_snapshot}</TARGET_SNAPSHOT>"
+            f"<DATASTORE_ID>{img.ds_id}</DATASTORE_ID><DATASTORE>{img.ds_name}</DATASTORE>"
+            f"{_ids('VMS', img.vms)}{_ids('CLONES', img.clones)}<APP_CLONES/>"
+            f"{template_xml(img.template)}"
+            f"{_snapshots_xml(img.snapshots, img.next_snapshot, -1)}"
             f"<BACKUP_INCREMENTS/></IMAGE>")
 
 
-def host_body(host: dict[str, Any]) -> str:
+def host_body(host: Host) -> str:
     share = ("<HOST_SHARE><MEM_USAGE>0</MEM_USAGE><CPU_USAGE>0</CPU_USAGE>"
              "<TOTAL_MEM>16777216</TOTAL_MEM><TOTAL_CPU>800</TOTAL_CPU>"
              "<MAX_MEM>16777216</MAX_MEM><MAX_CPU>800</MAX_CPU>"
-             f"<RUNNING_VMS>{len(host['vms'])}</RUNNING_VMS><VMS_THREAD>1</VMS_THREAD>"
+             f"<RUNNING_VMS>{len(host.vms)}</RUNNING_VMS><VMS_THREAD>1</VMS_THREAD>"
              "<DATASTORES><DISK_USAGE>0</DISK_USAGE><FREE_DISK>0</FREE_DISK>"
              "<MAX_DISK>0</MAX_DISK><USED_DISK>0</USED_DISK></DATASTORES>"
              "<PCI_DEVICES/><NUMA_NODES/></HOST_SHARE>")
-    vms = "".join(f"<ID>{v}</ID>" for v in host["vms"])
-    return (f"<HOST><ID>{host['id']}</ID><NAME>{cdata(host['name'])}</NAME>"
-            f"<STATE>{host['state']}</STATE><PREV_STATE>{host['state']}</PREV_STATE>"
-            f"<IM_MAD>{cdata(host['im_mad'])}</IM_MAD><VM_MAD>{cdata(host['vm_mad'])}</VM_MAD>"
-            f"<CLUSTER_ID>0</CLUSTER_ID><CLUSTER>default</CLUSTER>{share}<VMS>{vms}</VMS>"
-            f"{template_xml(host['template'])}<MONITORING/></HOST>")
+    return (f"<HOST><ID>{host.id}</ID><NAME>{host.name}</NAME><STATE>{host.state}</STATE>"
+            f"<PREV_STATE>{host.prev_state}</PREV_STATE><IM_MAD>{cdata(host.im_mad)}"
+            f"</IM_MAD><VM_MAD>{cdata(host.vm_mad)}</VM_MAD><CLUSTER_ID>0</CLUSTER_ID>"
+            f"<CLUSTER>default</CLUSTER>{share}{_ids('VMS', host.vms)}"
+            f"{template_xml(host.template)}<MONITORING/></HOST>")
 
 
-def vm_body(vm: dict[str, Any]) -> str:
-    history = "".join(
-        f"<HISTORY><OID>{vm['id']}</OID><SEQ>{h['seq']}</SEQ>"
-        f"<HOSTNAME>{cdata(h['hostname'])}</HOSTNAME><HID>{h['hid']}</HID><CID>0</CID>"
-        f"<STIME>{h['stime']}</STIME><ETIME>0</ETIME><VM_MAD>kvm</VM_MAD>"
-        f"<TM_MAD>{cdata(h['tm_mad'])}</TM_MAD><DS_ID>{h['ds_id']}</DS_ID><PLAN_ID>-1</PLAN_ID>"
-        f"<ACTION_ID>-1</ACTION_ID><PSTIME>0</PSTIME><PETIME>0</PETIME><RSTIME>0</RSTIME>"
-        f"<RETIME>0</RETIME><ESTIME>0</ESTIME><EETIME>0</EETIME><ACTION>0</ACTION>"
-        f"<UID>-1</UID><GID>-1</GID><REQUEST_ID>-1</REQUEST_ID></HISTORY>"
-        for h in vm["history"])
-    snapshots = "".join(
-        f"<SNAPSHOTS><ALLOW_ORPHANS>YES</ALLOW_ORPHANS><CURRENT_BASE>-1</CURRENT_BASE>"
-        f"<DISK_ID>{disk_id}</DISK_ID><NEXT_SNAPSHOT>{max(ids, default=-1) + 1}"
-        f"</NEXT_SNAPSHOT>" + "".join(
-            f"<SNAPSHOT><DATE>0</DATE><ID>{i}</ID><PARENT>-1</PARENT><SIZE>0</SIZE></SNAPSHOT>"
-            for i in ids) + "</SNAPSHOTS>"
-        for disk_id, ids in sorted(vm["disk_snapshots"].items()) if ids)
-    return (f"<VM><ID>{vm['id']}</ID>{owner(vm['uid'], vm['gid'])}"
-            f"<NAME>{cdata(vm['name'])}</NAME>{permissions()}<LAST_POLL>0</LAST_POLL>"
-            f"<STATE>{vm['state']}</STATE><LCM_STATE>{vm['lcm_state']}</LCM_STATE>"
-            f"<PREV_STATE>{vm['prev_state']}</PREV_STATE>"
-            f"<PREV_LCM_STATE>{vm['prev_lcm_state']}</PREV_LCM_STATE><RESCHED>0</RESCHED>"
-            f"<STIME>{vm['stime']}</STIME><ETIME>{vm['etime']}</ETIME>"
-            f"<DEPLOY_ID>{cdata(vm['deploy_id'])}</DEPLOY_ID>{monitoring_xml(vm)}"
-            f"<SCHED_ACTIONS/>"
-            f"{template_xml(vm_template(vm), vm=True)}"
-            f"{template_xml(vm['user_template'], 'USER_TEMPLATE')}"
-            f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>{snapshots}"
-            f"<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>")
+def _history_xml(vm: Vm, record: History) -> str:
+    return (f"<HISTORY><OID>{vm.id}</OID><SEQ>{record.seq}</SEQ>"
+            f"<HOSTNAME>{record.hostname}</HOSTNAME><HID>{record.hid}</HID><CID>0</CID>"
+            f"<STIME>{record.stime}</STIME><ETIME>{record.etime}</ETIME>"
+            f"<VM_MAD>{cdata(record.vm_mad)}</VM_MAD><TM_MAD>{cdata(record.tm_mad)}</TM_MAD>"
+            f"<DS_ID>{record.ds_id}</DS_ID><PLAN_ID>-1</PLAN_ID><ACTION_ID>-1</ACTION_ID>"
+            f"<PSTIME>0</PSTIME><PETIME>0</PETIME><RSTIME>0</RSTIME><RETIME>0</RETIME>"
+            f"<ESTIME>0</ESTIME><EETIME>0</EETIME><ACTION>{record.action}</ACTION>"
+            f"<UID>-1</UID><GID>-1</GID><REQUEST_ID>-1</REQUEST_ID></HISTORY>")
 
 
-def monitoring_xml(vm: dict[str, Any]) -> str:
-    monitoring = vm.get("monitoring")
-    if not monitoring:
+def _disk_snapshots_xml(tree: DiskSnapshots) -> str:
+    return _snapshots_xml(tree.snapshots, tree.next_snapshot, tree.current_base,
+                          tree.disk_id)
+
+
+def vm_body(vm: Vm, all_history: bool = True) -> str:
+    """``VirtualMachine::to_xml_extended``: every history record for ``one.vm.info`` and
+    hook messages, the last one for pools and driver messages."""
+    records = vm.history if all_history else vm.history[-1:]
+    history = "".join(_history_xml(vm, h) for h in records)
+    snapshots = "".join(_disk_snapshots_xml(t) for _, t in sorted(vm.disk_snapshots.items())
+                        if t.snapshots)
+    return (f"<VM><ID>{vm.id}</ID>{_owner(vm.uid, vm.gid)}<NAME>{vm.name}</NAME>"
+            f"{PERMISSIONS}<LAST_POLL>{vm.monitoring.get('timestamp', 0)}</LAST_POLL>"
+            f"<STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm_state}</LCM_STATE>"
+            f"<PREV_STATE>{vm.prev_state}</PREV_STATE>"
+            f"<PREV_LCM_STATE>{vm.prev_lcm_state}</PREV_LCM_STATE><RESCHED>0</RESCHED>"
+            f"<STIME>{vm.stime}</STIME><ETIME>{vm.etime}</ETIME>"
+            f"<DEPLOY_ID>{vm.deploy_id}</DEPLOY_ID>{monitoring_xml(vm)}<SCHED_ACTIONS/>"
+            f"{template_xml(vm.template, vm=True)}"
+            f"{template_xml(vm.user_template, 'USER_TEMPLATE')}"
+            + (f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>" if history
+               else "<HISTORY_RECORDS/>")
+            + f"{snapshots}<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>")
+
+
+SHORT_DISK = ("DISK_ID", "DATASTORE", "DATASTORE_ID", "IMAGE", "IMAGE_ID", "SIZE", "TYPE",
+              "CLONE", "CLONE_TARGET", "LN_TARGET", "DISK_SNAPSHOT_TOTAL_SIZE")
+SHORT_USER = ("LABELS", "ERROR", "SCHED_MESSAGE", "SCHED_RANK", "SCHED_DS_RANK",
+              "SCHED_REQUIREMENTS", "SCHED_DS_REQUIREMENTS", "USER_PRIORITY")
+
+
+def vm_short_body(vm: Vm) -> str:
+    """``VirtualMachine::to_xml_short`` (``one.vmpool.info``): no SOURCE, no TM_MAD."""
+    tmpl = vm.template
+    disks = "".join("<DISK>" + "".join(f"<{k}>{escape(str(d.get(k, '')))}</{k}>"
+                                       for k in SHORT_DISK) + "</DISK>" for d in vm.disks)
+    user = "".join(f"<{k}>{escape(str(vm.user_template[k]))}</{k}>" for k in SHORT_USER
+                   if isinstance(vm.user_template.get(k), str))
+    user_xml = f"<USER_TEMPLATE>{user}</USER_TEMPLATE>" if vm.user_template else \
+        "<USER_TEMPLATE/>"
+    history = (f"<HISTORY_RECORDS><HISTORY><OID>{vm.id}</OID><SEQ>{vm.last.seq}</SEQ>"
+               f"<HOSTNAME>{vm.last.hostname}</HOSTNAME><HID>{vm.last.hid}</HID><CID>0</CID>"
+               f"<DS_ID>{vm.last.ds_id}</DS_ID><VM_MAD>{vm.last.vm_mad}</VM_MAD>"
+               f"<TM_MAD>{vm.last.tm_mad}</TM_MAD><ACTION>{vm.last.action}</ACTION>"
+               f"</HISTORY></HISTORY_RECORDS>") if vm.history else "<HISTORY_RECORDS/>"
+    return (f"<VM><ID>{vm.id}</ID>{_owner(vm.uid, vm.gid)}<NAME>{vm.name}</NAME>"
+            f"<LAST_POLL>{vm.monitoring.get('timestamp', 0)}</LAST_POLL>"
+            f"<STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm_state}</LCM_STATE>"
+            f"<RESCHED>0</RESCHED><STIME>{vm.stime}</STIME><ETIME>{vm.etime}</ETIME>"
+            f"<DEPLOY_ID>{vm.deploy_id}</DEPLOY_ID><TEMPLATE>"
+            f"<CPU>{escape(str(tmpl.get('CPU', '')))}</CPU>"
+            f"<MEMORY>{escape(str(tmpl.get('MEMORY', '')))}</MEMORY>"
+            f"<VCPU>{escape(str(tmpl.get('VCPU', '')))}</VCPU>{disks}</TEMPLATE>"
+            f"<MONITORING/>{user_xml}{history}</VM>")
+
+
+def monitoring_xml(vm: Vm) -> str:
+    disks = vm.monitoring.get("disks")
+    if not disks:
         return "<MONITORING/>"
-    disks = "".join(f"<DISK_SIZE><ID>{disk}</ID><SIZE>{size}</SIZE></DISK_SIZE>"
-                    for disk, size in sorted(monitoring["disks"].items()))
-    return (f"<MONITORING>{disks}<ID>{vm['id']}</ID>"
-            f"<TIMESTAMP>{monitoring['timestamp']}</TIMESTAMP></MONITORING>")
-
-
-def vm_template(vm: dict[str, Any]) -> Template:
-    """oned moves NAME out of the template and adds VMID and TM_MAD_SYSTEM."""
-    template = {k: v for k, v in vm["template"].items() if k != "NAME"}
-    system_tm = vm["history"][-1]["tm_mad"] if vm["history"] else ""
-    return {**template, "VMID": str(vm["id"]), "TM_MAD_SYSTEM": system_tm}
+    sizes = "".join(f"<DISK_SIZE><ID>{disk}</ID><SIZE>{size}</SIZE></DISK_SIZE>"
+                    for disk, size in sorted(disks.items()))
+    return (f"<MONITORING>{sizes}<ID>{vm.id}</ID>"
+            f"<TIMESTAMP>{vm.monitoring['timestamp']}</TIMESTAMP></MONITORING>")
 
 
 def pool(tag: str, bodies: list[str]) -> str:
     return f"<{tag}>{''.join(bodies)}</{tag}>"
 
 
-def api_message(method: str, params: list[Any], reply: list[Any], extra: str = "") -> str:
-    """``HOOK_MESSAGE`` of an API call: the session hidden, strings inserted raw (as oned
-    does: a template with ``<`` or ``&`` makes the message malformed XML), then the OUT
-    parameters (success: true, value, 0; failure: false, message, code, object id)."""
-    parts = ["<PARAMETER><POSITION>1</POSITION><TYPE>IN</TYPE><VALUE>****</VALUE></PARAMETER>"]
-    for position, value in enumerate(params, start=2):
-        rendered = int(value) if isinstance(value, bool) else value
-        parts.append(f"<PARAMETER><POSITION>{position}</POSITION><TYPE>IN</TYPE>"
-                     f"<VALUE>{rendered}</VALUE></PARAMETER>")
-    if reply[0]:
-        outs = ["true", reply[1], 0]
-    else:
-        outs = ["false", escape(str(reply[1])), reply[2], reply[3] if len(reply) > 3 else -1]
-    for position, value in enumerate(outs, start=1):
-        if isinstance(value, str) and value.startswith("<"):
-            value = ""  # info bodies are not repeated in the message
-        parts.append(f"<PARAMETER><POSITION>{position}</POSITION><TYPE>OUT</TYPE>"
-                     f"<VALUE>{value}</VALUE></PARAMETER>")
-    return (f"<HOOK_MESSAGE><HOOK_TYPE>API</HOOK_TYPE><CALL>{method}</CALL><CALL_INFO>"
-            f"<RESULT>{int(bool(reply[0]))}</RESULT><PARAMETERS>{''.join(parts)}</PARAMETERS>"
-            f"<EXTRA>{extra}</EXTRA></CALL_INFO></HOOK_MESSAGE>")
+RAFT_SOLO = ("<RAFT><SERVER_ID>-1</SERVER_ID><STATE>3</STATE><TERM>0</TERM>"
+             "<VOTEDFOR>-1</VOTEDFOR><COMMIT>0</COMMIT><LOG_INDEX>0</LOG_INDEX>"
+             "<LOG_TERM>0</LOG_TERM><FEDLOG_INDEX>-1</FEDLOG_INDEX></RAFT>")
+
+
+def configuration_xml(attributes: Template) -> str:
+    """``one.system.config``: oned.conf as ``OPENNEBULA_CONFIGURATION`` (names sorted, as
+    oned's template keeps them; the schema lists them in that order)."""
+    return template_xml(attributes, "OPENNEBULA_CONFIGURATION")
+
+
+def ds_action_data(*bodies: str) -> str:
+    """``ImageManager::format_message``: image body (if any), datastore body, extras."""
+    return f"<DS_DRIVER_ACTION_DATA>{''.join(bodies)}</DS_DRIVER_ACTION_DATA>"
+
+
+def vmm_action_data(*, host: str, vm: Vm, system_ds: Datastore, migr_host: str = "",
+                    local_file: str = "", remote_file: str = "", checkpoint: str = "",
+                    tm_command: str = "", tm_rollback: str = "", disk_path: str = "") -> str:
+    """``VirtualMachineManager::format_message``: empty values as empty elements."""
+
+    def element(tag: str, value: str) -> str:
+        return f"<{tag}>{value}</{tag}>" if value else f"<{tag}/>"
+
+    deploy_files = (element("LOCAL_DEPLOYMENT_FILE", local_file)
+                    + element("REMOTE_DEPLOYMENT_FILE", remote_file if local_file else ""))
+    return ("<VMM_DRIVER_ACTION_DATA>" + element("HOST", host)
+            + element("MIGR_HOST", migr_host) + element("DEPLOY_ID", vm.deploy_id)
+            + deploy_files + element("CHECKPOINT_FILE", checkpoint)
+            + element("TM_COMMAND", escape(tm_command))
+            + element("TM_COMMAND_ROLLBACK", escape(tm_rollback))
+            + element("DISK_TARGET_PATH", disk_path)
+            + vm_body(vm, all_history=False) + datastore_body(system_ds)
+            + "</VMM_DRIVER_ACTION_DATA>")

@@ -1,134 +1,165 @@
-"""The StorPool sandbox cluster's model: volumes, snapshots, templates, attachments, data.
+"""The StorPool sandbox cluster's model: volumes, snapshots, templates, attachments, clients.
 
-Every volume and snapshot is a sparse file ``<data>/objects/<globalId>``; a snapshot or a
-clone starts as a sparse copy of its source (point in time). Attaching to a client makes
-``<client dir>/dev/storpool/<name>`` a symlink to that file. Snapshots are immutable: their
-files get the immutable flag (``chattr +i``), so writes through a link fail even for root;
-a volume attached read-only only is made immutable the same way. Where the filesystem has no
-such flag, files are made read-only by mode, which stops everybody but root (the limitation
-is reported by :attr:`Cluster.readonly_enforced`).
+:class:`Cluster` holds one emulated cluster. Its public methods are named after the API
+queries they answer (``volume_create`` for ``VolumeCreate``) and return exactly the ``data``
+part of StorPool's reply, in the shapes the official bindings' ``sptypes`` parse without
+falling back to partial objects. They validate requests as a real cluster does
+(:mod:`.storpool_checks`) and raise :class:`SpError` with StorPool's error names
+(``objectDoesNotExist``, ``objectExists``, ``invalidParam``, ``busy``); the HTTP layer in
+:mod:`onestorpool.sandbox.storpool` turns that into the error envelope. Callers hold
+:meth:`Cluster.transaction` around every call (the HTTP layer does).
 
-All operations raise :class:`SpError` with StorPool's error names; the HTTP layer in
-:mod:`onestorpool.sandbox.storpool` turns them into the error envelope. State is saved
-atomically to ``<data>/state.json`` after every change.
+Semantics worth knowing (each mirrors StorPool unless marked *sandbox*):
+
+* Data. Every volume and snapshot is a sparse file ``<data>/objects/<globalId>``
+  (:mod:`.storpool_data`). A snapshot, and a volume created from a ``parent`` snapshot or
+  ``baseOn`` another volume, starts as a point-in-time copy of its source. Snapshots are
+  always read-only (immutable files).
+* Names. Volumes and snapshots share one namespace; names follow the bindings' regexes
+  (< 200 characters, ``list``/``status`` reserved). Objects are also reachable as
+  ``~<globalId>``. A volume created without a name is called ``~<globalId>``, an anonymous
+  snapshot ``*<globalId>`` (*sandbox* spellings).
+* Chains. Snapshotting a volume makes the snapshot the volume's ``parentName``; the snapshot's
+  own parent is the volume's previous parent. A deleted snapshot that still has children stays
+  listed with ``deleted: true`` (its name stays taken) and goes away with its last child; a
+  ``bind`` snapshot does the same without being deleted. ``targetDeleteDate``/``deleteAfter``
+  are evaluated against the sandbox clock (:meth:`Cluster.advance_clock`).
+* Attachments. Attaching to client N links ``<client dir>/dev/storpool/<name>`` (and
+  ``dev/storpool-byid/<globalId>``) to the object's file; detaching removes the links.
+  Unknown client ids are refused. A volume attached read-write to a second client, or
+  read-write and read-only at once, is refused unless the item says ``force: true`` (or the
+  cluster was made with ``allow_shared_rw``, as live migration on a real cluster needs). A
+  volume attached read-only everywhere is immutable, so writes through any link fail. A
+  detach without ``force`` of a volume or snapshot that some process still has open answers
+  ``busy`` "... is open at client N", as StorPool does for an open device (the sandbox can
+  only tell this when the detach leaves the object attached nowhere).
+* Writes through a device link go straight to the backing file; a write that truncates it
+  (``open(dev, "w")``, ``dd`` without ``conv=notrunc``) is undone before the next API call by
+  restoring the object's size, since no block device can be truncated (*sandbox*).
+* Space. ``VolumeTemplatesStatus`` reports a configured raw capacity (default 1 TiB) minus the
+  allocated bytes (``st_blocks``) of every object times its replication, divided by the
+  template's replication. Clones are full sparse copies here, so shared data is counted once
+  per object (*sandbox*: a real cluster shares it).
+* Remote locations are other sandbox clusters. ``VolumeBackup`` takes a local ``bind``
+  snapshot and sends its data ranges to the location, where it becomes a snapshot with
+  ``backup: true`` named ``<volume>@<source snapshot globalId>``; ``SnapshotsRemoteList``
+  shows what locations keep for us (our backups, snapshots exported to us), and
+  ``SnapshotFromRemote``/``VolumeFromRemote`` copy one back. Transfers are synchronous, so
+  ``recoveringFromRemote`` is always false (*sandbox*).
+* Every call is a transaction: a request that fails leaves the model as it was. The state is
+  saved atomically to ``<data>/state.json`` (temporary file, fsync, rename) after every change;
+  starting on the same directory resumes it, device links and flags included.
+
+Not emulated: placement groups as objects (any valid name is accepted), disks and
+per-disk info, iSCSI, KVS, multicluster forwarding (``RemoteCommand``), ``VolumeRebase``,
+clients going down (every client is always running, so ``attachTimeout`` never expires).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import logging
 import os
-import re
-import shutil
-import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-VOLUME_RE = re.compile(r"^#?[A-Za-z0-9_\-.:]+$")
-SNAPSHOT_RE = re.compile(r"^\*?[A-Za-z0-9_\-.:@]+$")
-TEMPLATE_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_\-.:]+$")
-TAG_VALUE_RE = re.compile(r"^[A-Za-z0-9_\-.:]*$")
-POLICY_FIELDS = ("replication", "placeAll", "placeTail", "placeHead", "iops", "bw",
-                 "reuseServer")
+from onestorpool.sandbox import storpool_data as data
+from onestorpool.sandbox.storpool_checks import (
+    GLOBAL_ID_RE,
+    LOCATION_ID_RE,
+    LOCATION_LIMIT,
+    NAME_LIMIT,
+    POLICY_KEYS,
+    SNAPSHOT_RE,
+    SNAPSHOT_REASSIGN_KEYS,
+    SNAPSHOT_UPDATE_KEYS,
+    TEMPLATE_CREATE_KEYS,
+    TEMPLATE_RE,
+    TEMPLATE_UPDATE_KEYS,
+    VOLUME_CREATE_KEYS,
+    VOLUME_FREEZE_KEYS,
+    VOLUME_RE,
+    VOLUME_REASSIGN_KEYS,
+    VOLUME_SNAPSHOT_KEYS,
+    VOLUME_UPDATE_KEYS,
+    SpError,
+    base36,
+    check_bool,
+    check_client,
+    check_int,
+    check_name,
+    check_object,
+    check_policy,
+    check_size,
+    check_tags,
+    exists,
+    invalid,
+    location_id_for,
+    not_found,
+)
+
+__all__ = ["Cluster", "SpError", "invalid", "location_id_for"]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTACHMENT_POS = 1023
+DEFAULT_REPLICATION = 3
 DEFAULT_PLACEMENT = "default"
+OBJECT_SIZE = 32 << 20  # StorPool splits volumes into 32 MiB objects
+SUBCLUSTER_ID = "b"  # the middle part of every global id this sandbox hands out
+STATE_VERSION = 1
+
+SUMMARY_KEYS = ("name", "size", "replication", "placeAll", "placeTail", "placeHead",
+                "templateName", "parentName", "globalId", "visibleVolumeId",
+                "creationTimestamp", "objectsCount", "tags", "iops", "bw", "reuseServer")
+SNAPSHOT_KEYS = ("onVolume", "autoName", "bound", "deleted", "transient",
+                 "recoveringFromRemote", "targetDeleteDate", "backup", "backupOfGlobalId",
+                 "backupOfVisibleVolumeId")
 
 
-class SpError(Exception):
-    def __init__(self, name: str, descr: str, transient: bool = False, status: int = 200):
-        super().__init__(f"{name}: {descr}")
-        self.name, self.descr, self.transient, self.status = name, descr, transient, status
-
-    def envelope(self) -> dict[str, Any]:
-        return {"error": {"name": self.name, "descr": self.descr, "transient": self.transient}}
-
-
-def not_found(kind: str, name: str) -> SpError:
-    return SpError("objectDoesNotExist", f"{kind} {name} does not exist")
-
-
-def invalid(descr: str) -> SpError:
-    return SpError("invalidParam", descr)
-
-
-# -- data files ---------------------------------------------------------------------------------
-
-
-def sparse_copy(src: Path, dst: Path) -> None:
-    """Copy only the data extents of ``src`` (SEEK_DATA/SEEK_HOLE), keeping holes."""
-    size = src.stat().st_size
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        os.truncate(fout.fileno(), size)
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no more data
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            while start < end:
-                copied = os.copy_file_range(fin.fileno(), fout.fileno(), end - start, start,
-                                            start)
-                if copied <= 0:
-                    break
-                start += copied
-            offset = end
-        os.fsync(fout.fileno())
-
-
-def allocated(path: Path) -> int:
-    try:
-        return path.stat().st_blocks * 512
-    except FileNotFoundError:
-        return 0
-
-
-class Immutability:
-    """Makes files unwritable for root too (``chattr +i``) when the filesystem allows it."""
-
-    def __init__(self, probe_dir: Path):
-        self.enforced = False
-        chattr = shutil.which("chattr")
-        if chattr is None:
-            return
-        probe = probe_dir / ".immutable-probe"
-        probe.write_bytes(b"")
-        try:
-            self.enforced = self._chattr("+i", probe)
-        finally:
-            self._chattr("-i", probe)
-            probe.unlink(missing_ok=True)
-
-    @staticmethod
-    def _chattr(flag: str, path: Path) -> bool:
-        return subprocess.run(["chattr", flag, str(path)], capture_output=True,
-                              check=False).returncode == 0
-
-    def set(self, path: Path, frozen: bool) -> None:
-        if self.enforced:
-            self._chattr("+i" if frozen else "-i", path)
-        else:
-            path.chmod(0o444 if frozen else 0o644)
-
-
-# -- the cluster --------------------------------------------------------------------------------
+# -- the cluster -----------------------------------------------------------------------------
 
 
 class Cluster:
-    """One emulated StorPool cluster. Methods are named after the API queries."""
+    """One emulated StorPool cluster (see the module docstring).
 
-    def __init__(self, data_dir: Path, *, name: str = "sandbox", location_id: str = "sbx",
-                 capacity: int = 1 << 40, clients: dict[int, Path] | None = None,
-                 client_count: int = 4):
-        self.data_dir = Path(data_dir)
+    ``capacity`` is the raw capacity in bytes (``None``: as saved, or 1 TiB). ``clients``
+    maps client ids to host directories; clients ``1..client_count`` exist by default with
+    directories ``<data>/clients/<id>``. The state in ``<data>/state.json`` is loaded when
+    present: volumes, snapshots, templates, attachments, clients, locations and the clock.
+    """
+
+    _PERSISTED = ("location_id", "capacity", "clock_offset", "generation", "counter",
+                  "volumes", "snapshots", "templates", "attachments", "clients", "locations")
+
+    def __init__(self, data_dir: Path, *, name: str = "sandbox",
+                 location_id: str | None = None, capacity: int | None = None,
+                 clients: dict[int, Path] | None = None, client_count: int = 4,
+                 allow_shared_rw: bool = False):
+        # Absolute: device links point at object files from other directories.
+        self.data_dir = Path(data_dir).absolute()
         self.objects_dir = self.data_dir / "objects"
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.data_dir / "state.json"
         self.lock = threading.RLock()
-        self.immutability = Immutability(self.objects_dir)
-        self.name, self.location_id, self.capacity = name, location_id, capacity
+        self.immutability = data.Immutability(self.objects_dir)
+        try:  # a bad option is the caller's error, not an API error
+            self.name = check_name(name, "cluster name", VOLUME_RE, LOCATION_LIMIT, ("list",))
+            wanted_capacity = None if capacity is None else check_int(capacity, "capacity", 1)
+            extra_clients = {check_client(k): str(Path(v).absolute())
+                             for k, v in (clients or {}).items()}
+        except SpError as exc:
+            raise ValueError(exc.descr) from None
+        self.location_id = location_id or location_id_for(name)
+        self.capacity = 1 << 40
+        self.allow_shared_rw = allow_shared_rw
+        self.closed = False
+        self.started = int(time.time())
         self.clock_offset = 0.0
         self.generation = 1
         self.counter = 0
@@ -138,451 +169,565 @@ class Cluster:
         self.attachments: list[dict[str, Any]] = []
         self.clients: dict[int, str] = {}
         self.locations: dict[str, dict[str, Any]] = {}
-        self.remote_snapshots: list[dict[str, Any]] = []  # backups received from others
-        if self.state_file.exists():
+        loaded = self.state_file.exists()
+        if loaded:
             self._load()
+        if wanted_capacity is not None:
+            self.capacity = wanted_capacity
         for client_id in range(1, client_count + 1):
             self.clients.setdefault(client_id, str(self.data_dir / "clients" / str(client_id)))
-        for client_id, directory in (clients or {}).items():
-            self.clients[int(client_id)] = str(directory)
-        self._relink_all()
-        self._reapply_immutability()
-        self.save()
-
-    def _reapply_immutability(self) -> None:
-        """Flags are cleared when a sandbox stops (so its files can be removed); set them
-        again on start."""
-        for snapshot in self.snapshots.values():
-            if self.object_path(snapshot).exists():
-                self.immutability.set(self.object_path(snapshot), True)
-        for volume in self.volumes.values():
-            if self._is_frozen_ro(volume["name"]):
-                self.immutability.set(self.object_path(volume), True)
+        self.clients.update(extra_clients)
+        with self.lock:
+            self.sync_files(remove_orphans=loaded)
+            self.save()
 
     @property
     def readonly_enforced(self) -> bool:
+        """Whether read-only objects are unwritable for root too (the immutable flag)."""
         return self.immutability.enforced
 
-    # -- persistence ----------------------------------------------------------------------
+    # -- persistence and transactions ------------------------------------------------------
 
-    _PERSISTED = ("name", "location_id", "capacity", "clock_offset", "generation", "counter",
-                  "volumes", "snapshots", "templates", "attachments", "clients", "locations",
-                  "remote_snapshots")
-
-    def save(self) -> None:
+    def _state(self) -> dict[str, Any]:
         state = {key: getattr(self, key) for key in self._PERSISTED}
         state["clients"] = {str(k): v for k, v in self.clients.items()}
-        tmp = self.state_file.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            json.dump(state, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.state_file)
-        directory = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        return state
 
-    def _load(self) -> None:
-        state = json.loads(self.state_file.read_text())
+    def _apply_state(self, state: dict[str, Any]) -> None:
         for key in self._PERSISTED:
             if key in state:
                 setattr(self, key, state[key])
         self.clients = {int(k): v for k, v in state.get("clients", {}).items()}
 
-    # -- helpers --------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the state atomically: a crash leaves the old or the new file, never half."""
+        state = {"version": STATE_VERSION, "name": self.name, **self._state()}
+        tmp = self.data_dir / ".state.json.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(state, handle, sort_keys=True, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.state_file)
+        directory = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself must survive a crash
+        finally:
+            os.close(directory)
+
+    def _load(self) -> None:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"cannot read the sandbox state {self.state_file}: {exc}; "
+                               "move it away to start an empty cluster") from exc
+        if state.get("version", STATE_VERSION) != STATE_VERSION:
+            raise RuntimeError(f"{self.state_file}: unsupported state version "
+                               f"{state.get('version')!r}")
+        self._apply_state(state)
+        # Fill fields that states written by earlier sandbox versions may lack.
+        for obj in self._objects():
+            obj.setdefault("tags", {})
+            obj.setdefault("parentName", "")
+            obj.setdefault("templateName", "")
+        for snapshot in self.snapshots.values():
+            for key, default in (("autoName", False), ("bound", False), ("deleted", False),
+                                 ("transient", False), ("recoveringFromRemote", False),
+                                 ("targetDeleteDate", 0)):
+                snapshot.setdefault(key, default)
+            if not snapshot.get("onVolume"):
+                snapshot["onVolume"] = snapshot["name"].lstrip("*").split("@")[0]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run one request: all or nothing, saved when something changed.
+
+        On an exception the model is put back as it was and the files are brought in line
+        with it (new files removed, links and flags re-applied); handlers therefore validate
+        first and remove data last.
+        """
+        with self.lock:
+            if self.closed:
+                raise SpError("busy", f"sandbox cluster {self.name} is stopped", transient=True)
+            before = copy.deepcopy(self._state())
+            generation = self.generation
+            try:
+                self.restore_sizes()
+                self.collect_garbage()
+                yield
+                self.collect_garbage()  # what the call released (children, attachments)
+            except BaseException:
+                self._apply_state(before)
+                self.sync_files(remove_orphans=True)
+                raise
+            if self.generation != generation:
+                self.save()
+
+    # -- clock, ids, lookups ---------------------------------------------------------------
 
     def now(self) -> int:
+        """The sandbox clock: wall time plus what :meth:`advance_clock` added."""
         return int(time.time() + self.clock_offset)
 
-    def advance_clock(self, seconds: float) -> None:
-        with self.lock:
+    def advance_clock(self, seconds: float) -> int:
+        """Move the clock forward; snapshots whose delete date passed go away now."""
+        if seconds < 0:
+            raise ValueError("the sandbox clock only moves forward")
+        with self.transaction():
             self.clock_offset += seconds
-            self.collect_garbage()
-            self.save()
+            self._bump()  # persist the new offset even when nothing expired
+        return self.now()
 
     def _bump(self) -> int:
         self.generation += 1
         return self.generation
 
-    def _new_id(self) -> tuple[str, int]:
-        self.counter += 1
-        return f"{self.location_id}.b.{_base36(self.counter)}", self.counter
-
-    def object_path(self, obj: dict[str, Any]) -> Path:
-        return self.objects_dir / obj["globalId"]
-
-    def client_dir(self, client_id: int) -> Path:
-        return Path(self.clients[client_id])
-
     def ok(self, **extra: Any) -> dict[str, Any]:
+        """The reply of a successful write (``ApiOk`` plus the call's own fields)."""
         return {"ok": True, "generation": self._bump(),
                 **{k: v for k, v in extra.items() if v is not None}}
 
-    def _volume(self, name: str) -> dict[str, Any]:
-        volume = self.volumes.get(name) or self._by_global_id(self.volumes, name)
+    def _new_id(self) -> tuple[str, int]:
+        self.counter += 1
+        return f"{self.location_id}.{SUBCLUSTER_ID}.{base36(self.counter)}", self.counter
+
+    def object_path(self, obj: dict[str, Any]) -> Path:
+        """The backing file of a volume or snapshot record."""
+        return self.objects_dir / obj["globalId"]
+
+    def client_dir(self, client_id: int) -> Path:
+        """The host directory of a client (its devices are under ``dev/storpool/``)."""
+        try:
+            return Path(self.clients[client_id])
+        except KeyError:
+            raise KeyError(f"client {client_id} does not exist in sandbox {self.name}"
+                           ) from None
+
+    def _find(self, table: dict[str, dict[str, Any]], name: Any) -> dict[str, Any] | None:
+        if not isinstance(name, str):
+            return None
+        if name in table:
+            return table[name]
+        if name.startswith("~"):
+            return next((o for o in table.values() if o["globalId"] == name[1:]), None)
+        return None
+
+    def _volume(self, name: Any) -> dict[str, Any]:
+        volume = self._find(self.volumes, name)
         if volume is None:
             raise not_found("volume", name)
         return volume
 
-    def _snapshot(self, name: str) -> dict[str, Any]:
-        snapshot = self.snapshots.get(name) or self._by_global_id(self.snapshots, name)
-        if snapshot is None or snapshot.get("deleted"):
+    def _snapshot(self, name: Any) -> dict[str, Any]:
+        snapshot = self._find(self.snapshots, name)
+        if snapshot is None or snapshot["deleted"]:
             raise not_found("snapshot", name)
         return snapshot
 
-    @staticmethod
-    def _by_global_id(table: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
-        if name.startswith("~"):
-            for obj in table.values():
-                if obj["globalId"] == name[1:]:
-                    return obj
-        return None
-
-    def _template(self, name: str) -> dict[str, Any]:
-        if name not in self.templates:
+    def _template(self, name: Any) -> dict[str, Any]:
+        if not isinstance(name, str) or name not in self.templates:
             raise not_found("template", name)
         return self.templates[name]
 
-    def _exists(self, name: str) -> bool:
+    def _taken(self, name: str) -> bool:
         return name in self.volumes or name in self.snapshots
 
-    @staticmethod
-    def _check_size(size: Any, what: str = "size") -> int:
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 512:
-            raise invalid(f"{what} must be a positive multiple of 512, got {size!r}")
-        return size
+    def _objects(self) -> list[dict[str, Any]]:
+        return [*self.volumes.values(), *self.snapshots.values()]
 
-    @staticmethod
-    def _check_tags(tags: Any) -> dict[str, str]:
-        if tags is None:
-            return {}
-        if not isinstance(tags, dict):
-            raise invalid("tags must be an object")
-        for key, value in tags.items():
-            if not isinstance(key, str) or not TAG_RE.match(key) or len(key) >= 200:
-                raise invalid(f"invalid tag name {key!r}")
-            if not isinstance(value, str) or not TAG_VALUE_RE.match(value) or len(value) >= 200:
-                raise invalid(f"invalid tag value {value!r}")
-        return dict(tags)
+    def _children(self) -> set[str]:
+        return {o["parentName"] for o in self._objects() if o["parentName"]}
 
-    def _policy(self, body: dict[str, Any], template: dict[str, Any] | None) -> dict[str, Any]:
-        policy = {"replication": 3, "placeAll": DEFAULT_PLACEMENT,
-                  "placeTail": DEFAULT_PLACEMENT, "placeHead": DEFAULT_PLACEMENT,
-                  "iops": "-", "bw": "-"}
-        for source in (template or {}, body):
-            for key in POLICY_FIELDS:
-                if source.get(key) not in (None, "-") or (key in ("iops", "bw")
-                                                          and source.get(key) == "-"):
-                    policy[key] = source[key]
-        replication = policy["replication"]
-        if not isinstance(replication, int) or not 1 <= replication <= 3:
-            raise invalid(f"replication must be 1..3, got {replication!r}")
-        for key in ("placeAll", "placeTail", "placeHead"):
-            if not isinstance(policy[key], str) or not TEMPLATE_RE.match(policy[key]):
-                raise invalid(f"invalid placement group {policy[key]!r}")
-        for key in ("iops", "bw"):
-            value = policy[key]
-            if value != "-" and (not isinstance(value, int) or value < 0):
-                raise invalid(f"{key} must be a non-negative integer or '-'")
-        return policy
+    # -- records and summaries ---------------------------------------------------------------
 
     def _new_object(self, name: str, size: int, template: str, parent: str,
                     tags: dict[str, str], policy: dict[str, Any]) -> dict[str, Any]:
         global_id, visible = self._new_id()
         return {"name": name, "size": size, "templateName": template, "parentName": parent,
                 "tags": tags, "globalId": global_id, "visibleVolumeId": visible,
-                "creationTimestamp": self.now(), "objectsCount": max(1, size // (32 << 20)),
-                **policy}
+                "creationTimestamp": self.now(),
+                "objectsCount": max(1, -(-size // OBJECT_SIZE)), **policy}
 
-    # -- volumes --------------------------------------------------------------------------
+    def _new_snapshot(self, name: str | None, source: dict[str, Any], tags: dict[str, str],
+                      on_volume: str, parent: str) -> dict[str, Any]:
+        policy = {k: source[k] for k in POLICY_KEYS if k in source}
+        snapshot = self._new_object(name or "", source["size"], source["templateName"],
+                                    parent, tags, policy)
+        if name is None:
+            snapshot["name"] = f"*{snapshot['globalId']}"
+        snapshot.update(onVolume=on_volume, autoName=name is None, bound=False, deleted=False,
+                        transient=False, recoveringFromRemote=False, targetDeleteDate=0)
+        return snapshot
+
+    @staticmethod
+    def summary(obj: dict[str, Any]) -> dict[str, Any]:
+        """The ``VolumeSummary``/``SnapshotSummary`` of a record (no private fields)."""
+        result = {k: obj[k] for k in SUMMARY_KEYS if k in obj}
+        for key in SNAPSHOT_KEYS:
+            if key in obj and (key != "targetDeleteDate" or obj[key]):
+                result[key] = obj[key]
+        result["tags"] = dict(obj["tags"])
+        return result
+
+    def _stored(self, obj: dict[str, Any]) -> int:
+        # Never more than the size: a block device holds no more than its size of data.
+        return min(data.allocated(self.object_path(obj)), obj["size"])
+
+    # -- volumes ---------------------------------------------------------------------------
 
     def volumes_list(self) -> list[dict[str, Any]]:
-        return [self._summary(v) for v in self.volumes.values()]
+        return [self.summary(v) for v in self.volumes.values()]
 
     def volume(self, name: str) -> list[dict[str, Any]]:
-        return [self._summary(self._volume(name))]
+        return [self.summary(self._volume(name))]
 
     def volume_describe(self, name: str) -> dict[str, Any]:
-        volume = self._summary(self._volume(name))
-        return {**volume, "targetDiskSets": [], "objects": []}
+        return {**self.summary(self._volume(name)), "targetDiskSets": [], "objects": []}
 
-    def volume_create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def volume_info(self, name: str) -> dict[str, Any]:
+        return {**self.summary(self._volume(name)), **_no_disks()}
+
+    def volume_list_snapshots(self, name: str) -> list[dict[str, Any]]:
+        """The volume's parent snapshots, nearest first."""
+        chain, parent = [], self._volume(name)["parentName"]
+        while parent in self.snapshots:
+            chain.append(self.summary(self.snapshots[parent]))
+            parent = self.snapshots[parent]["parentName"]
+        return chain
+
+    def volume_create(self, body: Any) -> dict[str, Any]:
+        body = check_object(body, "VolumeCreate", VOLUME_CREATE_KEYS)
         name = body.get("name")
-        auto = name is None
-        if auto:
-            name = f"~{self.counter + 1}"
-        elif not isinstance(name, str) or not VOLUME_RE.match(name) or len(name) >= 200:
-            raise invalid(f"invalid volume name {name!r}")
-        if name in ("list", "status"):
-            raise invalid(f"{name} is a reserved name")
-        if self._exists(name):
-            raise SpError("objectExists", f"volume {name} already exists")
-        template = None
-        if body.get("template") is not None:
-            template = self._template(body["template"])
-        sources = [key for key in ("parent", "baseOn") if body.get(key) is not None]
-        if len(sources) > 1:
+        if name is not None:
+            check_name(name, "volume name")
+            if self._taken(name):
+                raise exists("volume", name)
+        template = self._template(body["template"]) if body.get("template") is not None \
+            else None
+        if body.get("parent") is not None and body.get("baseOn") is not None:
             raise invalid("parent and baseOn are mutually exclusive")
-        size = body.get("size")
-        if size is not None:
-            self._check_size(size)
-        source_obj, parent_name = None, ""
-        if sources == ["parent"]:
-            source_obj = self._snapshot(body["parent"])
-            parent_name = source_obj["name"]
-        elif sources == ["baseOn"]:
-            source_obj = self._volume(body["baseOn"])
-            parent_name = source_obj.get("parentName", "")
-        if source_obj is None and size is None:
-            if template is None or template.get("size") in (None, "-"):
-                raise invalid("size is required for a new empty volume")
-            size = template["size"]
-        size = max(size or 0, source_obj["size"] if source_obj else 0)
-        policy = self._policy(body, template)
-        tags = self._check_tags(body.get("tags"))
-        template_name = template["name"] if template else (
-            source_obj.get("templateName", "") if source_obj else "")
-        volume = self._new_object(name, size, template_name, parent_name, tags, policy)
-        path = self.object_path(volume)
-        if source_obj is not None:
-            sparse_copy(self.object_path(source_obj), path)
-            self.immutability.set(path, False)
-            path.chmod(0o644)
-        else:
-            path.touch()
-        os.truncate(path, size)
-        if auto:
+        source: dict[str, Any] | None = None
+        parent_name = ""
+        if body.get("parent") is not None:
+            source = self._snapshot(body["parent"])
+            parent_name = source["name"]
+        elif body.get("baseOn") is not None:
+            source = self._volume(body["baseOn"])
+            parent_name = source["parentName"]
+        elif template is not None and template["parentName"]:
+            source = self._snapshot(template["parentName"])  # the template's base snapshot
+            parent_name = source["name"]
+        size = check_size(body["size"]) if body.get("size") is not None else None
+        if size is None:
+            if source is not None:
+                size = source["size"]
+            elif template is not None and template["size"] != "-":
+                size = template["size"]
+            else:
+                raise invalid("size is required for a new empty volume (no template size)")
+        elif source is not None and size < source["size"]:
+            raise invalid(f"size {size} is smaller than the {source['size']} bytes of "
+                          f"{source['name']}; create it, then shrink it with shrinkOk")
+        policy = self._resolve_policy(body, template, source)
+        tags = check_tags(body.get("tags"))
+        template_name = template["name"] if template else (source or {}).get("templateName",
+                                                                             "")
+        volume = self._new_object(name or "", size, template_name, parent_name, tags, policy)
+        if name is None:
             volume["name"] = name = f"~{volume['globalId']}"
+        path = self.object_path(volume)
+        if source is None:
+            data.create_sparse(path, size)
+        else:
+            data.sparse_copy(self.object_path(source), path, size)
         self.volumes[name] = volume
-        extra = {"globalId": volume["globalId"]}
-        if auto:
-            extra["name"] = name
-        return self.ok(**extra)
+        return self.ok(name=name if body.get("name") is None else None,
+                       globalId=volume["globalId"])
 
-    def volume_update(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _resolve_policy(self, body: dict[str, Any], template: dict[str, Any] | None,
+                        source: dict[str, Any] | None) -> dict[str, Any]:
+        """Defaults, then the source object's, then the template's, then the request's."""
+        policy: dict[str, Any] = {"replication": DEFAULT_REPLICATION,
+                                  "placeAll": DEFAULT_PLACEMENT, "placeTail": DEFAULT_PLACEMENT,
+                                  "placeHead": DEFAULT_PLACEMENT, "iops": "-", "bw": "-"}
+        for layer in (source or {}, template or {}):
+            policy.update({k: layer[k] for k in POLICY_KEYS
+                           if k in layer and not (k == "replication" and layer[k] == "-")})
+        policy.update(check_policy(body))
+        return policy
+
+    def volume_update(self, name: str, body: Any) -> dict[str, Any]:
         volume = self._volume(name)
-        if body.get("size") is not None or body.get("sizeAdd") is not None:
-            new_size = body["size"] if body.get("size") is not None else (
-                volume["size"] + self._check_size(body["sizeAdd"], "sizeAdd"))
-            self._check_size(new_size)
-            if new_size < volume["size"] and not body.get("shrinkOk"):
-                raise invalid(f"shrinking {name} needs shrinkOk")
-            path = self.object_path(volume)
-            frozen = self._is_frozen_ro(volume["name"])
-            if frozen:
-                self.immutability.set(path, False)
-            os.truncate(path, new_size)
-            if frozen:
-                self.immutability.set(path, True)
-            volume["size"] = new_size
-        if body.get("template") is not None:
-            template = self._template(body["template"])
-            volume["templateName"] = template["name"]
-            volume.update(self._policy({}, template))
-        for key in POLICY_FIELDS:
-            if body.get(key) is not None:
-                volume.update(self._policy({**volume, key: body[key]}, None))
-        if body.get("tags") is not None:
-            tags = self._check_tags(body["tags"])
-            merged = {**volume["tags"], **tags}
-            volume["tags"] = {k: v for k, v in merged.items() if v != ""}
+        body = check_object(body, "VolumeUpdate", VOLUME_UPDATE_KEYS)
+        if body.get("size") is not None and body.get("sizeAdd") is not None:
+            raise invalid("size and sizeAdd are mutually exclusive")
+        new_size = volume["size"]
+        if body.get("size") is not None:
+            new_size = check_size(body["size"])
+        elif body.get("sizeAdd") is not None:
+            new_size = volume["size"] + check_size(body["sizeAdd"], "sizeAdd")
+        shrink_ok = check_bool(body["shrinkOk"], "shrinkOk") if body.get(
+            "shrinkOk") is not None else False
+        if new_size < volume["size"] and not shrink_ok:
+            raise invalid(f"shrinking volume {volume['name']} from {volume['size']} to "
+                          f"{new_size} bytes needs shrinkOk")
+        template = self._template(body["template"]) if body.get("template") is not None \
+            else None
+        policy = check_policy(body)
+        tags = check_tags(body.get("tags"))
+        new_name = volume["name"]
         if body.get("rename") is not None:
-            self._rename(self.volumes, volume, body["rename"], VOLUME_RE, snapshot=False)
+            new_name = check_name(body["rename"], "volume name")
+            if new_name != volume["name"] and self._taken(new_name):
+                raise exists("volume", new_name)
+        # Validated: apply.
+        if new_size != volume["size"]:
+            self._resize(volume, new_size)
+        if template is not None:
+            volume["templateName"] = template["name"]
+            volume.update({k: template[k] for k in POLICY_KEYS if k in template
+                           and not (k == "replication" and template[k] == "-")})
+        volume.update(policy)
+        if body.get("tags") is not None:
+            volume["tags"] = {k: v for k, v in {**volume["tags"], **tags}.items() if v != ""}
+        if new_name != volume["name"]:
+            self._rename(volume, new_name, snapshot=False)
         return self.ok()
 
-    def _rename(self, table: dict[str, dict[str, Any]], obj: dict[str, Any], new: Any,
-                pattern: re.Pattern[str], snapshot: bool) -> None:
-        if not isinstance(new, str) or not pattern.match(new) or len(new) >= 200:
-            raise invalid(f"invalid new name {new!r}")
-        if new != obj["name"] and self._exists(new):
-            raise SpError("objectExists", f"{new} already exists")
+    def _resize(self, volume: dict[str, Any], size: int) -> None:
+        path = self.object_path(volume)
+        frozen = self._read_only(volume["name"])
+        if frozen:
+            self.immutability.set(path, False)
+        os.truncate(path, size)
+        if frozen:
+            self.immutability.set(path, True)
+        volume["size"] = size
+        volume["objectsCount"] = max(1, -(-size // OBJECT_SIZE))
+
+    def _rename(self, obj: dict[str, Any], new: str, snapshot: bool) -> None:
+        table = self.snapshots if snapshot else self.volumes
         old = obj["name"]
+        attached = [a for a in self.attachments
+                    if a["volume"] == old and a["snapshot"] == snapshot]
+        for attachment in attached:
+            self._unlink(attachment)
         del table[old]
         obj["name"] = new
         table[new] = obj
-        for attachment in self.attachments:
-            if attachment["volume"] == old and attachment["snapshot"] == snapshot:
-                self._unlink(attachment)
-                attachment["volume"] = new
-                self._link(attachment)
-        for other in [*self.volumes.values(), *self.snapshots.values()]:
-            if snapshot and other.get("parentName") == old:
+        for attachment in attached:
+            attachment["volume"] = new
+            self._link(attachment)
+        for other in [*self._objects(), *self.templates.values()]:
+            if snapshot and other["parentName"] == old:
                 other["parentName"] = new
             if not snapshot and other.get("onVolume") == old:
                 other["onVolume"] = new
 
     def volume_delete(self, name: str) -> dict[str, Any]:
         volume = self._volume(name)
-        clients = [a["client"] for a in self.attachments if a["volume"] == volume["name"]
-                   and not a["snapshot"]]
+        clients = self._clients_of(volume["name"], snapshot=False)
         if clients:
-            raise invalid(f"volume {volume['name']} is attached to client(s) {clients}")
+            raise invalid(f"volume {volume['name']} is attached to client(s) "
+                          f"{', '.join(map(str, clients))}; detach it first")
         del self.volumes[volume["name"]]
         self._remove_file(volume)
-        self.collect_garbage()
         return self.ok()
 
-    def volume_revert(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def volume_revert(self, name: str, body: Any) -> dict[str, Any]:
         volume = self._volume(name)
-        snapshot = self._snapshot(str(body.get("toSnapshot")))
-        if self._is_attached(volume["name"], snapshot=False):
-            raise invalid(f"volume {volume['name']} is attached")
+        body = check_object(body, "VolumeRevert", {"toSnapshot"})
+        if body.get("toSnapshot") is None:
+            raise invalid("toSnapshot is required")
+        snapshot = self._snapshot(body["toSnapshot"])
+        chain = {s["name"] for s in self.volume_list_snapshots(volume["name"])}
+        if snapshot["name"] not in chain and snapshot.get("onVolume") != volume["name"]:
+            raise invalid(f"snapshot {snapshot['name']} is not a snapshot of volume "
+                          f"{volume['name']}")
+        clients = self._clients_of(volume["name"], snapshot=False)
+        if clients:
+            raise invalid(f"volume {volume['name']} is attached to client(s) "
+                          f"{', '.join(map(str, clients))}; detach it before reverting")
         path = self.object_path(volume)
-        path.unlink()
-        sparse_copy(self.object_path(snapshot), path)
-        self.immutability.set(path, False)
-        path.chmod(0o644)
+        staged = path.with_name(f".revert-{volume['globalId']}")
+        staged.unlink(missing_ok=True)
+        try:
+            data.sparse_copy(self.object_path(snapshot), staged)
+            os.replace(staged, path)
+        finally:
+            staged.unlink(missing_ok=True)
         volume["size"] = snapshot["size"]
+        volume["objectsCount"] = snapshot["objectsCount"]
         volume["parentName"] = snapshot["name"]
         return self.ok()
 
-    def volume_freeze(self, name: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def volume_freeze(self, name: str, body: Any) -> dict[str, Any]:
         volume = self._volume(name)
-        if any(a["rights"] == "rw" for a in self.attachments
-               if a["volume"] == volume["name"] and not a["snapshot"]):
-            raise invalid(f"volume {volume['name']} is attached read-write")
-        for attachment in [a for a in self.attachments if a["volume"] == volume["name"]]:
-            attachment["snapshot"] = True
+        body = check_object(body, "VolumeFreeze", VOLUME_FREEZE_KEYS)
+        if any(a["rights"] == "rw" for a in self._attachments_of(volume["name"], False)):
+            raise invalid(f"volume {volume['name']} is attached read-write; detach it or "
+                          "attach it read-only before freezing")
+        delete_date = self._delete_date(body, None)
         del self.volumes[volume["name"]]
-        snapshot = {**volume, "onVolume": "", "autoName": False, "bound": False,
-                    "deleted": False, "transient": False, "recoveringFromRemote": False}
-        self._schedule_delete(snapshot, body or {})
-        self.snapshots[volume["name"]] = snapshot
+        snapshot = {**volume, "onVolume": volume["name"], "autoName": False, "bound": False,
+                    "deleted": False, "transient": False, "recoveringFromRemote": False,
+                    "targetDeleteDate": delete_date or 0}
+        self.snapshots[snapshot["name"]] = snapshot
+        for attachment in self._attachments_of(volume["name"], False):
+            attachment["snapshot"] = True
         self.immutability.set(self.object_path(snapshot), True)
         return self.ok()
 
-    def volume_list_snapshots(self, name: str) -> list[dict[str, Any]]:
-        volume = self._volume(name)
-        chain, parent = [], volume.get("parentName")
-        while parent and parent in self.snapshots:
-            chain.append(self._snapshot_summary(self.snapshots[parent]))
-            parent = self.snapshots[parent].get("parentName")
-        return chain
-
-    # -- snapshots ------------------------------------------------------------------------
+    # -- snapshots -------------------------------------------------------------------------
 
     def snapshots_list(self) -> list[dict[str, Any]]:
-        return [self._snapshot_summary(s) for s in self.snapshots.values()]
+        return [self.summary(s) for s in self.snapshots.values()]
 
     def snapshot(self, name: str) -> list[dict[str, Any]]:
-        return [self._snapshot_summary(self._snapshot(name))]
+        return [self.summary(self._snapshot(name))]
 
     def snapshot_describe(self, name: str) -> dict[str, Any]:
-        return {**self._snapshot_summary(self._snapshot(name)), "targetDiskSets": [],
-                "objects": []}
+        return {**self.summary(self._snapshot(name)), "targetDiskSets": [], "objects": []}
 
-    def volume_snapshot(self, volume_name: str, body: dict[str, Any]) -> dict[str, Any]:
-        snapshot = self._take_snapshot(self._volume(volume_name), body.get("name"),
-                                       self._check_tags(body.get("tags")), body)
+    def snapshot_info(self, name: str) -> dict[str, Any]:
+        return {**self.summary(self._snapshot(name)), **_no_disks()}
+
+    def volume_snapshot(self, volume_name: str, body: Any) -> dict[str, Any]:
+        volume = self._volume(volume_name)
+        body = check_object(body, "VolumeSnapshot", VOLUME_SNAPSHOT_KEYS)
+        name = body.get("name")
+        if name is not None:
+            check_name(name, "snapshot name", SNAPSHOT_RE)
+            if self._taken(name):
+                raise exists("snapshot", name)
+        tags = check_tags(body.get("tags"))
+        bind = check_bool(body["bind"], "bind") if body.get("bind") is not None else False
+        delete_date = self._delete_date(body, None)
+        snapshot = self._take_snapshot(volume, name, tags)
+        snapshot["bound"] = bind
+        snapshot["targetDeleteDate"] = delete_date or 0
         return self.ok(autoName=snapshot["name"] if snapshot["autoName"] else None,
                        snapshotGlobalId=snapshot["globalId"],
                        snapshotVisibleVolumeId=snapshot["visibleVolumeId"])
 
-    def _take_snapshot(self, volume: dict[str, Any], name: Any, tags: dict[str, str],
-                       body: dict[str, Any]) -> dict[str, Any]:
-        auto = name is None
-        if not auto and (not isinstance(name, str) or not SNAPSHOT_RE.match(name)
-                         or len(name) >= 200):
-            raise invalid(f"invalid snapshot name {name!r}")
-        if not auto and self._exists(name):
-            raise SpError("objectExists", f"snapshot {name} already exists")
-        policy = {k: volume[k] for k in ("replication", "placeAll", "placeTail", "placeHead",
-                                         "iops", "bw")}
-        snapshot = self._new_object(name or "", volume["size"], volume["templateName"],
-                                    volume.get("parentName", ""), tags, policy)
-        if auto:
-            snapshot["name"] = f"*{snapshot['globalId']}"
-        snapshot.update(onVolume=volume["name"], autoName=auto, bound=bool(body.get("bind")),
-                        deleted=False, transient=False, recoveringFromRemote=False)
-        self._schedule_delete(snapshot, body)
+    def _take_snapshot(self, volume: dict[str, Any], name: str | None,
+                       tags: dict[str, str]) -> dict[str, Any]:
+        """A point-in-time copy of ``volume`` that becomes the volume's parent."""
+        snapshot = self._new_snapshot(name, volume, tags, volume["name"],
+                                      volume["parentName"])
         path = self.object_path(snapshot)
-        sparse_copy(self.object_path(volume), path)
+        data.sparse_copy(self.object_path(volume), path)
         self.immutability.set(path, True)
         self.snapshots[snapshot["name"]] = snapshot
-        volume["parentName"] = snapshot["name"]  # the volume now hangs off its snapshot
+        volume["parentName"] = snapshot["name"]
         return snapshot
 
-    def _schedule_delete(self, snapshot: dict[str, Any], body: dict[str, Any]) -> None:
+    def _delete_date(self, body: dict[str, Any], current: int | None) -> int | None:
+        """``deleteAfter`` (seconds from now) or ``targetDeleteDate`` (unix time); 0 clears.
+        Returns the new date, 0 for none, or ``current`` when neither is given."""
         if body.get("deleteAfter") is not None:
-            after = body["deleteAfter"]
-            if not isinstance(after, int) or after < 0:
-                raise invalid("deleteAfter must be a number of seconds")
-            snapshot["targetDeleteDate"] = self.now() + after
-        elif body.get("targetDeleteDate") is not None:
-            if not isinstance(body["targetDeleteDate"], int):
-                raise invalid("targetDeleteDate must be a unix time")
-            snapshot["targetDeleteDate"] = body["targetDeleteDate"] or None
+            after = check_int(body["deleteAfter"], "deleteAfter", 0)
+            return self.now() + after if after else 0
+        if body.get("targetDeleteDate") is not None:
+            date = check_int(body["targetDeleteDate"], "targetDeleteDate", 0)
+            if date and date < self.now():
+                raise invalid(f"targetDeleteDate {date} is in the past (now {self.now()})")
+            return date
+        return current
 
-    def snapshot_update(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def snapshot_update(self, name: str, body: Any) -> dict[str, Any]:
         snapshot = self._snapshot(name)
-        if body.get("tags") is not None:
-            merged = {**snapshot["tags"], **self._check_tags(body["tags"])}
-            snapshot["tags"] = {k: v for k, v in merged.items() if v != ""}
-        if body.get("template") is not None:
-            snapshot["templateName"] = self._template(body["template"])["name"]
-        if body.get("bind") is not None:
-            snapshot["bound"] = bool(body["bind"])
-        self._schedule_delete(snapshot, body)
+        body = check_object(body, "SnapshotUpdate", SNAPSHOT_UPDATE_KEYS)
+        tags = check_tags(body.get("tags"))
+        template = self._template(body["template"]) if body.get("template") is not None \
+            else None
+        policy = check_policy(body)
+        bind = check_bool(body["bind"], "bind") if body.get("bind") is not None else None
+        delete_date = self._delete_date(body, snapshot["targetDeleteDate"])
+        new_name = snapshot["name"]
         if body.get("rename") is not None:
-            self._rename(self.snapshots, snapshot, body["rename"], SNAPSHOT_RE, snapshot=True)
+            new_name = check_name(body["rename"], "snapshot name", SNAPSHOT_RE)
+            if new_name != snapshot["name"] and self._taken(new_name):
+                raise exists("snapshot", new_name)
+        if body.get("tags") is not None:
+            snapshot["tags"] = {k: v for k, v in {**snapshot["tags"], **tags}.items()
+                                if v != ""}
+        if template is not None:
+            snapshot["templateName"] = template["name"]
+            snapshot.update({k: template[k] for k in POLICY_KEYS if k in template
+                             and not (k == "replication" and template[k] == "-")})
+        snapshot.update(policy)
+        if bind is not None:
+            snapshot["bound"] = bind
+        snapshot["targetDeleteDate"] = delete_date or 0
+        if new_name != snapshot["name"]:
+            self._rename(snapshot, new_name, snapshot=True)
         return self.ok()
 
     def snapshot_delete(self, name: str) -> dict[str, Any]:
         snapshot = self._snapshot(name)
-        if self._is_attached(snapshot["name"], snapshot=True):
-            raise invalid(f"snapshot {snapshot['name']} is attached")
+        clients = self._clients_of(snapshot["name"], snapshot=True)
+        if clients:
+            raise invalid(f"snapshot {snapshot['name']} is attached to client(s) "
+                          f"{', '.join(map(str, clients))}; detach it first")
         snapshot["deleted"] = True
         self.collect_garbage()
         return self.ok()
 
-    def volumes_group_snapshot(self, body: dict[str, Any]) -> dict[str, Any]:
+    def snapshot_delete_by_id(self, global_id: str) -> dict[str, Any]:
+        return self.snapshot_delete(f"~{global_id}")
+
+    def volumes_group_snapshot(self, body: Any) -> dict[str, Any]:
+        body = check_object(body, "VolumesGroupSnapshot", {"volumes", "tags"})
         items = body.get("volumes")
         if not isinstance(items, list) or not items:
             raise invalid("volumes must be a non-empty list")
-        common = self._check_tags(body.get("tags"))
-        volumes = [self._volume(str(item.get("volume"))) for item in items]
-        names = [item.get("name") for item in items if item.get("name") is not None]
-        if len(set(names)) != len(names) or any(self._exists(n) for n in names):
-            raise SpError("objectExists", "a snapshot name is taken")
+        common = check_tags(body.get("tags"))
+        plan = []
+        names: set[str] = set()
+        for item in items:
+            item = check_object(item, "VolumesGroupSnapshot volume",
+                                {"volume", "name", "tags"})
+            volume = self._volume(item.get("volume"))
+            name = item.get("name")
+            if name is not None:
+                check_name(name, "snapshot name", SNAPSHOT_RE)
+                if self._taken(name) or name in names:
+                    raise exists("snapshot", name)
+                names.add(name)
+            if any(volume is other for other, _, _ in plan):
+                raise invalid(f"volume {volume['name']} is listed twice")
+            plan.append((volume, name, {**common, **check_tags(item.get("tags"))}))
         result = []
-        for item, volume in zip(items, volumes, strict=True):  # checked above: all or none
-            tags = {**common, **self._check_tags(item.get("tags"))}
-            snapshot = self._take_snapshot(volume, item.get("name"), tags, {})
+        for volume, name, tags in plan:  # all validated: the group is taken at one instant
+            snapshot = self._take_snapshot(volume, name, tags)
             result.append({"volume": volume["name"], "volumeGlobalId": volume["globalId"],
-                           "snapshot": snapshot["name"], "snapshotGlobalId":
-                               snapshot["globalId"], "remoteId": snapshot["globalId"]})
+                           "snapshot": snapshot["name"],
+                           "snapshotGlobalId": snapshot["globalId"],
+                           "remoteId": snapshot["globalId"]})
         return self.ok(snapshots=result)
 
-    def restore_sizes(self) -> None:
-        """A write through a device link may truncate the backing file (``open(..., "w")``),
-        which no block device allows: put every file back to its object's size."""
-        for obj in [*self.volumes.values(), *self.snapshots.values()]:
-            path = self.object_path(obj)
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_size != obj["size"] and obj["name"] in self.volumes:
-                    os.truncate(path, obj["size"])
-
     def collect_garbage(self) -> None:
-        """Expired snapshots go; deleted or bound ones go once nothing depends on them."""
+        """Snapshots past their delete date are deleted; deleted or bound snapshots go away
+        once nothing hangs off them and they are attached nowhere."""
         now = self.now()
         changed = True
         while changed:
             changed = False
-            children = {o.get("parentName") for o in [*self.volumes.values(),
-                                                       *self.snapshots.values()]}
+            children = self._children()
             for name, snapshot in list(self.snapshots.items()):
-                expired = snapshot.get("targetDeleteDate") and snapshot["targetDeleteDate"] <= now
-                if expired and not self._is_attached(name, snapshot=True):
+                attached = self._is_attached(name, snapshot=True)
+                due = snapshot["targetDeleteDate"] and snapshot["targetDeleteDate"] <= now
+                if due and not snapshot["deleted"] and not attached:
                     snapshot["deleted"] = True
-                removable = snapshot.get("deleted") or snapshot.get("bound")
-                if removable and name not in children and not self._is_attached(name, True):
+                    self._bump()
+                if (snapshot["deleted"] or snapshot["bound"]) and name not in children \
+                        and not attached:
                     del self.snapshots[name]
                     self._remove_file(snapshot)
+                    self._bump()
                     changed = True
 
-    # -- attachments ----------------------------------------------------------------------
+    # -- attachments -----------------------------------------------------------------------
 
     def attachments_list(self) -> list[dict[str, Any]]:
         return [{**a, "globalId": self._object_of(a)["globalId"]} for a in self.attachments]
@@ -591,172 +736,257 @@ class Cluster:
         table = self.snapshots if attachment["snapshot"] else self.volumes
         return table[attachment["volume"]]
 
-    def _is_attached(self, name: str, snapshot: bool) -> bool:
-        return any(a["volume"] == name and a["snapshot"] == snapshot for a in self.attachments)
+    def _attachments_of(self, name: str, snapshot: bool) -> list[dict[str, Any]]:
+        return [a for a in self.attachments
+                if a["volume"] == name and a["snapshot"] == snapshot]
 
-    def _is_frozen_ro(self, volume: str) -> bool:
-        rights = [a["rights"] for a in self.attachments
-                  if a["volume"] == volume and not a["snapshot"]]
+    def _clients_of(self, name: str, snapshot: bool) -> list[int]:
+        return sorted(a["client"] for a in self._attachments_of(name, snapshot))
+
+    def _is_attached(self, name: str, snapshot: bool) -> bool:
+        return bool(self._attachments_of(name, snapshot))
+
+    def _read_only(self, volume: str) -> bool:
+        """A volume attached somewhere, and read-only everywhere, is made immutable."""
+        rights = [a["rights"] for a in self._attachments_of(volume, False)]
         return bool(rights) and "rw" not in rights
 
-    def _client(self, raw: Any) -> int:
-        try:
-            client = int(raw)  # the Bash add-on sends client ids as JSON strings
-        except (TypeError, ValueError):
-            raise invalid(f"invalid client id {raw!r}") from None
+    def _known_client(self, raw: Any) -> int:
+        client = check_client(raw)
         if client not in self.clients:
-            raise invalid(f"client {client} does not exist")
+            raise invalid(f"client {client} does not exist (known clients: "
+                          f"{', '.join(map(str, sorted(self.clients)))})")
         return client
 
+    def _client_list(self, value: Any, what: str) -> list[int]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise invalid(f"{what} must be a list of client ids")
+        return [self._known_client(c) for c in value]
+
     def volumes_reassign(self, items: Any) -> dict[str, Any]:
+        """``VolumesReassign`` and ``VolumesReassignWait`` (clients apply changes at once).
+
+        Items apply in order, each detach before its attach; the whole request is validated
+        before anything changes.
+        """
         if not isinstance(items, list):
-            raise invalid("reassign expects a list of items")
-        plan = [self._plan_item(item) for item in items]  # validate all before changing any
-        for apply in plan:
-            apply()
+            raise invalid("the reassign list must be a JSON array of items")
+        # Work on a copy of the attachment table: {(name, snapshot): {client: rights}}.
+        table: dict[tuple[str, bool], dict[int, str]] = {}
+        for attachment in self.attachments:
+            key = (attachment["volume"], attachment["snapshot"])
+            table.setdefault(key, {})[attachment["client"]] = attachment["rights"]
+        before = copy.deepcopy(table)
+        unforced_detach: set[tuple[str, bool]] = set()
+        for raw in items:
+            key, wanted, detached, force = self._plan(raw, table)
+            table[key] = wanted
+            if detached and not force:
+                unforced_detach.add(key)
+        for key in sorted(unforced_detach):  # a device still in use cannot be taken away
+            name, snapshot = key
+            removed = sorted(set(before.get(key, {})) - set(table.get(key, {})))
+            if removed and not table.get(key):
+                obj = (self.snapshots if snapshot else self.volumes)[name]
+                if data.open_by_any_process(self.object_path(obj)):
+                    kind = "snapshot" if snapshot else "volume"
+                    raise SpError("busy", f"{kind} {name} is open at client {removed[0]}")
+        self._apply_attachments(before, table)
         return self.ok()
 
-    def _plan_item(self, item: Any) -> Any:
-        if not isinstance(item, dict) or ("volume" in item) == ("snapshot" in item):
-            raise invalid("each item names exactly one volume or snapshot")
-        is_snapshot = "snapshot" in item
-        obj = self._snapshot(item["snapshot"]) if is_snapshot else self._volume(item["volume"])
+    def _plan(self, raw: Any, table: dict[tuple[str, bool], dict[int, str]]
+              ) -> tuple[tuple[str, bool], dict[int, str], bool, bool]:
+        if not isinstance(raw, dict) or ("volume" in raw) == ("snapshot" in raw):
+            raise invalid("each reassign item names exactly one volume or snapshot")
+        snapshot = "snapshot" in raw
+        if snapshot and raw.get("rw"):
+            raise invalid(f"snapshot {raw['snapshot']} can only be attached read-only")
+        item = check_object(raw, "reassign item",
+                            SNAPSHOT_REASSIGN_KEYS if snapshot else VOLUME_REASSIGN_KEYS)
+        obj = self._snapshot(item["snapshot"]) if snapshot else self._volume(item["volume"])
         name = obj["name"]
-        force = bool(item.get("force"))
+        force = check_bool(item["force"], "force") if item.get("force") is not None else False
+        current = dict(table.get((name, snapshot), {}))
         detach = item.get("detach")
-        if detach == "all":
-            detach_ids = [a["client"] for a in self.attachments
-                          if a["volume"] == name and a["snapshot"] == is_snapshot]
-        else:
-            detach_ids = [self._client(c) for c in (detach or [])]
-        rw = [self._client(c) for c in item.get("rw") or []]
-        ro = [self._client(c) for c in item.get("ro") or []]
-        if is_snapshot and rw:
-            raise invalid(f"snapshot {name} can only be attached read-only")
-        current = {a["client"]: a["rights"] for a in self.attachments
-                   if a["volume"] == name and a["snapshot"] == is_snapshot
-                   and a["client"] not in detach_ids}
-        wanted = {**current, **dict.fromkeys(ro, "ro"), **dict.fromkeys(rw, "rw")}
-        writers = [c for c, r in wanted.items() if r == "rw"]
-        if not force:
-            if len(writers) > 1:
-                others = [c for c in writers if c not in rw] or writers[1:]
+        detach_ids = list(current) if detach == "all" else self._client_list(detach, "detach")
+        rw = self._client_list(item.get("rw"), "rw")
+        ro = self._client_list(item.get("ro"), "ro")
+        if set(rw) & set(ro):
+            raise invalid(f"{name}: a client cannot be both rw and ro")
+        wanted = {c: r for c, r in current.items() if c not in detach_ids}
+        wanted.update(dict.fromkeys(ro, "ro"))
+        wanted.update(dict.fromkeys(rw, "rw"))
+        if (rw or ro) and not force:
+            writers = sorted(c for c, r in wanted.items() if r == "rw")
+            readers = sorted(c for c, r in wanted.items() if r == "ro")
+            if len(writers) > 1 and not self.allow_shared_rw:
+                holders = [c for c in writers if current.get(c) == "rw"] or writers
                 raise invalid(f"volume {name} is already attached read-write to client "
-                              f"{others[0]} (use force to attach to several writers)")
-            if writers and len(wanted) > 1:
-                raise invalid(f"volume {name} cannot be attached read-write and read-only "
-                              "at the same time")
+                              f"{holders[0]}; attaching it read-write to another client needs "
+                              "force")
+            if writers and readers:
+                raise invalid(f"volume {name} cannot be attached read-write (client "
+                              f"{writers[0]}) and read-only (client {readers[0]}) at the same "
+                              "time without force")
+        detached = any(c in current for c in detach_ids)
+        return (name, snapshot), wanted, detached, force
 
-        def apply() -> None:
-            for attachment in [a for a in self.attachments if a["volume"] == name
-                               and a["snapshot"] == is_snapshot
-                               and a["client"] in detach_ids]:
-                self._unlink(attachment)
-                self.attachments.remove(attachment)
-            for client, rights in wanted.items():
-                existing = next((a for a in self.attachments if a["volume"] == name
-                                 and a["snapshot"] == is_snapshot and a["client"] == client),
-                                None)
-                if existing is None:
-                    existing = {"volume": name, "snapshot": is_snapshot, "client": client,
-                                "rights": rights, "pos": len(self.attachments)}
-                    self.attachments.append(existing)
-                existing["rights"] = rights
-                self._link(existing)
-            if not is_snapshot:
-                self.immutability.set(self.object_path(obj), self._is_frozen_ro(name))
+    def _apply_attachments(self, before: dict[tuple[str, bool], dict[int, str]],
+                           after: dict[tuple[str, bool], dict[int, str]]) -> None:
+        for key in sorted(set(before) | set(after)):
+            name, snapshot = key
+            old, new = before.get(key, {}), after.get(key, {})
+            if old == new:
+                continue
+            for attachment in self._attachments_of(name, snapshot):
+                if attachment["client"] not in new:
+                    self._unlink(attachment)
+                    self.attachments.remove(attachment)
+            for client, rights in sorted(new.items()):
+                attachment = next((a for a in self._attachments_of(name, snapshot)
+                                   if a["client"] == client), None)
+                if attachment is None:
+                    attachment = {"volume": name, "snapshot": snapshot, "client": client,
+                                  "rights": rights, "pos": self._free_pos(client)}
+                    self.attachments.append(attachment)
+                attachment["rights"] = rights
+                self._link(attachment)
+            if not snapshot:
+                self.immutability.set(self.object_path(self.volumes[name]),
+                                      self._read_only(name))
 
-        return apply
+    def _free_pos(self, client: int) -> int:
+        used = {a["pos"] for a in self.attachments if a["client"] == client}
+        pos = next((p for p in range(MAX_ATTACHMENT_POS + 1) if p not in used), None)
+        if pos is None:
+            raise invalid(f"client {client} has no free attachment position")
+        return pos
 
-    def _device(self, attachment: dict[str, Any]) -> Path:
-        return self.client_dir(attachment["client"]) / "dev" / "storpool" / attachment["volume"]
+    # -- device links and files ------------------------------------------------------------
+
+    def _device(self, client: int, name: str) -> Path:
+        return self.client_dir(client) / "dev" / "storpool" / name
+
+    def _by_id(self, client: int, global_id: str) -> Path:
+        return self.client_dir(client) / "dev" / "storpool-byid" / global_id
 
     def _link(self, attachment: dict[str, Any]) -> None:
-        device = self._device(attachment)
-        device.parent.mkdir(parents=True, exist_ok=True)
-        target = self.object_path(self._object_of(attachment))
-        if device.is_symlink() or device.exists():
-            if os.readlink(device) == str(target):
-                return
-            device.unlink()
-        device.symlink_to(target)
-        by_id = device.parent.parent / "storpool-byid" / self._object_of(attachment)["globalId"]
-        by_id.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            by_id.symlink_to(target)
+        obj = self._object_of(attachment)
+        target = str(self.object_path(obj))
+        for link in (self._device(attachment["client"], attachment["volume"]),
+                     self._by_id(attachment["client"], obj["globalId"])):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                if os.readlink(link) == target:
+                    continue
+                link.unlink()
+            elif link.exists():
+                raise invalid(f"{link} exists and is not a device link")
+            link.symlink_to(target)
 
     def _unlink(self, attachment: dict[str, Any]) -> None:
-        device = self._device(attachment)
-        if device.is_symlink():
-            device.unlink()
-        by_id = device.parent.parent / "storpool-byid" / self._object_of(attachment)["globalId"]
-        if by_id.is_symlink():
-            by_id.unlink()
-
-    def _relink_all(self) -> None:
-        for attachment in self.attachments:
-            if attachment["client"] in self.clients:
-                self._link(attachment)
+        obj = self._object_of(attachment)
+        target = str(self.object_path(obj))
+        for link in (self._device(attachment["client"], attachment["volume"]),
+                     self._by_id(attachment["client"], obj["globalId"])):
+            # Only our own link: another sandbox may serve the same host directory.
+            if link.is_symlink() and os.readlink(link) == target:
+                link.unlink()
 
     def _remove_file(self, obj: dict[str, Any]) -> None:
         path = self.object_path(obj)
         if path.exists():
-            self.immutability.set(path, False)
+            self.immutability.thaw(path)
             path.unlink()
 
-    def release_immutable_files(self) -> None:
-        """Clear every immutable flag (so a test's temporary directory can be removed)."""
-        if self.immutability.enforced:
+    def restore_sizes(self) -> None:
+        """Put back the size of any backing file a write through a link truncated or grew."""
+        for obj in self._objects():
+            path = self.object_path(obj)
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size != obj["size"]:
+                    frozen = obj["name"] in self.snapshots or self._read_only(obj["name"])
+                    self.immutability.thaw(path)
+                    os.truncate(path, obj["size"])
+                    if frozen:
+                        self.immutability.set(path, True)
+
+    def sync_files(self, remove_orphans: bool) -> None:
+        """Bring the files in line with the model: a backing file for every object (a lost
+        one comes back empty), no unknown ones, right sizes, flags, and exactly the device
+        links of the current attachments in every client's directory."""
+        known = {o["globalId"] for o in self._objects()}
+        if remove_orphans:
             for path in self.objects_dir.iterdir():
-                self.immutability.set(path, False)
+                if path.name not in known and not path.name.startswith("."):
+                    self.immutability.thaw(path)
+                    path.unlink(missing_ok=True)
+        for obj in self._objects():
+            path = self.object_path(obj)
+            if not path.exists():
+                log.warning("sandbox %s: the data of %s is missing; it comes back empty",
+                            self.name, obj["name"])
+                data.create_sparse(path, obj["size"])
+        self.restore_sizes()
+        for obj in self._objects():
+            frozen = obj["name"] in self.snapshots or self._read_only(obj["name"])
+            self.immutability.set(self.object_path(obj), frozen)
+        self._sync_links()
+
+    def _sync_links(self) -> None:
+        wanted: dict[Path, str] = {}
+        for attachment in self.attachments:
+            if attachment["client"] not in self.clients:
+                continue
+            obj = self._object_of(attachment)
+            target = str(self.object_path(obj))
+            wanted[self._device(attachment["client"], attachment["volume"])] = target
+            wanted[self._by_id(attachment["client"], obj["globalId"])] = target
+        ours = str(self.objects_dir) + os.sep
+        for directory in {Path(d) for d in self.clients.values()}:
+            for sub in ("storpool", "storpool-byid"):
+                folder = directory / "dev" / sub
+                if not folder.is_dir():
+                    continue
+                for link in folder.iterdir():
+                    if link.is_symlink() and os.readlink(link).startswith(ours) \
+                            and link not in wanted:
+                        link.unlink()
+        for attachment in self.attachments:
+            if attachment["client"] in self.clients:
+                self._link(attachment)
+
+    def release_immutable_files(self) -> None:
+        """Clear every immutable flag, so the data directory can be removed."""
+        data.release_immutable_files(self.data_dir)
+
+    def close(self) -> None:
+        """Refuse further calls (a request still in flight when its server stops must not
+        set flags again) and clear the immutable flags. A new :class:`Cluster` on the same
+        directory picks everything up again."""
+        with self.lock:
+            self.closed = True
+            self.release_immutable_files()
 
     def add_client(self, client_id: int, directory: Path) -> None:
-        if not 1 <= client_id <= 4095:
-            raise invalid(f"client id {client_id} out of range 1..4095")
-        self.clients[client_id] = str(directory)
-        self._relink_all()
+        """Register (or move) a client's host directory; its device links follow."""
+        client = check_client(client_id)
+        directory = Path(directory).absolute()
+        with self.transaction():
+            old = self.clients.get(client)
+            if old is not None and old != str(directory):
+                for attachment in self.attachments:
+                    if attachment["client"] == client:
+                        self._unlink(attachment)
+            self.clients[client] = str(directory)
+            for attachment in self.attachments:
+                if attachment["client"] == client:
+                    self._link(attachment)
+            self._bump()
 
-    # -- templates ------------------------------------------------------------------------
-
-    def volume_template_create(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = body.get("name")
-        if not isinstance(name, str) or not TEMPLATE_RE.match(name) or len(name) >= 200:
-            raise invalid(f"invalid template name {name!r}")
-        if name in self.templates:
-            raise SpError("objectExists", f"template {name} already exists")
-        policy = self._policy(body, None)
-        size = body.get("size", "-")
-        if size != "-":
-            self._check_size(size)
-        self.templates[name] = {"name": name, "parentName": body.get("parent") or "",
-                                "size": size, **policy}
-        return self.ok()
-
-    def volume_template_update(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        template = self._template(name)
-        template.update(self._policy({**template, **body}, None))
-        if body.get("propagate"):
-            for volume in self.volumes.values():
-                if volume["templateName"] == name:
-                    volume.update(self._policy({}, template))
-        if body.get("rename"):
-            new = body["rename"]
-            if not isinstance(new, str) or not TEMPLATE_RE.match(new) or new in self.templates:
-                raise invalid(f"cannot rename template to {new!r}")
-            self.templates[new] = self.templates.pop(name)
-            template["name"] = new
-            for obj in [*self.volumes.values(), *self.snapshots.values()]:
-                if obj["templateName"] == name:
-                    obj["templateName"] = new
-        return self.ok()
-
-    def volume_template_delete(self, name: str) -> dict[str, Any]:
-        self._template(name)
-        if any(o["templateName"] == name for o in [*self.volumes.values(),
-                                                    *self.snapshots.values()]):
-            raise invalid(f"template {name} is in use")
-        del self.templates[name]
-        return self.ok()
+    # -- templates -------------------------------------------------------------------------
 
     def volume_templates_list(self) -> list[dict[str, Any]]:
         return [dict(t) for t in self.templates.values()]
@@ -764,156 +994,341 @@ class Cluster:
     def volume_template_describe(self, name: str) -> dict[str, Any]:
         return dict(self._template(name))
 
+    def _template_size(self, value: Any) -> int | str:
+        return "-" if value is None or value == "-" else check_size(value)
+
+    def volume_template_create(self, body: Any) -> dict[str, Any]:
+        body = check_object(body, "VolumeTemplateCreate", TEMPLATE_CREATE_KEYS)
+        name = check_name(body.get("name"), "template name", TEMPLATE_RE, reserved=("list",))
+        if name in self.templates:
+            raise exists("template", name)
+        policy = check_policy(body)
+        parent = self._snapshot(body["parent"])["name"] if body.get("parent") else ""
+        template = {"name": name, "parentName": parent,
+                    "placeAll": DEFAULT_PLACEMENT, "placeTail": DEFAULT_PLACEMENT,
+                    "placeHead": DEFAULT_PLACEMENT, "replication": "-",
+                    "size": self._template_size(body.get("size")), "iops": "-", "bw": "-",
+                    **policy}
+        check_tags(body.get("tags"))
+        self.templates[name] = template
+        return self.ok()
+
+    def volume_template_update(self, name: str, body: Any) -> dict[str, Any]:
+        template = self._template(name)
+        body = check_object(body, "VolumeTemplateUpdate", TEMPLATE_UPDATE_KEYS)
+        policy = check_policy(body)
+        size = self._template_size(body["size"]) if body.get("size") is not None else None
+        parent = self._snapshot(body["parent"])["name"] if body.get("parent") else None
+        propagate = check_bool(body["propagate"], "propagate") if body.get(
+            "propagate") is not None else False
+        new_name = name
+        if body.get("rename") is not None:
+            new_name = check_name(body["rename"], "template name", TEMPLATE_RE,
+                                  reserved=("list",))
+            if new_name != name and new_name in self.templates:
+                raise exists("template", new_name)
+        template.update(policy)
+        if size is not None:
+            template["size"] = size
+        if parent is not None:
+            template["parentName"] = parent
+        if propagate and policy:
+            for obj in self._objects():
+                if obj["templateName"] == name:
+                    obj.update({k: v for k, v in policy.items()
+                                if not (k == "replication" and v == "-")})
+        if new_name != name:
+            self.templates[new_name] = self.templates.pop(name)
+            template["name"] = new_name
+            for obj in self._objects():
+                if obj["templateName"] == name:
+                    obj["templateName"] = new_name
+        return self.ok()
+
+    def volume_template_delete(self, name: str) -> dict[str, Any]:
+        self._template(name)
+        users = [o["name"] for o in self._objects() if o["templateName"] == name]
+        if users:
+            raise invalid(f"template {name} is in use by {len(users)} volume(s) and "
+                          f"snapshot(s), e.g. {users[0]}")
+        del self.templates[name]
+        return self.ok()
+
     def _raw_used(self) -> int:
-        return sum(allocated(self.object_path(o)) * int(o["replication"])
-                   for o in [*self.volumes.values(), *self.snapshots.values()])
+        return sum(data.allocated(self.object_path(o)) * int(o["replication"])
+                   for o in self._objects())
 
     def volume_templates_status(self) -> list[dict[str, Any]]:
         raw_free = max(0, self.capacity - self._raw_used())
+        children = self._children()
         result = []
         for template in self.templates.values():
-            replication = template["replication"] if isinstance(template["replication"],
-                                                                int) else 3
-            capacity, free = self.capacity // replication, raw_free // replication
+            replication = template["replication"]
+            copies = replication if isinstance(replication, int) else DEFAULT_REPLICATION
             volumes = [v for v in self.volumes.values() if v["templateName"] == template["name"]]
             snaps = [s for s in self.snapshots.values()
                      if s["templateName"] == template["name"]]
-            stored = sum(allocated(self.object_path(o)) for o in [*volumes, *snaps])
-            estimate = {"capacity": capacity, "free": free,
-                        "internal": {"u1": free, "u2": 0, "u3": 0}}
+            stored = sum(self._stored(o) for o in [*volumes, *snaps])
+            on_disk = sum(self._stored(o) * int(o["replication"]) for o in [*volumes, *snaps])
+            volumes_size = sum(v["size"] for v in volumes)
+            estimate = {"capacity": self.capacity // copies, "free": raw_free // copies,
+                        "internal": {"u1": raw_free // copies, "u2": 0, "u3": 0}}
             result.append({
                 "id": len(result) + 1, "name": template["name"],
                 "placeAll": template["placeAll"], "placeTail": template["placeTail"],
-                "placeHead": template["placeHead"], "replication": template["replication"],
+                "placeHead": template["placeHead"], "replication": replication,
                 "volumesCount": len(volumes), "snapshotsCount": len(snaps),
-                "removingSnapshotsCount": sum(1 for s in snaps if s.get("deleted")),
-                "size": sum(v["size"] for v in volumes),
-                "totalSize": sum(o["size"] for o in [*volumes, *snaps]),
-                "onDiskSize": stored * replication, "storedSize": stored,
+                "removingSnapshotsCount": sum(1 for s in snaps if s["deleted"]),
+                "size": volumes_size, "totalSize": volumes_size * copies,
+                "volumesSize": volumes_size,
+                "snapshotsWithoutChildrenSize": sum(s["size"] for s in snaps
+                                                    if s["name"] not in children),
+                "snapshotsWithChildrenSize": sum(s["size"] for s in snaps
+                                                 if s["name"] in children),
+                "onDiskSize": on_disk, "storedSize": stored,
                 "availablePlaceAll": raw_free, "availablePlaceTail": raw_free,
                 "availablePlaceHead": raw_free, "capacityPlaceAll": self.capacity,
                 "capacityPlaceTail": self.capacity, "capacityPlaceHead": self.capacity,
-                "stored": {**estimate, "placeAll": estimate, "placeTail": estimate,
-                           "placeHead": estimate},
+                "stored": {**estimate, "placeAll": dict(estimate),
+                           "placeTail": dict(estimate), "placeHead": dict(estimate)},
             })
         return result
 
+    # -- space and status ------------------------------------------------------------------
+
     def volumes_space(self) -> list[dict[str, Any]]:
-        result = []
-        for volume in self.volumes.values():
-            stored = allocated(self.object_path(volume))
-            used, parent = stored, volume.get("parentName")
-            while parent and parent in self.snapshots:
-                used += allocated(self.object_path(self.snapshots[parent]))
-                parent = self.snapshots[parent].get("parentName")
-            result.append({**self._summary(volume), "storedSize": stored, "spaceUsed": used})
-        return result
+        # A sandbox volume's file holds its parents' data too, so both numbers are the same.
+        return [{**self.summary(v), "storedSize": self._stored(v), "spaceUsed": self._stored(v)}
+                for v in self.volumes.values()]
 
     def snapshots_space(self) -> list[dict[str, Any]]:
-        return [{**self._snapshot_summary(s), "storedSize": allocated(self.object_path(s)),
-                 "spaceUsed": allocated(self.object_path(s))} for s in self.snapshots.values()]
+        children = self._children()
+        return [{**self.summary(s), "storedSize": self._stored(s),
+                 "spaceUsed": 0 if s["name"] in children else self._stored(s)}
+                for s in self.snapshots.values()]
 
-    def volumes_status(self) -> dict[str, Any]:
+    def volumes_status(self, quick: bool = False) -> dict[str, Any]:
         result = {}
-        for obj in [*self.volumes.values(), *self.snapshots.values()]:
-            stored = allocated(self.object_path(obj))
-            result[obj["name"]] = {
-                **self._summary(obj), "status": "up", "snapshot": obj["name"] in self.snapshots,
-                "migrating": False, "decreasedRedundancy": False, "balancerBlocked": False,
-                "storedSize": stored, "onDiskSize": stored * int(obj["replication"]),
-                "syncingDataBytes": 0, "syncingMetaObjects": 0, "downBytes": 0,
-                "downDrives": [], "missingDrives": [], "missingTargetDrives": [],
-                "softEjectingDrives": [], "upSoonChainsCount": 0}
+        for obj in self._objects():
+            entry = {**self.summary(obj), "status": "up",
+                     "snapshot": obj["name"] in self.snapshots, "migrating": False,
+                     "decreasedRedundancy": False, "balancerBlocked": False,
+                     "syncingDataBytes": 0, "syncingMetaObjects": 0, "downBytes": 0,
+                     "upSoonChainsCount": 0, "downDrives": [], "missingDrives": [],
+                     "missingTargetDrives": [], "softEjectingDrives": []}
+            if not quick:
+                entry["storedSize"] = self._stored(obj)
+                entry["onDiskSize"] = self._stored(obj) * int(obj["replication"])
+            result[obj["name"]] = entry
         return result
 
-    # -- services, locations, backups ----------------------------------------------------------
+    # -- services --------------------------------------------------------------------------
 
     def services_list(self) -> dict[str, Any]:
-        start = int(time.time())
-        clients = {str(c): {"id": c, "status": "running", "nodeId": c, "version": "sandbox",
-                            "startTime": start} for c in sorted(self.clients)}
-        return {"clusterStatus": "running", "clients": clients, "servers": {}, "mgmt": {},
+        def service(service_id: int, **extra: Any) -> dict[str, Any]:
+            node = {"nodeId": service_id} if service_id <= 63 else {}
+            return {"id": service_id, "status": "running", "version": "sandbox",
+                    "startTime": self.started, **node, **extra}
+
+        return {"clusterStatus": "running",
+                "clients": {str(c): service(c) for c in sorted(self.clients)},
+                "servers": {str(s): service(s, missingDisks=[], pendingDisks=[])
+                            for s in (1, 2, 3)},
+                "mgmt": {"1": service(1, prio=0, active=True)},
                 "bridges": {}, "iscsiTargets": {}}
 
     def clients_config_dump(self) -> list[dict[str, Any]]:
         return [{"id": c, "generation": self.generation, "clientGeneration": self.generation,
                  "configStatus": "ok", "delay": 0} for c in sorted(self.clients)]
 
+    def client_config_wait(self, client: str) -> list[dict[str, Any]]:
+        client_id = self._known_client(client)
+        return [c for c in self.clients_config_dump() if c["id"] == client_id]
+
+    # -- locations, exports and backups ----------------------------------------------------
+
+    def add_location(self, name: str, url: str, token: str, location_id: str) -> None:
+        """Register another sandbox cluster as the remote location ``name``."""
+        check_name(name, "location name", VOLUME_RE, LOCATION_LIMIT, ("list",))
+        if not isinstance(location_id, str) or not LOCATION_ID_RE.match(location_id):
+            raise invalid(f"invalid location id {location_id!r}: must match [a-z0-9]+")
+        if location_id == self.location_id:
+            raise invalid(f"location {name} has this cluster's own id {location_id}")
+        with self.transaction():
+            self.locations[name] = {"id": location_id, "url": url.rstrip("/"), "token": token}
+            self._bump()
+
     def locations_list(self) -> dict[str, Any]:
         return {"locations": [{"id": loc["id"], "name": name, "sendBufferSize": 0,
                                "recvBufferSize": 0} for name, loc in self.locations.items()]}
 
     def clusters_list(self) -> dict[str, Any]:
-        return {"clusters": [{"id": f"{self.location_id}.a", "location": self.location_id,
-                              "name": self.name}]}
+        # This cluster first, then the one cluster of every registered location.
+        return {"clusters": [{"id": SUBCLUSTER_ID, "location": name, "name": name}
+                             for name in [self.name, *self.locations]]}
 
-    def add_location(self, name: str, url: str, token: str, location_id: str) -> None:
-        if not TEMPLATE_RE.match(name):
-            raise invalid(f"invalid location name {name!r}")
-        self.locations[name] = {"id": location_id, "url": url, "token": token}
+    def location(self, name: Any) -> dict[str, Any]:
+        if not isinstance(name, str) or name not in self.locations:
+            raise not_found("location", name)
+        return self.locations[name]
 
-    def backup_snapshot_payload(self, volume_name: str, location: str,
-                                tags: dict[str, str]) -> tuple[dict[str, Any], Path]:
-        """Take the local snapshot a backup sends; returns its metadata and data file."""
-        if location not in self.locations:
-            raise not_found("location", location)
-        volume = self._volume(volume_name)
-        snapshot = self._take_snapshot(volume, None, {**volume["tags"], **tags}, {})
-        meta = {"name": volume["name"], "size": snapshot["size"], "tags": snapshot["tags"],
-                "localSnapshot": snapshot["name"],
-                "globalId": snapshot["globalId"],
-                "visibleVolumeId": snapshot["visibleVolumeId"],
-                "creationTimestamp": snapshot["creationTimestamp"],
-                "templateName": snapshot["templateName"]}
-        return meta, self.object_path(snapshot)
+    def location_name(self, location_id: str) -> str | None:
+        return next((n for n, loc in self.locations.items() if loc["id"] == location_id),
+                    None)
 
-    def receive_backup(self, meta: dict[str, Any], data: Path, source_location: str) -> str:
-        """Store a snapshot sent by another cluster; returns its global id here."""
-        size = self._check_size(int(meta["size"]))
-        tags = self._check_tags(meta.get("tags"))
-        name = f"{meta['name']}@{meta['globalId']}"
-        if not SNAPSHOT_RE.match(name):
-            raise invalid(f"cannot store backup as {name!r}")
-        policy = self._policy({}, None)
-        snapshot = self._new_object(name, size, "", "", tags, policy)
-        snapshot.update(onVolume="", autoName=False, bound=False, deleted=False,
-                        transient=False, recoveringFromRemote=False, backup=True,
-                        backupOfGlobalId=meta["globalId"],
-                        backupOfVisibleVolumeId=int(meta.get("visibleVolumeId") or 0))
-        os.replace(data, self.object_path(snapshot))
-        os.truncate(self.object_path(snapshot), size)
-        self.immutability.set(self.object_path(snapshot), True)
-        self.snapshots[name] = snapshot
-        self.remote_snapshots.append({"from": source_location, "name": name})
+    def prepare_backups(self, volumes: list[Any], location: Any,
+                        tags: dict[str, str]) -> list[dict[str, Any]]:
+        """Take the local snapshots a backup sends, all at one instant (call in a
+        transaction). They are ``bind`` snapshots: they live as long as their volume.
+        Returns one transfer description per volume."""
+        target = self.location(location)
+        plan = [self._volume(v) for v in volumes]
+        if len({v["name"] for v in plan}) != len(plan):
+            raise invalid("a volume is listed twice")
+        transfers = []
+        for volume in plan:
+            snapshot = self._take_snapshot(volume, None, {**volume["tags"], **tags})
+            snapshot["bound"] = True
+            transfers.append({
+                "location": target, "path": self.object_path(snapshot),
+                "meta": {"volume": volume["name"], "size": snapshot["size"],
+                         "tags": snapshot["tags"], "snapshot": snapshot["name"],
+                         "snapshotGlobalId": snapshot["globalId"],
+                         "volumeGlobalId": volume["globalId"],
+                         "volumeVisibleId": volume["visibleVolumeId"],
+                         "creationTimestamp": snapshot["creationTimestamp"],
+                         "source": self.location_id}})
+        self._bump()
+        return transfers
+
+    def receive_backup(self, meta: dict[str, Any], staged: Path) -> str:
+        """Keep a snapshot another cluster sent (its data already in ``staged``); returns
+        its global id here. Receiving the same snapshot again returns the first copy."""
+        source, source_id = str(meta["source"]), str(meta["snapshotGlobalId"])
+        for snapshot in self.snapshots.values():
+            if snapshot.get("_source") == source and snapshot.get("_sourceId") == source_id:
+                staged.unlink(missing_ok=True)
+                return snapshot["globalId"]
+        size = check_size(meta["size"])
+        volume = str(meta["volume"])
+        tags = check_tags(meta.get("tags"))
+        name: str | None = f"{volume}@{source_id}"
+        if not SNAPSHOT_RE.match(name) or len(name) >= NAME_LIMIT or self._taken(name):
+            name = None  # e.g. an anonymous volume's backup: an anonymous snapshot
+        base = {"size": size, "templateName": "", "replication": DEFAULT_REPLICATION,
+                "placeAll": DEFAULT_PLACEMENT, "placeTail": DEFAULT_PLACEMENT,
+                "placeHead": DEFAULT_PLACEMENT, "iops": "-", "bw": "-"}
+        snapshot = self._new_snapshot(name, base, tags, volume, "")
+        snapshot.update(backup=True, backupOfGlobalId=str(meta["volumeGlobalId"]),
+                        backupOfVisibleVolumeId=int(meta["volumeVisibleId"]),
+                        _source=source, _sourceId=source_id, _exports=[source])
+        path = self.object_path(snapshot)
+        os.replace(staged, path)
+        self.immutability.set(path, True)
+        self.snapshots[snapshot["name"]] = snapshot
         self._bump()
         return snapshot["globalId"]
 
-    # -- summaries ------------------------------------------------------------------------
+    def exported_to(self, location_id: str) -> list[dict[str, Any]]:
+        """The snapshots another location may list and copy: its backups kept here and the
+        snapshots exported to it (``SnapshotExport``)."""
+        return [{"name": s["name"], "globalId": s["globalId"], "size": s["size"],
+                 "creationTimestamp": s["creationTimestamp"], "onVolume": s["onVolume"],
+                 "tags": dict(s["tags"]), "backupOf": s.get("_sourceId")}
+                for s in self.snapshots.values()
+                if not s["deleted"] and location_id in s.get("_exports", [])]
 
-    @staticmethod
-    def _summary(obj: dict[str, Any]) -> dict[str, Any]:
-        keys = ("name", "size", "replication", "placeAll", "placeTail", "placeHead",
-                "templateName", "parentName", "globalId", "visibleVolumeId",
-                "creationTimestamp", "objectsCount", "tags", "iops", "bw")
-        return {k: obj[k] for k in keys if k in obj}
+    def export_for(self, global_id: str, location_id: str) -> dict[str, Any]:
+        """A snapshot the location may copy, by global id."""
+        for entry in self.exported_to(location_id):
+            if entry["globalId"] == global_id:
+                return entry
+        raise not_found("remote snapshot", global_id)
 
-    def _snapshot_summary(self, snapshot: dict[str, Any]) -> dict[str, Any]:
-        summary = self._summary(snapshot)
-        for key in ("onVolume", "autoName", "bound", "deleted", "transient",
-                    "recoveringFromRemote", "backup", "backupOfGlobalId",
-                    "backupOfVisibleVolumeId"):
-            if key in snapshot:
-                summary[key] = snapshot[key]
-        if snapshot.get("targetDeleteDate"):
-            summary["targetDeleteDate"] = snapshot["targetDeleteDate"]
-        return summary
+    def snapshot_export(self, body: Any) -> dict[str, Any]:
+        body = check_object(body, "SnapshotExport", {"snapshot", "location"})
+        snapshot = self._snapshot(body.get("snapshot"))
+        location_id = self.location(body.get("location"))["id"]
+        exports = snapshot.setdefault("_exports", [])
+        if location_id not in exports:
+            exports.append(location_id)
+        return self.ok()
+
+    def snapshot_unexport(self, body: Any) -> dict[str, Any]:
+        body = check_object(body, "SnapshotUnexport", {"snapshot", "location", "all", "force"})
+        snapshot = self._snapshot(body.get("snapshot"))
+        if body.get("all"):
+            snapshot["_exports"] = []
+        else:
+            location_id = self.location(body.get("location"))["id"]
+            snapshot["_exports"] = [x for x in snapshot.get("_exports", [])
+                                    if x != location_id]
+        return self.ok()
+
+    def local_copies(self) -> dict[tuple[str, str], str]:
+        """``(location name, remote global id) -> local snapshot name`` of pulled copies."""
+        copies: dict[tuple[str, str], str] = {}
+        # Named copies win over the anonymous ones under VolumeFromRemote volumes.
+        for snapshot in sorted(self.snapshots.values(), key=lambda s: not s["autoName"]):
+            if snapshot.get("_remoteId") and not snapshot["deleted"]:
+                copies[(snapshot["_remoteLocation"], snapshot["_remoteId"])] = snapshot["name"]
+        return copies
+
+    def check_from_remote(self, body: Any, volume: bool) -> dict[str, Any]:
+        """Validate ``SnapshotFromRemote``/``VolumeFromRemote`` before any data moves."""
+        what = "VolumeFromRemote" if volume else "SnapshotFromRemote"
+        body = check_object(body, what, {*POLICY_KEYS, "remoteLocation", "remoteId", "name",
+                                         "template", "export", "tags"})
+        self.location(body.get("remoteLocation"))
+        if not isinstance(body.get("remoteId"), str) or not GLOBAL_ID_RE.match(
+                body["remoteId"]):
+            raise invalid(f"invalid remoteId {body.get('remoteId')!r}")
+        name = body.get("name")
+        if volume and name is None:
+            raise invalid("VolumeFromRemote needs a name")
+        if name is not None:
+            check_name(name, "volume name" if volume else "snapshot name",
+                       VOLUME_RE if volume else SNAPSHOT_RE)
+            if self._taken(name):
+                raise exists("volume" if volume else "snapshot", name)
+        if body.get("template") is not None:
+            self._template(body["template"])
+        check_policy(body)
+        check_tags(body.get("tags"))
+        return body
+
+    def import_remote(self, body: dict[str, Any], remote: dict[str, Any], staged: Path,
+                      volume: bool) -> dict[str, Any]:
+        """Keep a snapshot copied from a remote location (data in ``staged``); with
+        ``volume``, also a volume named ``body["name"]`` on top of it."""
+        self.check_from_remote(body, volume)  # again: things may have changed meanwhile
+        template = self._template(body["template"]) if body.get("template") else None
+        base = {"size": check_size(remote["size"]), "templateName": "",
+                **self._resolve_policy(body, template, None)}
+        if template is not None:
+            base["templateName"] = template["name"]
+        tags = {**check_tags(remote.get("tags")), **check_tags(body.get("tags"))}
+        snapshot = self._new_snapshot(None if volume else body.get("name"), base, tags,
+                                      str(remote.get("onVolume") or remote["name"]), "")
+        snapshot.update(_remoteLocation=body["remoteLocation"], _remoteId=body["remoteId"],
+                        bound=volume)
+        path = self.object_path(snapshot)
+        os.replace(staged, path)
+        self.immutability.set(path, True)
+        self.snapshots[snapshot["name"]] = snapshot
+        if body.get("export"):
+            snapshot["_exports"] = [self.location(body["remoteLocation"])["id"]]
+        if not volume:
+            return self.ok()
+        clone = self._new_object(body["name"], snapshot["size"], snapshot["templateName"],
+                                 snapshot["name"], dict(tags),
+                                 {k: snapshot[k] for k in POLICY_KEYS if k in snapshot})
+        data.sparse_copy(path, self.object_path(clone))
+        self.volumes[clone["name"]] = clone
+        return self.ok()
 
 
-def _base36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    text = ""
-    while True:
-        number, rest = divmod(number, 36)
-        text = digits[rest] + text
-        if number == 0:
-            return text
+def _no_disks() -> dict[str, Any]:
+    """The per-disk part of ``VolumeGetInfo``: the sandbox has no disks to report."""
+    return {"disksCount": 0, "objectsPerDisk": {}, "objectsPerChain": [],
+            "objectsPerDiskSet": []}

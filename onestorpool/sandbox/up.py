@@ -1,11 +1,26 @@
 """``onestorpool sandbox up --dir D`` / ``onestorpool sandbox down --dir D``.
 
 ``up`` starts the StorPool sandbox and the oned sandbox as background processes, writes the
-add-on's configuration for them under ``D`` (``D/etc/storpool.conf``,
-``D/var/lib/one/remotes/addon-storpoolrc``), waits until both answer and prints the
-endpoints, the credentials and the environment to export; ``down`` stops them. An admin can
-then point pyone or scripts at the sandbox before touching a real cloud. (When the subscriber
-daemon exists, ``up`` starts it here too.)
+add-on's configuration for them under ``D`` (the product's config loader reads it with
+``ONESTORPOOL_ROOT=D``)::
+
+    D/etc/storpool.conf                         SP_API_HTTP_HOST/PORT, SP_AUTH_TOKEN, [localhost]
+    D/var/lib/one/remotes/addon-storpoolrc      the add-on's settings (kept if present)
+    D/one_auth, D/one_endpoint                  oned's credentials and XML-RPC endpoint
+    D/sandbox.env                               the environment lines to export
+    D/sandbox.pids                              what ``down`` stops
+    D/hosts/<name>/                             the hosts (the front-end is ``localhost``)
+
+waits until both answer a real request (StorPool: ``GET /sandbox/info`` with the token;
+oned: ``one.system.version`` with the session), then prints the endpoints, the credentials
+and the environment. ``down`` stops them (oned first: it may still call StorPool) and
+releases the StorPool sandbox's data so ``D`` can be removed.
+
+The oned sandbox runs with its scheduler on (a pyone script written for a real cloud can
+allocate a VM and wait for RUNNING), monitors the datastores every minute, and declares as
+VM_MAD local actions those of the add-on's that exist in the remotes. When the hook-bus
+subscriber daemon exists, ``SERVICES`` gets its entry: ``up`` starts it and ``down`` stops
+it like the others.
 """
 
 from __future__ import annotations
@@ -19,12 +34,17 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+import xmlrpc.client
+from collections.abc import Callable
 from pathlib import Path
 
 from onestorpool.errors import AddonError
 
 PIDS = "sandbox.pids"
 ENV = "sandbox.env"
+SESSION = "oneadmin:sandbox"
+FRONTEND_CLIENT_ID = 1  # the front-end's StorPool client ([localhost] in storpool.conf)
 
 
 def free_port() -> int:
@@ -33,16 +53,64 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, what: str, process: subprocess.Popen, timeout: float = 30) -> None:
+def wait_until(answers: Callable[[], bool], what: str, process: subprocess.Popen,
+               log: Path, timeout: float = 30) -> None:
+    """Poll ``answers`` until it is true; fail early when the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AddonError(f"sandbox: {what} exited with {process.returncode} while starting")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise AddonError(f"sandbox: {what} exited with {process.returncode} while "
+                             f"starting: {' / '.join(tail)}")
+        try:
+            if answers():
                 return
+        except (OSError, xmlrpc.client.Error, ValueError):
+            pass  # not listening yet
         time.sleep(0.1)
-    raise AddonError(f"sandbox: {what} did not answer on port {port} in {timeout:.0f}s")
+    raise AddonError(f"sandbox: {what} did not answer in {timeout:.0f}s (see {log})")
+
+
+def storpool_answers(port: int, token: str) -> bool:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/sandbox/info",
+                                     headers={"Authorization": f"Storpool v1:{token}"})
+    with urllib.request.urlopen(request, timeout=2) as response:
+        return response.status == 200
+
+
+def oned_answers(port: int) -> bool:
+    proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
+    reply = proxy.one.system.version(SESSION)
+    return bool(reply[0])
+
+
+def local_actions(remotes: Path) -> str:
+    """The add-on's VM_MAD local actions whose scripts exist under ``remotes``."""
+    from onestorpool.sandbox.oned import ADDON_VMM_LOCAL
+
+    present = [item for item in ADDON_VMM_LOCAL.split(",")
+               if (remotes / "vmm" / "kvm" / item.partition("=")[2]).is_file()]
+    return ",".join(present)
+
+
+def _subscriber_command(directory: Path) -> list[str] | None:
+    """The hook-bus subscriber daemon's command line, once it exists (the seam ``up`` and
+    ``down`` use): None while the add-on has no daemon to run."""
+    return None
+
+
+def write_configuration(directory: Path, sp_port: int, token: str) -> None:
+    (directory / "etc").mkdir(parents=True, exist_ok=True)
+    conf = directory / "etc/storpool.conf"
+    conf.write_text(f"SP_API_HTTP_HOST=127.0.0.1\nSP_API_HTTP_PORT={sp_port}\n"
+                    f"SP_AUTH_TOKEN={token}\n[localhost]\nSP_OURID={FRONTEND_CLIENT_ID}\n")
+    conf.chmod(0o600)
+    remotes = directory / "var/lib/one/remotes"
+    remotes.mkdir(parents=True, exist_ok=True)
+    rc = remotes / "addon-storpoolrc"
+    if not rc.exists():  # an admin's edits survive a restart
+        rc.write_text("ONE_PX=one\n")
+    (directory / "hosts/localhost").mkdir(parents=True, exist_ok=True)
 
 
 def up(directory: Path, one_version: str) -> int:
@@ -52,40 +120,40 @@ def up(directory: Path, one_version: str) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     sp_port, oned_port, hook_port = free_port(), free_port(), free_port()
-    (directory / "etc").mkdir(exist_ok=True)
-    (directory / "etc/storpool.conf").write_text(
-        f"SP_API_HTTP_HOST=127.0.0.1\nSP_API_HTTP_PORT={sp_port}\nSP_AUTH_TOKEN={token}\n"
-        "[localhost]\nSP_OURID=1\n")
-    (directory / "etc/storpool.conf").chmod(0o600)
-    remotes = directory / "var/lib/one/remotes"
-    remotes.mkdir(parents=True, exist_ok=True)
-    if not (remotes / "addon-storpoolrc").exists():
-        (remotes / "addon-storpoolrc").write_text("ONE_PX=one\nDELAY_DELETE=48h\n")
-    (directory / "hosts/localhost").mkdir(parents=True, exist_ok=True)
+    write_configuration(directory, sp_port, token)
     env = {**os.environ, "ONESTORPOOL_ROOT": str(directory),
+           "ONESTORPOOL_SANDBOX_HOSTS": str(directory / "hosts"),
            "ONESTORPOOL_EVENTLOG": str(directory / "events.db"),
            "ONESTORPOOL_SANDBOX_TOKEN": token}
+    for leak in ("ONE_XMLRPC", "ONE_AUTH"):  # the sandbox's, not a real cloud's
+        env.pop(leak, None)
     cli = [sys.executable, "-m", "onestorpool.cli", "sandbox"]
-    started: list[subprocess.Popen] = []
+    from onestorpool.sandbox.oned import addon_remotes
+
+    started: dict[str, subprocess.Popen] = {}
     try:
-        storpool = _spawn([*cli, "storpool", "--port", str(sp_port), "--data",
-                                 str(directory / "storpool"), "--token", token, "--client",
-                                 f"1={directory / 'hosts/localhost'}"],
-                          directory / "storpool.log", env)
-        started.append(storpool)
-        wait_for_port(sp_port, "StorPool sandbox", storpool)
-        oned = _spawn([*cli, "oned", "--dir", str(directory), "--port", str(oned_port),
-                             "--hook-endpoint", f"tcp://127.0.0.1:{hook_port}",
-                             "--one-version", one_version,
-                             "--storpool-admin", f"http://127.0.0.1:{sp_port}"],
-                      directory / "oned.log", env)
-        started.append(oned)
-        wait_for_port(oned_port, "oned sandbox", oned)
+        log = directory / "storpool.log"
+        started["storpool"] = _spawn(
+            [*cli, "storpool", "--port", str(sp_port), "--data", str(directory / "storpool"),
+             "--token", token, "--client",
+             f"{FRONTEND_CLIENT_ID}={directory / 'hosts/localhost'}"], log, env)
+        wait_until(lambda: storpool_answers(sp_port, token), "StorPool sandbox",
+                   started["storpool"], log)
+        log = directory / "oned.log"
+        started["oned"] = _spawn(
+            [*cli, "oned", "--dir", str(directory), "--port", str(oned_port),
+             "--hook-endpoint", f"tcp://127.0.0.1:{hook_port}", "--one-version", one_version,
+             "--storpool-admin", f"http://127.0.0.1:{sp_port}", "--session", SESSION,
+             "--hosts", str(directory / "hosts"), "--scheduler", "--monitor-interval", "60",
+             "--vmm-local", local_actions(addon_remotes())], log, env)
+        wait_until(lambda: oned_answers(oned_port), "oned sandbox", started["oned"], log)
+        subscriber = _subscriber_command(directory)
+        if subscriber is not None:
+            started["subscriber"] = _spawn(subscriber, directory / "subscriber.log", env)
     except BaseException:
-        for process in started:
+        for process in started.values():
             process.terminate()
         raise
-    session = "oneadmin:sandbox"
     exports = {"ONE_XMLRPC": f"http://127.0.0.1:{oned_port}/RPC2",
                "ONE_AUTH": str(directory / "one_auth"),
                "ONE_ZMQ": f"tcp://127.0.0.1:{hook_port}",
@@ -93,11 +161,14 @@ def up(directory: Path, one_version: str) -> int:
                "ONESTORPOOL_EVENTLOG": str(directory / "events.db"),
                "ONESTORPOOL_SANDBOX_HOSTS": str(directory / "hosts")}
     (directory / ENV).write_text("".join(f"export {k}={v}\n" for k, v in exports.items()))
-    (directory / PIDS).write_text(json.dumps({"storpool": storpool.pid, "oned": oned.pid}))
+    (directory / PIDS).write_text(json.dumps({name: p.pid for name, p in started.items()}))
     print(f"StorPool API   http://127.0.0.1:{sp_port}  token {token}")
-    print(f"oned XML-RPC   {exports['ONE_XMLRPC']}  session {session}")
+    print(f"oned XML-RPC   {exports['ONE_XMLRPC']}  session {SESSION}")
     print(f"hook bus (PUB) {exports['ONE_ZMQ']}")
+    print(f"configuration  {directory / 'etc/storpool.conf'}")
     print(f"environment:   source {directory / ENV}")
+    for key, value in exports.items():
+        print(f"  export {key}={value}")
     return 0
 
 
@@ -108,25 +179,35 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def down(directory: Path) -> int:
+    directory = directory.resolve()
     pid_file = directory / PIDS
     if not pid_file.exists():
         print(f"no sandbox runs in {directory}")
         return 0
     pids = json.loads(pid_file.read_text())
-    for name in ("oned", "storpool"):  # oned first: it may still call StorPool
-        pid = pids.get(name)
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    # the subscriber and oned first: they may still call StorPool
+    for name in ("subscriber", "oned", "storpool"):
+        if name in pids:
+            _terminate(int(pids[name]))
     pid_file.unlink()
+    if (directory / "storpool").is_dir():
+        subprocess.run([sys.executable, "-m", "onestorpool.cli", "sandbox", "storpool",
+                        "--release", "--data", str(directory / "storpool")],
+                       capture_output=True, check=False, timeout=60)
     print(f"sandbox in {directory} stopped")
     return 0
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -140,8 +221,11 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(
-        f"/proc/{pid}/stat").read_text()
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split(") ", 1)[1][:1] != "Z"  # a zombie has ended
+    except (OSError, IndexError):
+        return True
 
 
 def main(argv: list[str]) -> int:
@@ -149,8 +233,7 @@ def main(argv: list[str]) -> int:
                                      description="Start or stop both sandboxes.")
     parser.add_argument("verb", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, required=True)
-    parser.add_argument("--one-version", default="6.10")
+    parser.add_argument("--one-version", default="6.10",
+                        help="OpenNebula release the oned sandbox follows (up)")
     args = parser.parse_args(argv)
-    return up(args.dir, args.one_version) if args.verb == "up" else down(args.dir.resolve())
-
-
+    return up(args.dir, args.one_version) if args.verb == "up" else down(args.dir)

@@ -1,0 +1,1145 @@
+"""VMs in the oned sandbox: allocation, deployment and the lifecycle actions, following
+oned's Dispatch Manager and Life-Cycle Manager (``src/dm/DispatchManagerActions.cc``,
+``src/lcm/LifeCycleActions.cc``, ``src/lcm/LifeCycleStates.cc``).
+
+Every pool update with a new (state, lcm state) publishes one state event, so the
+intermediate states are visible as with oned (ACTIVE/LCM_INIT, PROLOG, BOOT, RUNNING...).
+The Transfer Manager part runs the real TM scripts (``oned_transfer`` builds the lines); the
+VMM part runs a ``remotes/vmm/kvm`` script for the actions declared local (``-l`` of
+VM_MAD), and otherwise plays the hypervisor: it writes the deployment file and checkpoint
+into the host directory and answers as libvirt would.
+
+There is no scheduler unless asked for (``scheduler=True``): a PENDING VM waits for
+``one.vm.deploy``, as with oned's scheduler stopped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from onestorpool.sandbox import oned_transfer as T
+from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.oned_hookbus import vm_state_message
+from onestorpool.sandbox.oned_objects import (
+    ACTION,
+    ALLOCATE,
+    DISK_TYPES,
+    IMAGE_TYPES,
+    LCM,
+    LCM_STATES,
+    Datastore,
+    DiskSnapshots,
+    History,
+    Image,
+    ImageSnapshot,
+    ImageState,
+    OneFailure,
+    Template,
+    Vm,
+    VmState,
+    check_name,
+    is_volatile,
+    now,
+)
+from onestorpool.sandbox.oned_storage import (
+    DEFAULT_CDROM_DEVICE_PREFIX,
+    DEFAULT_DEVICE_PREFIX,
+    StorageApi,
+    _parse,
+)
+
+S = VmState
+
+# VMActions numbers, for the ACTION of history records.
+ACTION_NUMBERS = {
+    "migrate": 1, "live-migrate": 2, "undeploy": 5, "undeploy-hard": 6, "hold": 7,
+    "release": 8, "stop": 9, "suspend": 10, "resume": 11, "delete": 13,
+    "delete-recreate": 14, "reboot": 15, "reboot-hard": 16, "resched": 17, "unresched": 18,
+    "poweroff": 19, "poweroff-hard": 20, "disk-attach": 21, "disk-detach": 22,
+    "disk-snapshot-create": 25, "disk-snapshot-delete": 26, "terminate": 27,
+    "terminate-hard": 28, "disk-resize": 29, "deploy": 30, "update": 36,
+    "snapshot-create": 37, "snapshot-delete": 38, "snapshot-revert": 39, "disk-saveas": 40,
+    "disk-snapshot-revert": 41, "recover": 42, "retry": 43, "poweroff-migrate": 48,
+    "poweroff-hard-migrate": 49,
+}
+# What oned keeps in TEMPLATE (VirtualMachine::insert and parse_well_known_attributes);
+# everything else the user wrote stays in USER_TEMPLATE.
+TEMPLATE_ATTRIBUTES = frozenset("""
+    DISK NIC NIC_ALIAS PCI CPU VCPU VCPU_MAX MEMORY MEMORY_MAX MEMORY_SLOTS MEMORY_RESIZE_MODE
+    CONTEXT OS GRAPHICS VIDEO INPUT FEATURES RAW CLONING_TEMPLATE_ID TOPOLOGY NUMA_NODE
+    HYPERV_OPTIONS SPICE_OPTIONS EMULATOR SUBMIT_ON_HOLD CPU_COST MEMORY_COST DISK_COST
+    TEMPLATE_ID TM_MAD_SYSTEM TPM VMGROUP SCHED_ACTION SECURITY_GROUP_RULE
+    AUTOMATIC_REQUIREMENTS AUTOMATIC_DS_REQUIREMENTS AUTOMATIC_NIC_REQUIREMENTS
+    MEMORY_ENCRYPTION QEMU_GA_EXEC""".split())
+# Failure LCM states terminate treats as "recover --delete" (DispatchManager::terminate).
+FAILURE_STATES = frozenset(LCM[n] for n in """
+    BOOT_FAILURE BOOT_MIGRATE_FAILURE PROLOG_MIGRATE_FAILURE PROLOG_FAILURE EPILOG_FAILURE
+    EPILOG_STOP_FAILURE EPILOG_UNDEPLOY_FAILURE PROLOG_MIGRATE_POWEROFF_FAILURE
+    PROLOG_MIGRATE_SUSPEND_FAILURE BOOT_UNDEPLOY_FAILURE BOOT_STOPPED_FAILURE
+    PROLOG_RESUME_FAILURE PROLOG_UNDEPLOY_FAILURE PROLOG_MIGRATE_UNKNOWN_FAILURE""".split())
+
+
+class VmApi(StorageApi):
+    """``one.vm.*`` and ``one.vmpool.*`` up to the lifecycle actions."""
+
+    scheduler: bool
+
+    # -- allocate ---------------------------------------------------------------------------
+
+    def vm_allocate(self, text: str, hold: bool = False) -> tuple[int, str]:
+        method = "one.vm.allocate"
+        user = _parse(text, method)
+        with self.lock:
+            vm_id = self._next_id["vm"]
+            try:
+                vm = self._new_vm(vm_id, user, bool(hold))
+            except ValueError as error:
+                raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new virtual "
+                                           f"machine. {error}") from None
+            error = self._check_images(vm.disks)
+            if error:
+                raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new virtual "
+                                           f"machine. {error}")
+            self._new_id("vm")
+            self.vms[vm_id] = vm
+            self._take_images(vm, vm.disks)
+            # VirtualMachinePool::allocate publishes the new VM's state once, always
+            self.hooks.publish(*vm_state_message(vm, self.version))
+            vm.prev_state, vm.prev_lcm_state = vm.state, vm.lcm_state
+            self.changed.notify_all()
+            return vm_id, X.vm_body(vm, all_history=False)
+
+    def _new_vm(self, vm_id: int, user: Template, hold: bool) -> Vm:
+        """``VirtualMachine::insert``: known attributes move to TEMPLATE, the rest stays in
+        USER_TEMPLATE; MEMORY and CPU are mandatory; disks get their image's attributes."""
+        template: Template = {"VMID": str(vm_id)}
+        for key in list(user):
+            if key in TEMPLATE_ATTRIBUTES:
+                template[key] = user.pop(key)
+        name = str(user.pop("NAME", "")) or f"{user.pop('TEMPLATE_NAME', '') or 'one'}-{vm_id}"
+        user.pop("TEMPLATE_NAME", None)
+        error = check_name(name)
+        if error:
+            raise ValueError(error)
+        if not str(template.get("MEMORY", "")).isdigit() or int(template["MEMORY"]) <= 0:
+            raise ValueError("MEMORY attribute must be a positive integer value.")
+        try:
+            if float(template.get("CPU", "")) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError("CPU attribute must be a positive float or integer value.") \
+                from None
+        if "VCPU" in template and (not str(template["VCPU"]).isdigit()
+                                   or int(template["VCPU"]) <= 0):
+            raise ValueError("VCPU attribute must be a positive integer value.")
+        if str(user.get("SUBMIT_ON_HOLD", template.get("SUBMIT_ON_HOLD", ""))).upper() \
+                == "YES":
+            hold = True
+        disks = template.get("DISK", [])
+        if isinstance(disks, dict):
+            disks = [disks]
+        template["DISK"] = [self._disk_attributes(vm_id, n, dict(d)) for n, d in
+                            enumerate(disks)]
+        if not template["DISK"]:
+            del template["DISK"]
+        vm = Vm(vm_id, name, template, user, state=S.HOLD if hold else S.PENDING,
+                prev_state=S.INIT)
+        for disk in vm.disks:  # persistent images carry their disk snapshots along
+            image = self.images.get(int(disk.get("IMAGE_ID", -1)))
+            if image is not None and image.persistent and image.snapshots:
+                vm.disk_snapshots[int(disk["DISK_ID"])] = DiskSnapshots(
+                    int(disk["DISK_ID"]), [_copy_snapshot(s) for s in image.snapshots],
+                    image.next_snapshot)
+        contexts = template.get("CONTEXT")
+        if contexts:
+            context = contexts[0] if isinstance(contexts, list) else contexts
+            context["DISK_ID"] = str(len(vm.disks))
+            template["CONTEXT"] = [context]
+        _assign_targets(vm)
+        return vm
+
+    def _disk_attributes(self, vm_id: int, disk_id: int, disk: dict[str, str]
+                         ) -> dict[str, str]:
+        """``Image::disk_attribute`` + ``Datastore::disk_attribute`` for image disks;
+        volatile disks get their system datastore attributes at deploy."""
+        disk = {k.upper(): str(v) for k, v in disk.items()}
+        disk["DISK_ID"] = str(disk_id)
+        if is_volatile(disk):
+            disk["TYPE"] = disk["TYPE"].lower()
+            disk.setdefault("DEV_PREFIX", DEFAULT_DEVICE_PREFIX)
+            return disk
+        image = self._find_image(disk)
+        ds = self.datastores[image.ds_id]
+        if image.type not in (0, 1, 2):
+            raise ValueError(f"Image {image.id} ({image.name}) of type "
+                             f"{IMAGE_TYPES[image.type]} cannot be used as DISK.")
+        cdrom = image.type == 1
+        if not disk.get("DEV_PREFIX"):
+            disk["DEV_PREFIX"] = str(image.template.get("DEV_PREFIX") or (
+                DEFAULT_CDROM_DEVICE_PREFIX if cdrom else DEFAULT_DEVICE_PREFIX))
+        disk.update(IMAGE=image.name, IMAGE_ID=str(image.id), SOURCE=image.source,
+                    ORIGINAL_SIZE=str(image.size), DISK_SNAPSHOT_TOTAL_SIZE="0",
+                    IMAGE_STATE=str(image.state))
+        disk.setdefault("SIZE", str(image.size))
+        if image.format:
+            disk.update(DRIVER=image.format.lower(), FORMAT=image.format.lower())
+        persistent_type = str(image.template.get("PERSISTENT_TYPE", "")).upper()
+        if cdrom or persistent_type == "IMMUTABLE":
+            disk.update(SAVE="NO", CLONE="NO", READONLY="YES")
+        else:
+            disk.setdefault("READONLY", "YES" if str(image.template.get("READONLY", ""))
+                            .upper() == "YES" else "NO")
+            if image.persistent:
+                disk.update(PERSISTENT="YES", CLONE="NO", SAVE="YES")
+                if persistent_type == "SHAREABLE" and image.format == "raw":
+                    disk["SHAREABLE"] = "YES"
+            else:
+                disk.update(CLONE="YES", SAVE="NO")
+        kind = DISK_TYPES[image.disk_type]
+        disk["TYPE"] = ("CDROM" if kind in ("FILE", "BLOCK", "ISCSI") else f"{kind}_CDROM") \
+            if cdrom else kind
+        disk["DISK_TYPE"] = kind
+        if image.template.get("TARGET") and not disk.get("TARGET"):
+            disk["TARGET"] = str(image.template["TARGET"])
+        disk.update(DATASTORE=ds.name, DATASTORE_ID=str(ds.id), TM_MAD=ds.tm_mad,
+                    CLUSTER_ID="0")
+        for attribute in ("CLONE_TARGET", "LN_TARGET"):
+            if ds.template.get(attribute) and not disk.get(attribute):
+                disk[attribute] = str(ds.template[attribute])
+        return disk
+
+    def _find_image(self, disk: dict[str, str]) -> Image:
+        if disk.get("IMAGE_ID", "").isdigit():
+            image = self.images.get(int(disk["IMAGE_ID"]))
+            if image is None:
+                raise ValueError(f"Error getting image [{disk['IMAGE_ID']}].")
+            return image
+        name = disk.get("IMAGE", "")
+        image = next((i for i in self.images.values() if i.name == name), None)
+        if image is None:
+            raise ValueError(f"Image {name!r} does not exist")
+        disk.update(IMAGE_UID=str(image.uid), IMAGE_UNAME="oneadmin")
+        return image
+
+    def _check_images(self, disks: list[dict[str, str]]) -> str:
+        """``ImageManager::acquire_image``'s refusals (a LOCKED image is refused too: the
+        sandbox has no CLONING state for VMs)."""
+        for disk in disks:
+            image = self.images.get(int(disk.get("IMAGE_ID", -1) or -1))
+            if image is None:
+                continue
+            state = ImageState(image.state)
+            if state == ImageState.USED_PERS or (state == ImageState.USED and
+                                                 image.persistent):
+                return f"Cannot acquire image {image.id}, it is persistent and already in use"
+            if state in (ImageState.LOCKED, ImageState.LOCKED_USED,
+                         ImageState.LOCKED_USED_PERS):
+                return f"Cannot acquire image {image.id}, it is locked"
+            if state not in (ImageState.READY, ImageState.USED):
+                return f"Cannot acquire image {image.id} in state {state.name}"
+        return ""
+
+    def _take_images(self, vm: Vm, disks: list[dict[str, str]]) -> None:
+        """Each image becomes USED (USED_PERS) with one more running VM."""
+        for disk in disks:
+            image = self.images.get(int(disk.get("IMAGE_ID", -1) or -1))
+            if image is None:
+                continue
+            image.vms.append(vm.id)
+            image.state = ImageState.USED_PERS if image.persistent else ImageState.USED
+            self._update_image(image)
+
+    def _release_images(self, vm: Vm, disks: list[dict[str, str]] | None = None) -> None:
+        """``ImageManager::release_image``: a persistent image keeps the disk's snapshots;
+        READY again when no VM uses it."""
+        for disk in disks if disks is not None else vm.disks:
+            image = self.images.get(int(disk.get("IMAGE_ID", -1) or -1))
+            if image is None or vm.id not in image.vms:
+                continue
+            if image.persistent:
+                tree = vm.disk_snapshots.get(int(disk["DISK_ID"]))
+                image.snapshots = [_copy_snapshot(s) for s in tree.snapshots] if tree else []
+                image.next_snapshot = tree.next_snapshot if tree else image.next_snapshot
+            image.vms.remove(vm.id)
+            if not image.vms and image.state in (ImageState.USED, ImageState.USED_PERS):
+                image.state = ImageState.READY
+            self._update_image(image)
+
+    # -- info ---------------------------------------------------------------------------------
+
+    def vm_info(self, vm_id: int, decrypt: bool = False) -> str:
+        with self.lock:
+            return X.vm_body(self._vm(vm_id))
+
+    def _pool_vms(self, filters: tuple[Any, ...]) -> list[Vm]:
+        """filter (ignored: one user), start id, end id, state (-2 any, -1 not DONE)."""
+        start = filters[1] if len(filters) > 1 else -1
+        end = filters[2] if len(filters) > 2 else -1
+        state = filters[3] if len(filters) > 3 else -1
+        chosen = []
+        for vm in self.vms.values():
+            if (start >= 0 and vm.id < start) or (end >= 0 and vm.id > end):
+                continue
+            if state == -2 or (state == -1 and vm.state != S.DONE) or vm.state == state:
+                chosen.append(vm)
+        return chosen
+
+    def vmpool_info(self, *filters: Any) -> str:
+        with self.lock:
+            return X.pool("VM_POOL", [X.vm_short_body(v) for v in self._pool_vms(filters)])
+
+    def vmpool_infoextended(self, *filters: Any) -> str:
+        with self.lock:
+            return X.pool("VM_POOL", [X.vm_body(v, all_history=False)
+                                      for v in self._pool_vms(filters)])
+
+    def vm_update(self, vm_id: int, text: str, merge: int = 0) -> int:
+        template = _parse(text, "one.vm.update")
+        with self.lock:
+            vm = self._vm(vm_id, "one.vm.update")
+            vm.user_template = {**vm.user_template, **template} if merge else template
+            self.changed.notify_all()
+            return vm_id
+
+    # -- where things are ---------------------------------------------------------------------
+
+    def _place(self, vm: Vm, record: History | None = None, host: str = "") -> T.Place:
+        record = record or vm.last
+        return T.Place(host or record.hostname, self.system_dir(vm, record.ds_id),
+                       record.tm_mad, record.ds_id)
+
+    def _fe_place(self, vm: Vm, record: History | None = None) -> T.Place:
+        return self._place(vm, record, host=self.frontend)
+
+    def _system_ds(self, vm: Vm) -> Datastore:
+        return self.datastores[vm.last.ds_id]
+
+    # -- deploy -------------------------------------------------------------------------------
+
+    def vm_deploy(self, vm_id: int, host_id: int, enforce: bool = False, ds_id: int = -1,
+                  *extra: Any) -> int:
+        """``VirtualMachineDeploy``: system datastore checks, TM_MAD_SYSTEM, volatile disk
+        attributes, a new history record; then ACTIVE and the prolog."""
+        method = "one.vm.deploy"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            host = self._host(host_id, method)
+            if vm.state not in (S.PENDING, S.HOLD, S.STOPPED, S.UNDEPLOYED):
+                raise OneFailure(ACTION, f"[{method}] Deploy action is not available for "
+                                         f"state {S(vm.state).name}", vm_id)
+            system = self._deploy_datastore(vm, ds_id, method)
+            error = self._check_tm_mad(vm, system)
+            if error:
+                raise OneFailure(ACTION, f"[{method}] {error}", vm_id)
+            self._volatile_attributes(vm, system)
+            resume = vm.previous_action if vm.history else ""
+            if vm.history:
+                vm.last.etime = now()
+            vm.history.append(History(len(vm.history), host.name, host.id, system.id,
+                                      system.tm_mad, host.vm_mad))
+            host.vms.append(vm_id)
+            self._set_vm_state(vm, S.ACTIVE, LCM["LCM_INIT"])
+            # LifeCycleManager::trigger_deploy: after stop/undeploy the disks come back
+            if resume == "stop":
+                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_RESUME"])
+            elif resume in ("undeploy", "undeploy-hard"):
+                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_UNDEPLOY"])
+            else:
+                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG"])
+            self._submit(lambda: self._prolog(vm))
+            return vm_id
+
+    def _deploy_datastore(self, vm: Vm, ds_id: int, method: str) -> Datastore:
+        if ds_id < 0 and vm.history and vm.state in (S.STOPPED, S.UNDEPLOYED):
+            ds_id = vm.last.ds_id
+        if ds_id < 0:
+            system = next((d for d in self.datastores.values() if d.type == 1), None)
+            if system is None:
+                raise OneFailure(ACTION, f"[{method}] No system datastore found", vm.id)
+            return system
+        system = self._datastore(ds_id, method)
+        if system.type != 1:
+            raise OneFailure(ACTION, f"[{method}] Datastore [{ds_id}] is not a system "
+                                     "datastore", vm.id)
+        return system
+
+    def _check_tm_mad(self, vm: Vm, system: Datastore) -> str:
+        """``VirtualMachine::check_tm_mad_disks``: disks of another TM must support the
+        system TM as a TM_MAD_SYSTEM mode (the disk gets that mode's targets)."""
+        if vm.template.get("TM_MAD_SYSTEM"):
+            return ""
+        for disk in vm.disks:
+            if is_volatile(disk) or disk.get("TM_MAD", "").upper() == system.tm_mad.upper():
+                continue
+            image_ds = self.datastores.get(int(disk.get("DATASTORE_ID", -1) or -1))
+            if image_ds is None:
+                return "Datastore does not exist"
+            modes = [m.strip().upper() for m in
+                     str(image_ds.template.get("TM_MAD_SYSTEM", "")).split(",")]
+            mode = system.tm_mad.upper()
+            if mode not in modes:
+                return f"Image Datastore does not support transfer mode: {system.tm_mad}"
+            disk.update(CLONE_TARGET=str(image_ds.template.get(f"CLONE_TARGET_{mode}", "")),
+                        LN_TARGET=str(image_ds.template.get(f"LN_TARGET_{mode}", "")),
+                        DISK_TYPE=str(image_ds.template.get(f"DISK_TYPE_{mode}", "")),
+                        TM_MAD_SYSTEM=system.tm_mad)
+        vm.template["TM_MAD_SYSTEM"] = system.tm_mad
+        return ""
+
+    def _volatile_attributes(self, vm: Vm, system: Datastore) -> None:
+        """``VirtualMachineDisks::volatile_info``: the system datastore's attributes, and
+        DRIVER/FORMAT (the datastore's DRIVER wins, raw by default)."""
+        for disk in vm.disks:
+            if not is_volatile(disk):
+                continue
+            disk.update(DATASTORE=system.name, DATASTORE_ID=str(system.id),
+                        TM_MAD=system.tm_mad, CLUSTER_ID="0")
+            for attribute in ("CLONE_TARGET", "LN_TARGET"):
+                if system.template.get(attribute) and not disk.get(attribute):
+                    disk[attribute] = str(system.template[attribute])
+            disk.setdefault("DISK_TYPE", DISK_TYPES[system.disk_type])
+            if disk["TYPE"].upper() == "FS":
+                fmt = system.driver or disk.get("FORMAT") or "raw"
+                disk.update(DRIVER=fmt, FORMAT=fmt)
+            else:
+                disk.update(DRIVER="raw", FORMAT="raw")
+
+    # -- prolog and boot ----------------------------------------------------------------------
+
+    def _prolog(self, vm: Vm) -> None:
+        """``TransferManager::trigger_prolog[_resume|_migr]``, then prolog success/failure
+        (``LifeCycleManager::trigger_prolog_*``)."""
+        with self.lock:
+            lcm = vm.lcm_state
+            try:
+                if lcm == LCM["PROLOG"]:
+                    lines, op = T.prolog(vm, self._place(vm), self.frontend), "prolog"
+                elif lcm in (LCM["PROLOG_RESUME"], LCM["PROLOG_UNDEPLOY"]):
+                    previous = vm.history[-2]
+                    lines = T.move(vm, self._fe_place(vm, previous), self._place(vm))
+                    op = "resume"
+                else:  # PROLOG_MIGRATE[_POWEROFF|_SUSPEND]
+                    lines = T.move(vm, self._place(vm, vm.history[-2]), self._place(vm))
+                    op = "migrate"
+            except T.TransferError as error:
+                lines, op = None, str(error)
+        if lines is None:
+            with self.lock:
+                self._prolog_failure(vm)
+            return
+        ok, info = self._transfer(vm, op, lines)
+        with self.lock:
+            if ok:
+                self._prolog_success(vm)
+            else:
+                self._tm_error(vm, info)
+                self._prolog_failure(vm)
+
+    def _prolog_success(self, vm: Vm) -> None:
+        lcm = vm.lcm_state
+        if lcm in (LCM["PROLOG_RESUME"], LCM["PROLOG_RESUME_FAILURE"]):
+            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_STOPPED"])
+            self._submit(lambda: self._boot(vm, "restore"))
+        elif lcm in (LCM["PROLOG_UNDEPLOY"], LCM["PROLOG_UNDEPLOY_FAILURE"]):
+            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_UNDEPLOY"])
+            self._submit(lambda: self._boot(vm, "deploy"))
+        elif lcm in (LCM["PROLOG_MIGRATE"], LCM["PROLOG_MIGRATE_FAILURE"]):
+            if vm.previous_action.startswith("poweroff"):
+                self._set_vm_state(vm, S.ACTIVE, LCM["BOOT"])
+                self._submit(lambda: self._boot(vm, "deploy"))
+            else:
+                self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_MIGRATE"])
+                self._submit(lambda: self._boot(vm, "restore"))
+        elif lcm in (LCM["PROLOG_MIGRATE_POWEROFF"], LCM["PROLOG_MIGRATE_POWEROFF_FAILURE"]):
+            self._move_host(vm)
+            self._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
+        elif lcm in (LCM["PROLOG_MIGRATE_SUSPEND"], LCM["PROLOG_MIGRATE_SUSPEND_FAILURE"]):
+            self._move_host(vm)
+            self._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
+        elif lcm in (LCM["PROLOG"], LCM["PROLOG_FAILURE"]):
+            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT"])
+            self._submit(lambda: self._boot(vm, "deploy"))
+
+    def _prolog_failure(self, vm: Vm) -> None:
+        failure = {"PROLOG": "PROLOG_FAILURE", "PROLOG_MIGRATE": "PROLOG_MIGRATE_FAILURE",
+                   "PROLOG_MIGRATE_POWEROFF": "PROLOG_MIGRATE_POWEROFF_FAILURE",
+                   "PROLOG_MIGRATE_SUSPEND": "PROLOG_MIGRATE_SUSPEND_FAILURE",
+                   "PROLOG_RESUME": "PROLOG_RESUME_FAILURE",
+                   "PROLOG_UNDEPLOY": "PROLOG_UNDEPLOY_FAILURE"}
+        name = failure.get(LCM_STATES[vm.lcm_state])
+        if name:
+            self._set_vm_state(vm, S.ACTIVE, LCM[name])
+
+    def _boot(self, vm: Vm, action: str) -> None:
+        """DEPLOY or RESTORE of the VMM driver: the context TM command, then the
+        hypervisor (or the local action's script)."""
+        with self.lock:
+            place = self._place(vm)
+            context_file = f"{self.vm_files(vm)}/context.sh"
+            line = T.context(vm, place, context_file, [])
+            if line is not None:
+                self._write_fe_file(context_file, _context_script(vm))
+            seq = vm.last.seq
+            local_file = f"{self.vm_files(vm)}/deployment.{seq}"
+            remote_file = f"{place.system_dir}/deployment.{seq}"
+            domain = _domain_xml(vm, place)
+            self._write_fe_file(local_file, domain)
+            xml = self._vmm_xml(vm, local_file=local_file, remote_file=remote_file,
+                                checkpoint=f"{place.system_dir}/checkpoint",
+                                tm_command=" ".join(line) if line else "")
+        ok, info = True, ""
+        if line is not None:
+            run = self.drivers.tm_line(vm.id, line)
+            ok, info = run.ok, run.info
+        if ok:
+            if action == "deploy":
+                script = self.drivers.vmm_script("deploy")
+                dfile = local_file if script else remote_file
+                ok, info = self._vmm(vm, "deploy", [dfile, place.host], xml, stdin=domain)
+            else:
+                ok, info = self._vmm(vm, "restore", [f"{place.system_dir}/checkpoint",
+                                                     place.host, vm.deploy_id], xml)
+        with self.lock:
+            if ok and action == "deploy":
+                deploy_id = (info.split() or [""])[0]
+                if not deploy_id:
+                    self._vm_error(vm, "Empty deploy ID for virtual machine")
+                    self._deploy_failure(vm)
+                    return
+                vm.deploy_id = deploy_id
+            if ok:
+                self._deploy_success(vm)
+            else:
+                self._vm_error_info(vm, action.upper(), info)
+                self._deploy_failure(vm)
+
+    def _deploy_success(self, vm: Vm) -> None:
+        self._move_host(vm)
+        vm.previous_action = ""
+        self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+
+    def _deploy_failure(self, vm: Vm) -> None:
+        name = LCM_STATES[vm.lcm_state]
+        if name == "BOOT_POWEROFF":
+            self._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
+        elif name == "BOOT_SUSPENDED":
+            self._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
+        elif name in ("BOOT", "BOOT_MIGRATE", "BOOT_STOPPED", "BOOT_UNDEPLOY"):
+            self._set_vm_state(vm, S.ACTIVE, LCM[f"{name}_FAILURE"])
+
+    def _move_host(self, vm: Vm) -> None:
+        """The VM leaves the previous history record's host for the current one."""
+        if len(vm.history) > 1:
+            previous = self.hosts.get(vm.history[-2].hid)
+            if previous is not None and vm.id in previous.vms and \
+                    vm.history[-2].hid != vm.last.hid:
+                previous.vms.remove(vm.id)
+
+    # -- VMM and TM plumbing ----------------------------------------------------------------
+
+    def _vmm_xml(self, vm: Vm, **values: str) -> str:
+        host = values.pop("host", vm.last.hostname)
+        return X.vmm_action_data(host=host, vm=vm, system_ds=self._system_ds(vm), **values)
+
+    def _vmm(self, vm: Vm, action: str, params: list[str], xml: str, *,
+             stdin: str | None = None, host: str = "", default_name: str | None = None
+             ) -> tuple[bool, str]:
+        """A VMM step: the local action's script when VM_MAD declares it, else the
+        emulated hypervisor. Returns (success, info)."""
+        host = host or vm.last.hostname
+        script = self.drivers.vmm_script(action, default_name)
+        if script is None:
+            return True, self._hypervisor(vm, action, params)
+        run = self.drivers.vmm(action, script, params, vm.id, host,
+                               xml if stdin is None else stdin)
+        return run.ok, run.info.strip() if run.ok else run.info
+
+    def _hypervisor(self, vm: Vm, action: str, params: list[str]) -> str:
+        """What libvirt on the host would leave behind and print."""
+        with self.lock:
+            place = self._place(vm)
+            seq = vm.last.seq
+        if action == "deploy":
+            self.host_path(place.host, f"{place.system_dir}/deployment.{seq}").parent.mkdir(
+                parents=True, exist_ok=True)
+            domain = self.fe_path(f"{self.vm_files(vm)}/deployment.{seq}")
+            if domain.exists():
+                self.host_path(place.host, f"{place.system_dir}/deployment.{seq}").write_text(
+                    domain.read_text())
+            # 6.0+ prints the domain UUID, 5.x the domain name
+            if self.version >= (6, 0):
+                return str(uuid.uuid5(uuid.NAMESPACE_URL, f"oned-sandbox/vm/{vm.id}"))
+            return f"one-{vm.id}"
+        if action == "save":
+            checkpoint = self.host_path(place.host, f"{place.system_dir}/checkpoint")
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text(f"sandbox checkpoint of VM {vm.id}\n")
+        if action.lower().replace("_", "") == "snapshotcreate":
+            return f"snap-{params[1]}" if len(params) > 1 else "snap"
+        return ""
+
+    def _transfer(self, vm: Vm, op: str, lines: list[T.Line]) -> tuple[bool, str]:
+        """Write ``transfer.<seq>.<op>`` on the front-end and run it through the TM."""
+        with self.lock:
+            seq = vm.last.seq if vm.history else 0
+            self._write_fe_file(f"{self.vm_files(vm)}/transfer.{seq}.{op}",
+                                T.file_text(lines))
+        return self.drivers.transfer(vm.id, lines)
+
+    def _tm_error(self, vm: Vm, info: str) -> None:
+        """``TransferManager::_transfer`` failure: the message only when there is info."""
+        if info and not info.startswith("-"):
+            self._vm_error(vm, f"Error executing image transfer script: {info}")
+
+    def _vm_error_info(self, vm: Vm, what: str, info: str) -> None:
+        """``VirtualMachineManager::log_error``: ``<ACTION>: <info>``."""
+        if info and not info.startswith("-"):
+            self._vm_error(vm, f"{what}: {info}")
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def vm_action(self, action: str, vm_id: int) -> int:
+        """``VirtualMachineAction``: terminate[-hard], poweroff[-hard], undeploy[-hard],
+        stop, suspend, resume, hold, release, reboot[-hard], resched, unresched."""
+        method = "one.vm.action"
+        handlers = {
+            "terminate": self._terminate, "terminate-hard": self._terminate,
+            "poweroff": self._poweroff, "poweroff-hard": self._poweroff,
+            "undeploy": self._undeploy, "undeploy-hard": self._undeploy,
+            "stop": self._stop, "suspend": self._suspend, "resume": self._resume,
+            "hold": self._hold, "release": self._release, "reboot": self._reboot,
+            "reboot-hard": self._reboot, "resched": self._resched,
+            "unresched": self._resched,
+        }
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            handler = handlers.get(action)
+            if handler is None:
+                raise OneFailure(ACTION, f'[{method}] Action "{action}" is not supported',
+                                 vm_id)
+            error = handler(vm, action)
+            if error:
+                raise OneFailure(ACTION, f'[{method}] Error performing action "{action}": '
+                                         f"{error}", vm_id)
+            if vm.history and action not in ("resched", "unresched"):
+                vm.last.action = ACTION_NUMBERS.get(action, 0)
+            return vm_id
+
+    @staticmethod
+    def _not_available(vm: Vm) -> str:
+        return f"This action is not available for state {S(vm.state).name}"
+
+    def _terminate(self, vm: Vm, action: str) -> str:
+        hard = action.endswith("-hard")
+        if vm.state in (S.SUSPENDED, S.POWEROFF, S.STOPPED, S.UNDEPLOYED):
+            local = vm.state in (S.STOPPED, S.UNDEPLOYED)
+            vm.previous_action = "terminate"
+            self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG"])
+            self._submit(lambda: self._epilog(vm, local))
+        elif vm.state in (S.INIT, S.PENDING, S.HOLD, S.CLONING, S.CLONING_FAILURE):
+            self._done(vm)
+        elif (vm.state == S.ACTIVE and vm.lcm_state in (LCM["RUNNING"], LCM["UNKNOWN"])) or (
+                hard and vm.state == S.ACTIVE and vm.lcm_state == LCM["SHUTDOWN"]):
+            vm.previous_action = action
+            self._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN"])
+            self._submit(lambda: self._shutdown(vm, hard))
+        elif vm.state == S.ACTIVE and vm.lcm_state in FAILURE_STATES:
+            self._recover_delete(vm, recreate=False)
+        elif vm.state != S.DONE:
+            return f"Could not terminate VM {vm.id}, wrong state {S(vm.state).name}."
+        return ""
+
+    def _poweroff(self, vm: Vm, action: str) -> str:
+        if not (vm.state == S.ACTIVE and vm.lcm_state in (LCM["RUNNING"], LCM["UNKNOWN"])):
+            return self._not_available(vm)
+        vm.previous_action = action
+        self._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN_POWEROFF"])
+        self._submit(lambda: self._shutdown(vm, action.endswith("-hard")))
+        return ""
+
+    def _undeploy(self, vm: Vm, action: str) -> str:
+        vm.previous_action = action
+        if vm.state == S.POWEROFF:
+            self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_UNDEPLOY"])
+            self._submit(lambda: self._epilog_stop(vm))
+        elif vm.state == S.ACTIVE and vm.lcm_state in (LCM["RUNNING"], LCM["UNKNOWN"]):
+            self._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN_UNDEPLOY"])
+            self._submit(lambda: self._shutdown(vm, action.endswith("-hard")))
+        else:
+            return self._not_available(vm)
+        return ""
+
+    def _stop(self, vm: Vm, action: str) -> str:
+        vm.previous_action = "stop"
+        if vm.state == S.SUSPENDED:
+            self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_STOP"])
+            self._submit(lambda: self._epilog_stop(vm))
+        elif vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]:
+            self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_STOP"])
+            self._submit(lambda: self._save(vm))
+        else:
+            return self._not_available(vm)
+        return ""
+
+    def _suspend(self, vm: Vm, action: str) -> str:
+        if not (vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]):
+            return self._not_available(vm)
+        vm.previous_action = "suspend"
+        self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_SUSPEND"])
+        self._submit(lambda: self._save(vm))
+        return ""
+
+    def _resume(self, vm: Vm, action: str) -> str:
+        if vm.state in (S.STOPPED, S.UNDEPLOYED):
+            self._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])  # the scheduler deploys it
+        elif vm.state == S.SUSPENDED:
+            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_SUSPENDED"])
+            self._submit(lambda: self._boot(vm, "restore"))
+        elif vm.state == S.POWEROFF or (vm.state == S.ACTIVE and
+                                        vm.lcm_state == LCM["UNKNOWN"]):
+            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_POWEROFF" if vm.state == S.POWEROFF
+                                                 else "BOOT_UNKNOWN"])
+            self._submit(lambda: self._boot(vm, "deploy"))
+        else:
+            return self._not_available(vm)
+        return ""
+
+    def _hold(self, vm: Vm, action: str) -> str:
+        if vm.state != S.PENDING:
+            return self._not_available(vm)
+        self._set_vm_state(vm, S.HOLD, LCM["LCM_INIT"])
+        return ""
+
+    def _release(self, vm: Vm, action: str) -> str:
+        if vm.state != S.HOLD:
+            return self._not_available(vm)
+        self._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])
+        return ""
+
+    def _reboot(self, vm: Vm, action: str) -> str:
+        if not (vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]):
+            return self._not_available(vm)
+        verb = "reset" if action.endswith("-hard") else "reboot"
+        xml = self._vmm_xml(vm)
+        self._submit(lambda: self._vmm(vm, verb, [vm.deploy_id, vm.last.hostname], xml))
+        return ""
+
+    def _resched(self, vm: Vm, action: str) -> str:
+        if not (vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]):
+            return self._not_available(vm)
+        return ""
+
+    # -- shutdown, save, epilog -------------------------------------------------------------
+
+    def _shutdown(self, vm: Vm, hard: bool) -> None:
+        """VMM SHUTDOWN or CANCEL, then ``trigger_shutdown_success/failure``."""
+        verb = "cancel" if hard else "shutdown"
+        with self.lock:
+            migrating = vm.lcm_state == LCM["SAVE_MIGRATE"]
+            # a poweroff migration shuts the domain down on the host it leaves
+            host = vm.history[-2].hostname if migrating else vm.last.hostname
+            xml = self._vmm_xml(vm, host=host)
+            params = [vm.deploy_id, host]
+        ok, info = self._vmm(vm, verb, params, xml, host=host)
+        with self.lock:
+            if not ok:
+                self._vm_error_info(vm, verb.upper(), info)
+                if migrating:
+                    self._revert_migration(vm)
+                else:
+                    self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+                return
+            self._delete_snapshots(vm)
+            lcm = vm.lcm_state
+            if lcm == LCM["SHUTDOWN"]:
+                self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG"])
+                self._submit(lambda: self._epilog(vm, local=False))
+            elif lcm == LCM["SHUTDOWN_POWEROFF"]:
+                self._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
+            elif lcm == LCM["SHUTDOWN_UNDEPLOY"]:
+                self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_UNDEPLOY"])
+                self._submit(lambda: self._epilog_stop(vm))
+            elif lcm == LCM["SAVE_MIGRATE"]:  # poweroff migration
+                self._start_prolog_migrate(vm)
+
+    def _delete_snapshots(self, vm: Vm) -> None:
+        """Without KEEP_SNAPSHOTS the hypervisor's snapshots die with the domain."""
+        if not self.keep_snapshots:
+            vm.template.pop("SNAPSHOT", None)
+
+    keep_snapshots = False
+
+    def _save(self, vm: Vm) -> None:
+        """VMM SAVE (checkpoint), then ``trigger_save_success/failure``."""
+        with self.lock:
+            place = self._place(vm)
+            checkpoint = f"{place.system_dir}/checkpoint"
+            xml = self._vmm_xml(vm, checkpoint=checkpoint)
+        ok, info = self._vmm(vm, "save", [vm.deploy_id, checkpoint, place.host], xml)
+        with self.lock:
+            lcm = vm.lcm_state
+            if not ok:
+                self._vm_error_info(vm, "SAVE", info)
+                self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+                return
+            self._delete_snapshots(vm)
+            if lcm == LCM["SAVE_SUSPEND"]:
+                self._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
+            elif lcm == LCM["SAVE_STOP"]:
+                self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_STOP"])
+                self._submit(lambda: self._epilog_stop(vm))
+
+    def _start_prolog_migrate(self, vm: Vm) -> None:
+        self._move_host(vm)  # the previous host's capacity is released here
+        self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE"])
+        self._submit(lambda: self._prolog(vm))
+
+    def _epilog(self, vm: Vm, local: bool) -> None:
+        """``trigger_epilog``: MVDS/DELETE each disk, DELETE the directory (on the
+        front-end for a STOPPED/UNDEPLOYED VM)."""
+        with self.lock:
+            place = self._fe_place(vm) if local else self._place(vm)
+            lines = T.epilog(vm, place)
+        ok, info = self._transfer(vm, "epilog", lines)
+        with self.lock:
+            self._epilog_result(vm, ok, info)
+
+    def _epilog_stop(self, vm: Vm) -> None:
+        """``trigger_epilog_stop``: MV each disk and the directory to the front-end."""
+        with self.lock:
+            lines = T.move(vm, self._place(vm), self._fe_place(vm))
+        ok, info = self._transfer(vm, "stop", lines)
+        with self.lock:
+            self._epilog_result(vm, ok, info)
+
+    def _epilog_result(self, vm: Vm, ok: bool, info: str) -> None:
+        lcm = LCM_STATES[vm.lcm_state]
+        if not ok:
+            self._tm_error(vm, info)
+            if lcm == "CLEANUP_RESUBMIT":
+                self._resubmit(vm)
+            elif lcm in ("EPILOG", "EPILOG_STOP", "EPILOG_UNDEPLOY"):
+                self._set_vm_state(vm, S.ACTIVE, LCM[f"{lcm}_FAILURE"])
+            return
+        lcm = lcm.removesuffix("_FAILURE")
+        if lcm == "EPILOG_STOP":
+            self._leave_host(vm)
+            self._set_vm_state(vm, S.STOPPED, LCM["LCM_INIT"])
+        elif lcm == "EPILOG_UNDEPLOY":
+            self._leave_host(vm)
+            self._set_vm_state(vm, S.UNDEPLOYED, LCM["LCM_INIT"])
+        elif lcm == "EPILOG":
+            self._done(vm)
+        elif lcm == "CLEANUP_RESUBMIT":
+            self._resubmit(vm)
+        elif lcm == "CLEANUP_DELETE":
+            self._done(vm)
+
+    def _leave_host(self, vm: Vm) -> None:
+        host = self.hosts.get(vm.last.hid) if vm.history else None
+        if host is not None and vm.id in host.vms:
+            host.vms.remove(vm.id)
+
+    def _done(self, vm: Vm) -> None:
+        """``DispatchManager::done``: resources released, images back."""
+        self._leave_host(vm)
+        self._release_images(vm)
+        if vm.history:
+            vm.last.etime = now()
+        vm.etime = now()
+        self._set_vm_state(vm, S.DONE, LCM["LCM_INIT"])
+
+    def _resubmit(self, vm: Vm) -> None:
+        """``DispatchManager::resubmit``: PENDING again, same disks, deploy id cleared."""
+        self._leave_host(vm)
+        vm.deploy_id = ""
+        vm.previous_action = "delete-recreate"
+        self._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])
+
+    # -- recover ------------------------------------------------------------------------------
+
+    def vm_recover(self, vm_id: int, operation: int) -> int:
+        """0 failure, 1 success, 2 retry, 3 delete, 4 delete-recreate, 5 delete-db."""
+        method = "one.vm.recover"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            if operation in (3, 4):
+                if vm.state in (S.PENDING, S.HOLD, S.INIT) and operation == 3:
+                    self._done(vm)
+                elif vm.state == S.ACTIVE:
+                    self._recover_delete(vm, recreate=operation == 4)
+                elif vm.state in (S.POWEROFF, S.SUSPENDED, S.STOPPED, S.UNDEPLOYED) \
+                        and operation == 3:
+                    self._recover_delete(vm, recreate=False)
+                else:
+                    raise OneFailure(ACTION, f"[{method}] Cannot delete VM in state "
+                                             f"{S(vm.state).name}", vm_id)
+            elif operation == 5:
+                self._release_images(vm)
+                self._leave_host(vm)
+                vm.etime = now()
+                self._set_vm_state(vm, S.DONE, LCM["LCM_INIT"])
+            elif operation in (0, 1) and vm.state == S.ACTIVE:
+                self._recover(vm, success=operation == 1)
+            else:
+                raise OneFailure(ACTION, f"[{method}] Cannot recover VM in state "
+                                         f"{S(vm.state).name}/"
+                                         f"{LCM_STATES[vm.lcm_state]}", vm_id)
+            return vm_id
+
+    def _recover(self, vm: Vm, success: bool) -> None:
+        """``LifeCycleManager::recover``: pretend the pending operation succeeded/failed."""
+        name = LCM_STATES[vm.lcm_state]
+        if name.startswith("PROLOG"):
+            if success:
+                self._prolog_success(vm)
+            else:
+                self._prolog_failure(vm)
+        elif name.startswith("EPILOG"):
+            self._epilog_result(vm, success, "-")
+        elif name.startswith("BOOT") or name == "MIGRATE":
+            if success:
+                self._deploy_success(vm)
+            else:
+                self._deploy_failure(vm)
+        elif name == "UNKNOWN":
+            self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+
+    def _recover_delete(self, vm: Vm, recreate: bool) -> None:
+        """``LifeCycleManager::clean_up_vm``: CLEANUP_DELETE or CLEANUP_RESUBMIT, the VMM
+        cleans up the domain and runs the DELETE lines (failures ignored), or the TM does
+        when there is no domain."""
+        local = vm.state in (S.STOPPED, S.UNDEPLOYED)
+        domain = vm.state == S.ACTIVE and vm.deploy_id != ""
+        self._set_vm_state(vm, S.ACTIVE, LCM["CLEANUP_RESUBMIT" if recreate
+                                             else "CLEANUP_DELETE"])
+        if not vm.history:
+            if recreate:
+                self._resubmit(vm)
+            else:
+                self._done(vm)
+            return
+        lines = T.delete_all(vm, self._fe_place(vm) if local else self._place(vm))
+        xml = self._vmm_xml(vm, tm_command="\n".join(" ".join(line) for line in lines))
+        params = [vm.deploy_id, vm.last.hostname]
+
+        def cleanup() -> None:
+            if domain:  # VMM CLEANUP: cancel the domain first
+                self._vmm(vm, "cancel", params, xml)
+            for line in lines:  # then every TM_COMMAND line, as a no-fail step
+                self.drivers.tm_line(vm.id, line)
+            with self.lock:
+                if recreate:
+                    self._resubmit(vm)
+                else:
+                    self._done(vm)
+
+        self._submit(cleanup)
+
+    # -- migration ------------------------------------------------------------------------------
+
+    def vm_migrate(self, vm_id: int, host_id: int, live: bool = False,
+                   enforce: bool = False, ds_id: int = -1, migration_type: int = 0) -> int:
+        """``VirtualMachineMigrate``: live (MIGRATE, VMM migrate with TM pre/postmigrate)
+        or cold (save, or poweroff for type 1/2, then TM MV lines)."""
+        method = "one.vm.migrate"
+        with self.lock:
+            vm = self._vm(vm_id, method)
+            target = self._host(host_id, method)
+            running = vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]
+            if not (running or vm.state in (S.POWEROFF, S.SUSPENDED)) or \
+                    (live and not running):
+                raise OneFailure(ACTION, f"[{method}] Migrate action is not available for "
+                                         f"state {S(vm.state).name}", vm_id)
+            if target.id == vm.last.hid:
+                raise OneFailure(ACTION, f"[{method}] VM is already running on host "
+                                         f"[{host_id}] and datastore [{vm.last.ds_id}]",
+                                 vm_id)
+            system = self.datastores[vm.last.ds_id if ds_id < 0 else ds_id]
+            vm.last.action = ACTION_NUMBERS["live-migrate" if live else "migrate"]
+            vm.last.etime = now()
+            vm.history.append(History(len(vm.history), target.name, target.id, system.id,
+                                      system.tm_mad, target.vm_mad))
+            target.vms.append(vm_id)
+            if live:
+                self._set_vm_state(vm, S.ACTIVE, LCM["MIGRATE"])
+                self._submit(lambda: self._live_migrate(vm))
+            elif vm.state == S.POWEROFF:
+                self._move_host(vm)
+                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE_POWEROFF"])
+                self._submit(lambda: self._prolog(vm))
+            elif vm.state == S.SUSPENDED:
+                self._move_host(vm)
+                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE_SUSPEND"])
+                self._submit(lambda: self._prolog(vm))
+            elif migration_type in (1, 2):
+                vm.previous_action = "poweroff-migrate"
+                self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_MIGRATE"])
+                self._submit(lambda: self._shutdown(vm, migration_type == 2))
+            else:
+                vm.previous_action = "migrate"
+                self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_MIGRATE"])
+                self._submit(lambda: self._save_for_migration(vm))
+            return vm_id
+
+    def _save_for_migration(self, vm: Vm) -> None:
+        """SAVE on the source host (the previous history record)."""
+        with self.lock:
+            source = vm.history[-2]
+            place = self._place(vm, source)
+            checkpoint = f"{place.system_dir}/checkpoint"
+            xml = self._vmm_xml(vm, host=source.hostname, checkpoint=checkpoint)
+        ok, info = self._vmm(vm, "save", [vm.deploy_id, checkpoint, source.hostname], xml,
+                             host=source.hostname)
+        with self.lock:
+            if not ok:
+                self._vm_error_info(vm, "SAVE", info)
+                self._revert_migration(vm)
+                return
+            self._delete_snapshots(vm)
+            self._start_prolog_migrate(vm)
+
+    def _revert_migration(self, vm: Vm) -> None:
+        target = self.hosts.get(vm.last.hid)
+        if target is not None and vm.id in target.vms:
+            target.vms.remove(vm.id)
+        vm.history.pop()
+        self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+
+    def _live_migrate(self, vm: Vm) -> None:
+        """VMM MIGRATE: TM premigrate (VM XML base64 on stdin), the hypervisor's migrate,
+        TM postmigrate (no-fail); failmigrate when the migration fails."""
+        with self.lock:
+            source = vm.history[-2]
+            line = T.migrate(vm, source.hostname, self._place(vm))
+            payload = _b64(X.vm_body(vm, all_history=False))
+            xml = self._vmm_xml(vm, host=source.hostname, migr_host=vm.last.hostname,
+                                tm_command=" ".join(line))
+        pre = self.drivers.tm_line(vm.id, ["PRE" + line[0], *line[1:]], payload)
+        ok, info = pre.ok, pre.info
+        if ok:
+            ok, info = self._vmm(vm, "migrate", [vm.deploy_id, vm.last.hostname,
+                                                 source.hostname], xml, host=source.hostname)
+            if not ok:
+                self.drivers.tm_line(vm.id, ["FAIL" + line[0], *line[1:]], payload)
+            else:
+                self.drivers.tm_line(vm.id, ["POST" + line[0], *line[1:]], payload)
+        with self.lock:
+            if ok:
+                self._move_host(vm)
+                self._delete_snapshots(vm)
+                self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+            else:
+                self._vm_error_info(vm, "MIGRATE", info)
+                self._revert_migration(vm)
+
+    # -- the optional scheduler -------------------------------------------------------------
+
+    def schedule_once(self) -> list[tuple[int, int]]:
+        """One pass of a minimal scheduler: every PENDING VM to the host it left (resume,
+        recreate) or the first MONITORED host, on its system datastore or the first one;
+        through ``one.vm.deploy`` as the real scheduler. Returns (vm, host) pairs."""
+        placed = []
+        with self.lock:
+            pending = [vm for vm in self.vms.values() if vm.state == S.PENDING]
+            choices = []
+            for vm in pending:
+                host = self.hosts.get(vm.last.hid) if vm.history else next(
+                    (h for h in self.hosts.values() if h.state == 2), None)
+                system = vm.last.ds_id if vm.history else -1
+                if host is not None:
+                    choices.append((vm.id, host.id, system))
+        for vm_id, host_id, ds_id in choices:
+            reply = self.dispatch("one.vm.deploy", (self.session, vm_id, host_id, False, ds_id))
+            if reply[0]:
+                placed.append((vm_id, host_id))
+        return placed
+
+    session: str
+
+    def dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
+        raise NotImplementedError  # provided by OnedSandbox
+
+
+def _copy_snapshot(snapshot: ImageSnapshot) -> ImageSnapshot:
+    return ImageSnapshot(snapshot.id, snapshot.name, snapshot.date, snapshot.parent,
+                         snapshot.active, snapshot.size)
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def _assign_targets(vm: Vm) -> None:
+    """``assign_disk_targets``: DEV_PREFIX + the first free letter, in disk order; the
+    context CD-ROM last."""
+    used = {d["TARGET"] for d in vm.disks if d.get("TARGET")}
+    for disk in vm.disks:
+        if not disk.get("TARGET"):
+            disk["TARGET"] = _free_target(disk.get("DEV_PREFIX", DEFAULT_DEVICE_PREFIX), used)
+            used.add(disk["TARGET"])
+    for context in vm.template.get("CONTEXT") or []:
+        if not context.get("TARGET"):
+            prefix = context.get("DEV_PREFIX", DEFAULT_CDROM_DEVICE_PREFIX)
+            context["TARGET"] = _free_target(prefix, used)
+            used.add(context["TARGET"])
+
+
+def _free_target(prefix: str, used: set[str]) -> str:
+    index = 0
+    while True:
+        letters, value = "", index
+        while True:
+            letters = chr(ord("a") + value % 26) + letters
+            value = value // 26 - 1
+            if value < 0:
+                break
+        if prefix + letters not in used:
+            return prefix + letters
+        index += 1
+
+
+def _context_script(vm: Vm) -> str:
+    """``context.sh`` as oned generates it: the CONTEXT attributes as shell variables."""
+    lines = ["# Context variables generated by OpenNebula"]
+    for context in vm.template.get("CONTEXT") or []:
+        for key, value in sorted(context.items()):
+            quoted = str(value).replace("'", "'\\''")
+            lines.append(f"{key}='{quoted}'")
+    return "\n".join(lines) + "\n"
+
+
+def _domain_xml(vm: Vm, place: T.Place) -> str:
+    """A libvirt domain as ``LibVirtDriverKVM`` would write it, reduced to what storage
+    cares about: file disks for FILE, block disks for BLOCK, the context CD-ROM."""
+    memory = int(vm.template.get("MEMORY", 128)) * 1024
+    vcpu = vm.template.get("VCPU", "1")
+    disks = []
+    for disk in vm.disks:
+        path = f"{place.system_dir}/disk.{disk['DISK_ID']}"
+        kind = disk.get("TYPE", "FILE").upper()
+        device = "cdrom" if kind.endswith("CDROM") else "disk"
+        block = kind == "BLOCK"
+        source = f"<source dev={quoteattr(path)}/>" if block else \
+            f"<source file={quoteattr(path)}/>"
+        driver = escape(disk.get("DRIVER", "raw"))
+        readonly = "<readonly/>" if disk.get("READONLY", "NO").upper() == "YES" else ""
+        disks.append(f"<disk type='{'block' if block else 'file'}' device='{device}'>"
+                     f"{source}<target dev={quoteattr(disk.get('TARGET', 'vda'))}/>"
+                     f"<driver name='qemu' type='{driver}' cache='none'/>{readonly}</disk>")
+    for context in vm.template.get("CONTEXT") or []:
+        path = f"{place.system_dir}/disk.{context['DISK_ID']}"
+        disks.append(f"<disk type='file' device='cdrom'><source file={quoteattr(path)}/>"
+                     f"<target dev={quoteattr(context.get('TARGET', 'hda'))}/><readonly/>"
+                     "<driver name='qemu' type='raw'/></disk>")
+    return (f"<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+            f"<name>one-{vm.id}</name><vcpu>{escape(str(vcpu))}</vcpu>"
+            f"<memory>{memory}</memory><os><type arch='x86_64'>hvm</type></os>"
+            f"<devices>{''.join(disks)}</devices>"
+            f"<metadata><one:vm xmlns:one='http://opennebula.org/xmlns/libvirt/1.0'>"
+            f"<one:id>{vm.id}</one:id></one:vm></metadata></domain>\n")
+
