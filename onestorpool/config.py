@@ -94,6 +94,22 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def parse_abs_path(value: str) -> str:
+    """An absolute path, or empty for the default."""
+    if value and not value.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {value!r}")
+    return value
+
+
+def parse_dd_size(value: str) -> str:
+    """A ``dd bs=`` size as GNU dd takes it: ``N`` bytes or ``N`` with a unit (``512K``,
+    ``1M``, ``4MiB``, ``1MB``); never zero."""
+    match = re.fullmatch(r"([0-9]+)(?:[kKMGT](?:iB|B)?)?", value.strip())
+    if match is None or int(match[1]) == 0:
+        raise ValueError(f"expected a dd block size such as 1M or 65536, got {value!r}")
+    return value.strip()
+
+
 def parse_words(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
@@ -112,6 +128,8 @@ def parse_remote_backup(value: str) -> tuple[str, str] | None:
         raise ValueError(f"expected <location>[:<args>], got {value!r}")
     return location, extra.strip()
 
+
+DEFAULT_EVENT_LOG = "/var/lib/one/onestorpool/events.db"
 
 # -- the variables ------------------------------------------------------------------------------
 
@@ -187,7 +205,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EXPORT_QEMU_IMG_ARGS", "", parse_str, "extra qemu-img arguments for exports"),
     Setting("EXPORT_TRANSPORT", "ssh", parse_str, "transport in IMPORT_SOURCE of exports"),
     Setting("STAGING_DIR", "/var/tmp", parse_str, "scratch directory for exports"),
-    Setting("COPY_CMD_DD_BS", "1M", parse_str, "dd block size for imports"),
+    Setting("COPY_CMD_DD_BS", "1M", parse_dd_size, "dd block size writing imported data"),
     Setting("CLONE_COMPRESSION", "", parse_str, "compress cross-cluster clone streams"),
     Setting("RAFT_LEADER_IP", "", parse_str, "restrict periodic work to the leader"),
     Setting("ONE_XMLRPC", "", parse_str, "oned XML-RPC endpoint"),
@@ -200,7 +218,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MKFS", "mkfs", parse_str, "mkfs command"),
     Setting("MKSWAP", "mkswap", parse_str, "mkswap command"),
     Setting("ALT_STATS", "0", parse_bool, "count internal u2+u3 as free"),
-    Setting("EVENT_LOG", "", parse_str, "event log path (default /var/lib/one/onestorpool)"),
+    Setting("EVENT_LOG", "", parse_abs_path,
+            f"event log database (default {DEFAULT_EVENT_LOG}; $ONESTORPOOL_EVENTLOG wins)"),
     Setting("LOG_TO_FILE", "", parse_str, "also log to /var/log/one/addon-storpool.log"),
     # The endpoint of a datastore's own cluster; cluster defaults come from /etc/storpool.conf.
     Setting("SP_API_HTTP_HOST", "", parse_str, "StorPool API host", datastore=True),
@@ -297,10 +316,10 @@ def _expand(text: str, scope: Mapping[str, str]) -> str:
     return _VAR_RE.sub(lambda m: scope.get(m[1] or m[2], ""), text)
 
 
-# -- paths --------------------------------------------------------------------------------------
-
+# -- paths: every default location of the add-on, resolved here and nowhere else -----------
 
 def root() -> Path:
+    """``$ONESTORPOOL_ROOT`` (the sandbox's fake root) or ``/``: it prefixes every default."""
     return Path(os.environ.get("ONESTORPOOL_ROOT", "/"))
 
 
@@ -308,15 +327,35 @@ def _rooted(path: str) -> Path:
     return root() / path.lstrip("/")
 
 
-def rc_candidates() -> list[Path]:
-    """Where ``addon-storpoolrc`` may live, first found wins (front-end, then host)."""
-    paths = []
+def remotes_dir() -> Path:
+    """oned's remotes on the front-end: ``$ONE_LOCATION/var/remotes`` for a self-contained
+    install, else ``/var/lib/one/remotes``."""
     one_location = os.environ.get("ONE_LOCATION")
     if one_location:
-        paths.append(Path(one_location) / "var/remotes/addon-storpoolrc")
-    paths += [_rooted("/var/lib/one/remotes/addon-storpoolrc"),
-              _rooted("/var/tmp/one/addon-storpoolrc")]
-    return paths
+        return Path(one_location) / "var/remotes"
+    return _rooted("/var/lib/one/remotes")
+
+
+def rc_candidates() -> list[Path]:
+    """Where ``addon-storpoolrc`` may live, first found wins (front-end, then host)."""
+    return [remotes_dir() / "addon-storpoolrc", _rooted("/var/tmp/one/addon-storpoolrc")]
+
+
+def event_log_path(config: Config | None = None) -> Path:
+    """``$ONESTORPOOL_EVENTLOG``, else ``EVENT_LOG`` of the configuration (loaded when not
+    given), else ``/var/lib/one/onestorpool/events.db`` under the root."""
+    return Path(event_log_origin(config)[0])
+
+
+def event_log_origin(config: Config | None = None) -> tuple[str, str]:
+    """The event log path and where it came from (for ``onestorpool config``)."""
+    explicit = os.environ.get("ONESTORPOOL_EVENTLOG", "").strip()
+    if explicit:
+        return explicit, "environment ONESTORPOOL_EVENTLOG"
+    config = load() if config is None else config
+    if config["EVENT_LOG"]:
+        return config["EVENT_LOG"], config.origins["EVENT_LOG"]
+    return str(_rooted(DEFAULT_EVENT_LOG)), "default"
 
 
 def local_override_path() -> Path:
