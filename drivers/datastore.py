@@ -161,7 +161,9 @@ def cp(ctx: DsContext) -> str:
     else:
         _import_data(ctx, final, template)
     ctx.event["created"] = [final]
-    return f"{ctx.naming.image_source(ctx.datastore.id, image.id)} raw"
+    source = ctx.naming.image_source(ctx.datastore.id, image.id)
+    # DS_CP_REPORT_FORMAT (default on): "SOURCE raw" tells oned the image is now raw.
+    return f"{source} raw" if ctx.config["DS_CP_REPORT_FORMAT"] else source
 
 
 def _import_from_snapshot(ctx: DsContext, final: str, template: str, snapshot: str) -> None:
@@ -218,7 +220,8 @@ def _import_data(ctx: DsContext, final: str, template: str) -> None:
         create_volume(ctx.sp, staging, size=staging_size, template=template, tags=tags)
         undo.push(f"delete {staging}", delete_volume, ctx.sp, staging)
         with attached(ctx.sp, staging, host, client, timeout=timeout) as device:
-            written, digests = _stream_into(host, device, source, staging_size)
+            written, digests = _stream_into(host, device, source, staging_size,
+                                            block_size=ctx.config["COPY_CMD_DD_BS"])
             _verify_checksums(image, digests)
             info = _qemu_info(host, device)
         fmt = info.get("format", "raw")
@@ -242,14 +245,15 @@ def _import_data(ctx: DsContext, final: str, template: str) -> None:
             ctx.event.update(virtual_size=virtual)
 
 
-def _stream_into(host: hosts.Host, device: str, source: _Source,
-                 capacity: int) -> tuple[int, dict[str, str]]:
-    """Copy the source into the device on ``host``; returns bytes written and digests."""
+def _stream_into(host: hosts.Host, device: str, source: _Source, capacity: int,
+                 block_size: str = "1M") -> tuple[int, dict[str, str]]:
+    """Copy the source into the device on ``host`` (``dd bs=block_size``, the rc's
+    ``COPY_CMD_DD_BS``); returns bytes written and digests."""
     md5, sha1 = hashlib.md5(), hashlib.sha1()
     written = 0
     last = time.monotonic()
     total = f"{mib(source.length)} MiB" if source.length else "unknown size"
-    sink = host.popen(["dd", f"of={device}", "bs=1M", "iflag=fullblock",
+    sink = host.popen(["dd", f"of={device}", f"bs={block_size}", "iflag=fullblock",
                        "conv=notrunc,fsync", "status=none"],
                       stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -583,6 +587,11 @@ def _random_suffix(length: int) -> str:
 
 def monitor(ctx: DsContext) -> str:
     template = ctx.naming.template(ctx.datastore.id)
+    if ctx.config["SP_SKIP_MONITOR"]:
+        # As the Bash add-on's monitor sync: the datastore is not asked about (e.g. its
+        # cluster is unreachable from here); oned keeps its last figures.
+        ctx.event.update(template=template, skipped="SP_SKIP_MONITOR")
+        return ""
     for status in ctx.sp.volume_templates_status():
         if status.get("name") == template:
             break
@@ -642,7 +651,9 @@ def export(ctx: DsContext) -> str:
             ctx.event["created"] = [snapshot]  # export.delete removes it
         md5 = host.run(["md5sum", checksum_path], timeout=None).stdout.split()[0].decode()
     transport = ctx.config["EXPORT_TRANSPORT"]
-    remotes = os.environ.get("ONE_REMOTES", "/var/lib/one/remotes")
+    from onestorpool.config import remotes_dir
+
+    remotes = os.environ.get("ONE_REMOTES") or str(remotes_dir())
     dispose = f"{remotes}/datastore/storpool/export.delete {host.name} {location}"
     ctx.event.update(location=location, format=out_format)
     return ("<IMPORT_INFO>"

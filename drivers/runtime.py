@@ -58,13 +58,14 @@ class ActionRecord:
     volume behind an image in ERROR."""
 
     def __init__(self, kind: str, action: str):
-        from onestorpool.eventlog import EventLog, default_path
+        from onestorpool.config import event_log_path
+        from onestorpool.eventlog import EventLog
 
         self.type, self.writer = f"{kind}.{action}", writer_name(kind, action)
         self.started = time.monotonic()
         self.payload: dict[str, Any] = {}
         self.subjects: dict[str, Any] = {}
-        self.log = EventLog(default_path())
+        self.log = EventLog(event_log_path())
 
     def __enter__(self) -> ActionRecord:
         return self
