@@ -3,7 +3,8 @@ find them, a lightweight call path for drivers, and pyone for the subscriber and
 
 Resolution (``src/oca/ruby/opennebula/lib/client.rb``), in one place for both paths:
 
-* endpoint: ``$ONE_XMLRPC``, else ``$HOME/.one/one_endpoint``, else oneadmin's
+* endpoint: ``$ONE_XMLRPC``, else ``ONE_XMLRPC`` of ``addon-storpoolrc`` (as the Bash
+  add-on's rc exported it), else ``$HOME/.one/one_endpoint``, else oneadmin's
   ``/var/lib/one/.one/one_endpoint``, else ``http://localhost:2633/RPC2``;
 * credentials: the file named by ``$ONE_AUTH``, else ``$HOME/.one/one_auth``, else
   ``/var/lib/one/.one/one_auth``; its first line is the session, ``user:password``.
@@ -23,7 +24,8 @@ Public API:
 :class:`OneError`, :class:`OneTransportError`
     oned's answer was an error (``code``: :data:`NO_EXISTS`...), or oned was not reached.
 
-Retries use the add-on's one policy (:class:`onestorpool.retry.RetryPolicy`: tenacity,
+Calls are tried ``ONE_CALL_RETRIES`` times (rc, default 3) unless the caller passes its own
+policy. Retries use the add-on's one policy (:class:`onestorpool.retry.RetryPolicy`: tenacity,
 jittered exponential backoff, bounded attempts and deadline, injectable ``sleep``) and happen
 on transport errors only, never on an answer of oned's (authentication, authorization, not
 found...). A request that never left (connection refused, connect timeout, name lookup) is
@@ -44,6 +46,7 @@ from onestorpool.errors import AddonError
 from onestorpool.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from onestorpool.config import Config
     from onestorpool.one import Datastore, Host, Image, Vm
 
 DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
@@ -95,16 +98,36 @@ def _one_files(name: str) -> list[Path]:
 
 
 def endpoint() -> str:
+    return endpoint_origin()[0]
+
+
+def endpoint_origin(config: Config | None = None) -> tuple[str, str]:
+    """oned's XML-RPC endpoint and where it came from (``onestorpool config`` shows it)."""
     if os.environ.get("ONE_XMLRPC", "").strip():
-        return os.environ["ONE_XMLRPC"].strip()
+        return os.environ["ONE_XMLRPC"].strip(), "environment ONE_XMLRPC"
+    config = _config() if config is None else config
+    if config["ONE_XMLRPC"].strip():
+        return config["ONE_XMLRPC"].strip(), config.origins["ONE_XMLRPC"]
     for path in _one_files("one_endpoint"):
         try:
             text = path.read_text().strip()
         except OSError:
             continue
         if text:
-            return text
-    return DEFAULT_ENDPOINT
+            return text, str(path)
+    return DEFAULT_ENDPOINT, "default"
+
+
+def _config() -> Config:
+    from onestorpool import config
+
+    return config.load()
+
+
+def default_retry(deadline: float = 20.0, config: Config | None = None) -> RetryPolicy:
+    """``ONE_CALL_RETRIES`` tries (at least one) within ``deadline`` seconds."""
+    config = _config() if config is None else config
+    return RetryPolicy(attempts=max(1, config["ONE_CALL_RETRIES"]), deadline=deadline)
 
 
 def session() -> str:
@@ -231,7 +254,9 @@ def one_call(method: str, *params: Any, retry: RetryPolicy | None = None,
     :class:`OneTransportError` otherwise. ``idempotent`` defaults to :func:`is_read_only`."""
     import xmlrpc.client
 
-    url, auth = endpoint(), session()
+    config = _config()  # ONE_XMLRPC and ONE_CALL_RETRIES of the rc
+    url, auth = endpoint_origin(config)[0], session()
+    retry = retry or default_retry(config=config)
     safe = is_read_only(method) if idempotent is None else idempotent
     what = f"oned {_redact(url)} {method}"
 
@@ -248,7 +273,7 @@ def one_call(method: str, *params: Any, retry: RetryPolicy | None = None,
             raise error from exc
         return _value(method, reply)
 
-    return (retry or RetryPolicy(attempts=3, deadline=20)).call(attempt, f"oned {method}")
+    return retry.call(attempt, f"oned {method}")
 
 
 def vm_info(vm_id: int) -> Vm:
@@ -290,7 +315,7 @@ def server(retry: RetryPolicy | None = None, timeout: float = DEFAULT_TIMEOUT) -
     # sets the process-wide socket default): give its ServerProxy our bounded transport.
     if hasattr(inner, "_ServerProxy__transport"):
         inner._ServerProxy__transport = _transport(url, timeout)
-    return _Retrying(inner, retry or RetryPolicy(attempts=5, deadline=60), _redact(url))
+    return _Retrying(inner, retry or default_retry(deadline=60), _redact(url))
 
 
 class _Retrying:
