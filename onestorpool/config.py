@@ -27,13 +27,15 @@ from __future__ import annotations
 import os
 import re
 import socket
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onestorpool.errors import ConfigError
+
+if TYPE_CHECKING:
+    import argparse  # the CLI's; drivers never load it
 
 # -- value types ------------------------------------------------------------------------------
 
@@ -413,6 +415,8 @@ class Config:
     origins: Mapping[str, str]
     extra: Mapping[str, str]  # legacy / tweak variables, kept raw
     storpool: Mapping[str, str]  # /etc/storpool.conf after section and env overrides
+    raw: Mapping[str, str] = field(default_factory=dict)  # the text each value came from
+    storpool_origins: Mapping[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -429,6 +433,18 @@ class Config:
         from onestorpool.naming import Naming
 
         return Naming(self.prefix, self.values["VMSNAPSHOT_TAG"])
+
+    def endpoint_origins(self) -> dict[str, str]:
+        """Where the endpoint's host, port and token come from (the token never shown)."""
+        found = {}
+        for name in ("SP_API_HTTP_HOST", "SP_API_HTTP_PORT", "SP_AUTH_TOKEN"):
+            if self.values[name] not in ("", None):
+                found[name] = self.origins[name]
+            elif self.storpool.get(name):
+                found[name] = self.storpool_origins.get(name, "default")
+            else:
+                found[name] = "not set"
+        return found
 
     def endpoint(self) -> ApiEndpoint:
         """The StorPool API of this configuration (datastore values win over storpool.conf)."""
@@ -450,7 +466,7 @@ class Config:
 
     def for_datastore(self, attributes: Mapping[str, str], source: str = "datastore") -> Config:
         """This configuration with a datastore template's attributes applied on top."""
-        values, origins = dict(self.values), dict(self.origins)
+        values, origins, raws = dict(self.values), dict(self.origins), dict(self.raw)
         for name, raw in attributes.items():
             setting = SETTINGS_BY_NAME.get(name)
             if setting is None or not setting.datastore:
@@ -458,17 +474,32 @@ class Config:
             if raw == "" and name not in ("REMOTE_BACKUP_DELETE",):
                 continue  # empty = not set (the old add-on unset empty SP_* values)
             values[name] = _convert(setting, raw, f"{source} attribute {name}")
-            origins[name] = source
-        return Config(values, origins, self.extra, self.storpool)
+            origins[name], raws[name] = source, raw
+        return Config(values, origins, self.extra, self.storpool, raws, self.storpool_origins)
 
     def describe(self) -> list[str]:
-        """``NAME=value  # origin`` lines with the token hidden (for ``onestorpool config``)."""
+        """The settings in rc syntax, ``NAME=value  # origin``, for ``onestorpool config``:
+        what a file would say to get this configuration. The token is never shown; settings
+        nothing acts on say so."""
         lines = []
         for setting in SETTINGS:
-            value = self.values[setting.name]
-            shown = "***" if setting.name == "SP_AUTH_TOKEN" and value else value
-            lines.append(f"{setting.name}={shown!r}  # {self.origins[setting.name]}")
+            raw = self.raw.get(setting.name, setting.default)
+            note = self.origins[setting.name]
+            if not setting.used:
+                note += "; accepted for compatibility, unused"
+            if setting.name == "SP_AUTH_TOKEN":
+                state = "set, hidden" if raw else "not set here"
+                lines.append(f"# SP_AUTH_TOKEN ({state})  # {note}")
+                continue
+            lines.append(f"{setting.name}={shell_quote(raw)}  # {note}")
         return lines
+
+
+def shell_quote(value: str) -> str:
+    """``value`` as an rc file writes it: bare when it can be, else single-quoted."""
+    if value and re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", value):
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 def _convert(setting: Setting, raw: str, where: str) -> Any:
@@ -494,6 +525,7 @@ def load(rc_paths: Iterable[Path] | None = None, override_path: Path | None = No
     environ = os.environ if environ is None else environ
     values = {s.name: _convert(s, s.default, f"default of {s.name}") for s in SETTINGS}
     origins = dict.fromkeys(values, "default")
+    raws = {s.name: s.default for s in SETTINGS}
     extra: dict[str, str] = {}
     raw_scope: dict[str, str] = {}
 
@@ -510,31 +542,42 @@ def load(rc_paths: Iterable[Path] | None = None, override_path: Path | None = No
             setting = SETTINGS_BY_NAME.get(name)
             if setting is not None:
                 values[name] = _convert(setting, raw, f"{path}:{line}: {name}")
-                origins[name] = f"{path}:{line}"
+                origins[name], raws[name] = f"{path}:{line}", raw
             elif name in LEGACY_NAMES or LEGACY_PATTERNS.match(name):
                 extra[name] = raw
             else:
                 raise ConfigError(f"{path}:{line}: unknown variable {name} "
                                   "(not an addon-storpool setting; typo?)")
 
-    storpool = load_storpool_conf(storpool_paths, hostname, environ)
-    return Config(values, origins, extra, storpool)
+    storpool, storpool_origins = _storpool_conf(storpool_paths, hostname, environ)
+    return Config(values, origins, extra, storpool, raws, storpool_origins)
 
 
 def load_storpool_conf(paths: Iterable[Path] | None = None, hostname: str | None = None,
                        environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """``SPConfig`` semantics: each file's global section then ``[hostname]``, then env."""
+    return _storpool_conf(paths, hostname, environ)[0]
+
+
+def _storpool_conf(paths: Iterable[Path] | None, hostname: str | None,
+                   environ: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """:func:`load_storpool_conf` and where each value came from."""
     environ = os.environ if environ is None else environ
     hostname = hostname or socket.gethostname()
     result = {"SP_API_HTTP_HOST": "127.0.0.1", "SP_API_HTTP_PORT": "81"}
+    origins = dict.fromkeys(result, "default")
     for path in storpool_conf_paths() if paths is None else paths:
         text = _read_text(Path(path))
         if text is not None:
-            result.update(storpool_sections(text, str(path), hostname))
+            found = storpool_sections(text, str(path), hostname)
+            scoped = storpool_sections(text, str(path), hostname, include_global=False)
+            result.update(found)
+            origins.update({name: f"{path} [{hostname}]" if name in scoped else str(path)
+                            for name in found})
     for name in ("SP_AUTH_TOKEN", "SP_API_HTTP_HOST", "SP_API_HTTP_PORT"):
         if environ.get(name):
-            result[name] = environ[name]
-    return result
+            result[name], origins[name] = environ[name], f"environment {name}"
+    return result, origins
 
 
 def storpool_conf_section(section: str, paths: Iterable[Path] | None = None) -> dict[str, str]:
@@ -574,13 +617,52 @@ def storpool_sections(text: str, source: str, section: str,
     return found
 
 
-def main(argv: list[str]) -> int:
-    """``onestorpool config``: print the effective configuration, token hidden."""
-    if argv:
-        sys.stderr.write("usage: onestorpool config\n")
-        return 2
+def configure(parser: argparse.ArgumentParser) -> None:
+    """``onestorpool config`` options (the CLI's one argparse tree calls this)."""
+    parser.add_argument("--datastore", type=int, metavar="ID", default=None,
+                        help="apply this datastore's template (read from oned) on top, as "
+                             "its driver actions see it (default: the add-on's files only)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the effective configuration in rc syntax, the token never shown; exit 1 when
+    the StorPool API could not be used with it."""
     config = load()
+    title = "the add-on's files"
+    if args.datastore is not None:
+        from onestorpool import oneapi
+
+        datastore = oneapi.datastore_info(args.datastore)
+        config = config.for_datastore(datastore.template, f"datastore {datastore.id}")
+        title = f"datastore {datastore.id} ({datastore.name or 'unnamed'})"
+    print(f"# effective configuration of {title}, in addon-storpoolrc syntax")
     for line in config.describe():
         print(line)
-    print(f"# StorPool API: {config.endpoint()}")
+    print(f"# paths: root {root()}, remotes {remotes_dir()}")
+    log_path, log_origin = event_log_origin(config)
+    print(f"# event log: {log_path}  ({log_origin})")
+    from onestorpool import oneapi
+
+    one_url, one_origin = oneapi.endpoint_origin(config)
+    print(f"# oned XML-RPC: {oneapi._redact(one_url)}  ({one_origin})")
+    sources = config.endpoint_origins()
+    try:
+        api = config.endpoint()
+    except ConfigError as exc:
+        print(f"# StorPool API: unusable: {exc}")
+        return 1
+    print(f"# StorPool API: {api}  (host: {sources['SP_API_HTTP_HOST']}; "
+          f"port: {sources['SP_API_HTTP_PORT']})")
+    print(f"# StorPool token: from {sources['SP_AUTH_TOKEN']} (never shown)")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """``onestorpool config [--datastore ID]`` on its own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="onestorpool config",
+                                     description="Print the effective configuration.")
+    configure(parser)
+    return run(parser.parse_args(argv))

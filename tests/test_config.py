@@ -140,4 +140,4 @@ def test_config_command_hides_the_token(tmp_path, monkeypatch, capsys):
     write(tmp_path / "etc/storpool.conf", "SP_AUTH_TOKEN=topsecret\n")
     assert config.main([]) == 0
     out = capsys.readouterr().out
-    assert "topsecret" not in out and "ONE_PX='one'" in out
+    assert "topsecret" not in out and "\nONE_PX=one  # default\n" in out

@@ -38,7 +38,7 @@ def _product_sources() -> dict[str, str]:
 def _readers(name: str, sources: dict[str, str]) -> list[str]:
     """Files that read ``name`` as a configuration value: ``cfg["NAME"]``, ``.get("NAME"``,
     ``origins["NAME"]``."""
-    pattern = re.compile(r"""(\[\s*|\.get\(\s*)(["'])%s\2""" % re.escape(name))
+    pattern = re.compile(r"""(\[\s*|\.get\(\s*)(["'])""" + re.escape(name) + r"\2")
     return [path for path, text in sources.items() if pattern.search(text)]
 
 
@@ -52,7 +52,7 @@ def test_every_setting_read_somewhere_is_claimed_as_used():
     sources = _product_sources()
     read = {s.name: _readers(s.name, sources) for s in config.SETTINGS if not s.used}
     assert {n: f for n, f in read.items() if f} == {}, (
-        "read by product code but listed as unused: drop used=False in config.SETTINGS")
+        "read by product code but listed in config.UNUSED: take it off that list")
 
 
 def test_the_documented_settings_are_honoured():
@@ -96,7 +96,7 @@ def test_one_xmlrpc_from_the_rc_file_is_the_endpoint(rc_root):
 class _Unavailable(http.server.BaseHTTPRequestHandler):
     calls = 0
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         type(self).calls += 1
         self.rfile.read(int(self.headers["Content-Length"]))
         self.send_response(503)
@@ -122,3 +122,75 @@ def test_one_call_retries_is_the_number_of_tries(rc_root, line, tries):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- onestorpool config ---------------------------------------------------------------------------
+
+
+def test_config_prints_rc_syntax_that_reads_back_the_same(rc_root, capsys):
+    rc_root.write_text("ONE_PX=two\nSTORPOOL_CLIENT_ID_SOURCES='LOCAL ONEHOST'\n"
+                       "DELAY_DELETE=\nREMOTE_BACKUP_DELETE=\"clusterB:tag del=y\"\n")
+    (rc_root.parents[4] / "etc").mkdir()
+    (rc_root.parents[4] / "etc/storpool.conf").write_text("SP_AUTH_TOKEN=topsecret\n")
+    assert config.main([]) == 0
+    out = capsys.readouterr().out
+    assert "topsecret" not in out and "(" not in out.split("# paths")[0].replace(
+        "(set, hidden)", "").replace("(not set here)", "")  # no Python tuples or reprs
+    settings = [line for line in out.splitlines() if not line.startswith("#")]
+    assert len(settings) == len(config.SETTINGS) - 1  # the token line is a comment
+    reread = rc_root.parent / "reread"
+    reread.write_text("\n".join(settings) + "\n")
+    again = config.load(rc_paths=[reread], override_path=reread.parent / "none",
+                        storpool_paths=[], environ={})
+    original = config.load()
+    assert {n: again[n] for n in again.values if n != "SP_AUTH_TOKEN"} == {
+        n: original[n] for n in original.values if n != "SP_AUTH_TOKEN"}
+    assert f"ONE_PX=two  # {rc_root}:1" in out
+
+
+def test_config_marks_unused_settings_and_shows_endpoint_token_origin_and_log(rc_root,
+                                                                              capsys):
+    etc = rc_root.parents[4] / "etc"
+    etc.mkdir()
+    (etc / "storpool.conf").write_text("SP_API_HTTP_HOST=10.1.2.3\nSP_AUTH_TOKEN=secret\n")
+    rc_root.write_text("EVENT_LOG=/srv/audit/events.db\n")
+    assert config.main([]) == 0
+    out = capsys.readouterr().out
+    assert "AUTO_TEMPLATE=0  # default; accepted for compatibility, unused" in out
+    assert "DS_CP_REPORT_FORMAT=1  # default\n" in out
+    assert f"# StorPool API: http://10.1.2.3:81  (host: {etc / 'storpool.conf'}; " \
+           "port: default)" in out
+    assert f"# StorPool token: from {etc / 'storpool.conf'} (never shown)" in out
+    assert f"# event log: /srv/audit/events.db  ({rc_root}:1)" in out
+    assert "secret" not in out
+
+
+def test_config_without_a_token_says_so_and_fails(rc_root, capsys):
+    assert config.main([]) == 1
+    assert "# StorPool API: unusable: no StorPool API token" in capsys.readouterr().out
+
+
+def test_config_of_one_datastore(rc_root, capsys):
+    (rc_root.parents[4] / "etc").mkdir()
+    (rc_root.parents[4] / "etc/storpool.conf").write_text("SP_AUTH_TOKEN=main\n")
+    body = ("<DATASTORE><ID>101</ID><NAME>remote</NAME><DS_MAD>storpool</DS_MAD>"
+            "<TM_MAD>storpool</TM_MAD><BASE_PATH>/var/lib/one//datastores/101</BASE_PATH>"
+            "<TYPE>0</TYPE><STATE>0</STATE><CLUSTERS><ID>0</ID></CLUSTERS><TEMPLATE>"
+            "<SP_API_HTTP_HOST>10.9.9.9</SP_API_HTTP_HOST><SP_AUTH_TOKEN>other</SP_AUTH_TOKEN>"
+            "<SP_SKIP_MONITOR>YES</SP_SKIP_MONITOR></TEMPLATE></DATASTORE>")
+    server = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False)
+    server.register_function(lambda session, ds_id, decrypt=False: [True, body, 0],
+                             "one.datastore.info")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rc_root.write_text(f"ONE_XMLRPC=http://127.0.0.1:{server.server_address[1]}/RPC2\n")
+        assert config.main(["--datastore", "101"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = capsys.readouterr().out
+    assert "datastore 101 (remote)" in out
+    assert "SP_SKIP_MONITOR=YES  # datastore 101\n" in out
+    assert "# StorPool API: http://10.9.9.9:81  (host: datastore 101;" in out
+    assert "# StorPool token: from datastore 101 (never shown)" in out
+    assert "other" not in out.replace("another", "")
