@@ -9,8 +9,7 @@ what it created when it fails.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import lzma
 import os
 import random
 import re
@@ -26,6 +25,22 @@ from typing import Any, BinaryIO
 
 from onestorpool import hosts
 from onestorpool.config import Config
+from onestorpool.drivers.image_source import (
+    CHUNK,
+    HEAD_BYTES,
+    AccessPolicy,
+    ImageFacts,
+    ImageRefused,
+    PeekableReader,
+    compression_of,
+    copy_to_file,
+    decompressed_length,
+    decompressing,
+    inspect,
+    open_regular_file,
+    scratch_file,
+    wants_decompress,
+)
 from onestorpool.drivers.storage import (
     MIB,
     Rollback,
@@ -45,7 +60,6 @@ from onestorpool.naming import Naming, volume_from_source
 from onestorpool.storpool import StorPoolClient
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines in the driver log
-CHUNK = 4 * MIB
 URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 FS_RE = re.compile(r"^[a-z0-9]+$")
 
@@ -181,75 +195,166 @@ class _Source:
     length: int | None  # bytes, when known
 
 
-@contextlib.contextmanager
-def _open_source(path: str) -> Iterator[_Source]:
-    if URL_RE.match(path):
-        import urllib.request
+@dataclass
+class _LocalImage:
+    """The image as a local file: the user's own (``users_file``) or one we downloaded or
+    decompressed into ``STAGING_DIR``."""
 
-        try:
-            response = urllib.request.urlopen(path, timeout=60)
-        except OSError as exc:
-            raise InputError(f"cp: cannot download {_redact_url(path)}: {exc}") from None
-        with response:
-            length = response.headers.get("Content-Length")
-            yield _Source(response, int(length) if length and length.isdigit() else None)
-        return
-    if not path or not os.path.isabs(path):
-        raise InputError(f"cp: image PATH must be an absolute path or an http(s) URL, "
-                         f"got {path!r}")
+    path: str
+    users_file: bool
+    length: int
+    digests: dict[str, str]
+    compression: str | None
+
+
+def _opener() -> Any:
+    """urllib without file:// or ftp:// (also not through a redirect)."""
+    import urllib.request
+
+    class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+            if not URL_RE.match(newurl):
+                raise InputError(f"cp: refusing a redirect to {_redact_url(newurl)}")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    HttpOnlyRedirects(), urllib.request.HTTPErrorProcessor(),
+                    urllib.request.HTTPDefaultErrorHandler()):
+        opener.add_handler(handler)
+    return opener
+
+
+@contextlib.contextmanager
+def _download(url: str, what: str) -> Iterator[_Source]:
     try:
-        handle = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+        response = _opener().open(url, timeout=60)
     except OSError as exc:
-        raise InputError(f"cp: cannot read {path}: {exc.strerror}") from None
-    with handle:
-        yield _Source(handle, os.fstat(handle.fileno()).st_size)
+        raise InputError(f"{what}: cannot download {_redact_url(url)}: {exc}") from None
+    with response:
+        length = response.headers.get("Content-Length")
+        yield _Source(response, int(length) if length and length.isdigit() else None)
+
+
+def _wanted_hashes(image: ImageInfo) -> tuple[str, ...]:
+    """Only what the image asks to check: hashing every byte costs more than the copy."""
+    return tuple(name for name, value in (("md5", image.md5), ("sha1", image.sha1)) if value)
+
+
+@contextlib.contextmanager
+def _local_image(ctx: DsContext) -> Iterator[_LocalImage]:
+    """The source as a local file qemu-img can inspect; downloads and compressed sources
+    go through a private scratch file (qemu-img cannot inspect a stream)."""
+    image = ctx.require_image()
+    policy = AccessPolicy.for_datastore(ctx.datastore.attributes)
+    decompress = wants_decompress(ctx.config["NO_DECOMPRESS"])
+    hashes = _wanted_hashes(image)
+    scratch_dir = ctx.config["STAGING_DIR"]
+    if URL_RE.match(image.path):
+        with _download(image.path, "cp") as source, \
+                scratch_file(scratch_dir, f"one-img-{image.id}-") as (path, handle):
+            reader = PeekableReader(source.stream, hashes)
+            compression = compression_of(reader.peek()) if decompress else None
+            progress(f"cp: downloading {_redact_url(image.path)}")
+            try:
+                copy_to_file(decompressing(reader, compression), handle)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+                raise InputError(f"cp: cannot read {_redact_url(image.path)}: {exc}") from None
+            if source.length is not None and reader.read_bytes != source.length:
+                raise InputError(f"cp: download ended after {reader.read_bytes} of "
+                                 f"{source.length} bytes")
+            handle.flush()
+            yield _LocalImage(path, False, handle.tell(), reader.hexdigests(), compression)
+        return
+    with open_regular_file(image.path, policy) as handle:
+        reader = PeekableReader(handle, hashes)
+        compression = compression_of(reader.peek()) if decompress else None
+        if compression is None:
+            if hashes:
+                while reader.read(CHUNK):
+                    pass
+            yield _LocalImage(os.path.realpath(image.path), True,
+                              os.fstat(handle.fileno()).st_size, reader.hexdigests(), None)
+            return
+        with scratch_file(scratch_dir, f"one-img-{image.id}-") as (path, scratch):
+            progress(f"cp: decompressing {compression} source")
+            try:
+                copy_to_file(decompressing(reader, compression), scratch)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+                raise InputError(f"cp: cannot decompress {image.path}: {exc}") from None
+            scratch.flush()
+            yield _LocalImage(path, False, scratch.tell(), reader.hexdigests(), compression)
 
 
 def _import_data(ctx: DsContext, final: str, template: str) -> None:
+    """Read the source once, write the volume once: the local file is inspected, then
+    converted straight into the final volume on the front-end. Through a remote bridge a raw
+    image is streamed into the final volume; any other format goes through a staging volume
+    on the bridge, because qemu-img there can only read a device, not our pipe."""
+    image = ctx.require_image()
+    with _local_image(ctx) as local:
+        _verify_checksums(image, local.digests)
+        policy = AccessPolicy.for_datastore(ctx.datastore.attributes)
+        facts = inspect(local.path, policy=policy if local.users_file else None)
+        if facts.virtual_size == 0:
+            raise InputError(f"cp: the image {_redact_url(image.path)} is empty")
+        size = round_up(max(facts.virtual_size, image.size_mb * MIB), MIB)
+        host, client = ctx.block_host()
+        timeout = ctx.config["ATTACH_TIMEOUT"]
+        tags = ctx.tags.base(ctx.qos())
+        ctx.event.update(format=facts.format, bytes=local.length,
+                         virtual_size=facts.virtual_size, host=host.name)
+        if local.compression:
+            ctx.event["compression"] = local.compression
+        with Rollback() as undo:
+            create_volume(ctx.sp, final, size=size, template=template, tags=tags)
+            undo.push(f"delete {final}", delete_volume, ctx.sp, final)
+            if facts.format == "raw":
+                with attached(ctx.sp, final, host, client, timeout=timeout) as device, \
+                        open(local.path, "rb") as source:
+                    written = _stream_into(host, device, _Source(source, local.length), size,
+                                           ctx.config["COPY_CMD_DD_BS"])
+                if written != local.length:
+                    raise StorageError(f"cp: wrote {written} of {local.length} bytes")
+            elif not host.ssh:
+                with attached(ctx.sp, final, host, client, timeout=timeout) as device:
+                    progress(f"cp: writing {facts.format} image into {final}")
+                    _qemu_convert(host, local.path, facts.format, device, "raw")
+            else:
+                _convert_on_bridge(ctx, local, facts, final, host, client)
+
+
+def _convert_on_bridge(ctx: DsContext, local: _LocalImage, facts: ImageFacts, final: str,
+                       host: hosts.Host, client: int) -> None:
+    if facts.extents:
+        raise InputError("cp: a VMDK made of several files cannot be imported through a "
+                         "remote BRIDGE_LIST host; import it on the front-end")
     image = ctx.require_image()
     staging = ctx.naming.staging(image.id)
     delete_volume(ctx.sp, staging)  # a leftover of a crashed import is never reused
-    host, client = ctx.block_host()
     timeout = ctx.config["ATTACH_TIMEOUT"]
-    tags = ctx.tags.base(ctx.qos())
-    with Rollback() as undo, _open_source(image.path) as source:
-        wanted = max(source.length or 0, image.size_mb * MIB)
-        if wanted <= 0:
-            raise InputError("cp: cannot tell the image size (no SIZE and no length)")
-        staging_size = round_up(wanted, MIB)
-        create_volume(ctx.sp, staging, size=staging_size, template=template, tags=tags)
+    staging_size = round_up(local.length, MIB)
+    with Rollback() as undo:
+        create_volume(ctx.sp, staging, size=staging_size,
+                      template=ctx.naming.template(ctx.datastore.id), tags=ctx.tags.base())
         undo.push(f"delete {staging}", delete_volume, ctx.sp, staging)
-        with attached(ctx.sp, staging, host, client, timeout=timeout) as device:
-            written, digests = _stream_into(host, device, source, staging_size,
-                                            block_size=ctx.config["COPY_CMD_DD_BS"])
-            _verify_checksums(image, digests)
-            info = _qemu_info(host, device)
-        fmt = info.get("format", "raw")
-        _refuse_external_files(info)
-        ctx.event.update(format=fmt, bytes=written, host=host.name)
-        if fmt == "raw":
-            ctx.sp.volume_update(staging, rename=final, tags=tags)
-            undo.push(f"delete {final}", delete_volume, ctx.sp, final)
-        else:
-            virtual = int(info.get("virtual-size") or 0)
-            if virtual <= 0:
-                raise StorageError(f"cp: qemu-img reports no virtual size for the {fmt} image")
-            size = round_up(max(virtual, image.size_mb * MIB), MIB)
-            create_volume(ctx.sp, final, size=size, template=template, tags=tags)
-            undo.push(f"delete {final}", delete_volume, ctx.sp, final)
-            with attached(ctx.sp, staging, host, client, mode="ro", timeout=timeout) as src, \
-                    attached(ctx.sp, final, host, client, timeout=timeout) as dst:
-                progress(f"cp: converting {fmt} to raw on {host.name}")
-                _qemu_convert(host, src, fmt, dst, "raw")
-            delete_volume(ctx.sp, staging)
-            ctx.event.update(virtual_size=virtual)
+        with attached(ctx.sp, staging, host, client, timeout=timeout) as device, \
+                open(local.path, "rb") as source:
+            written = _stream_into(host, device, _Source(source, local.length), staging_size,
+                                   ctx.config["COPY_CMD_DD_BS"])
+        if written != local.length:
+            raise StorageError(f"cp: wrote {written} of {local.length} bytes")
+        with attached(ctx.sp, staging, host, client, mode="ro", timeout=timeout) as src, \
+                attached(ctx.sp, final, host, client, timeout=timeout) as dst:
+            progress(f"cp: converting {facts.format} to raw on {host.name}")
+            _qemu_convert(host, src, facts.format, dst, "raw")
+        delete_volume(ctx.sp, staging)
 
 
 def _stream_into(host: hosts.Host, device: str, source: _Source, capacity: int,
-                 block_size: str = "1M") -> tuple[int, dict[str, str]]:
+                 block_size: str = "1M") -> int:
     """Copy the source into the device on ``host`` (``dd bs=block_size``, the rc's
-    ``COPY_CMD_DD_BS``); returns bytes written and digests."""
-    md5, sha1 = hashlib.md5(), hashlib.sha1()
+    ``COPY_CMD_DD_BS``); returns the bytes written."""
     written = 0
     last = time.monotonic()
     total = f"{mib(source.length)} MiB" if source.length else "unknown size"
@@ -263,8 +368,6 @@ def _stream_into(host: hosts.Host, device: str, source: _Source, capacity: int,
             if written > capacity:
                 raise StorageError(f"cp: source is larger than the {mib(capacity)} MiB "
                                    "it announced")
-            md5.update(chunk)
-            sha1.update(chunk)
             sink.stdin.write(chunk)
             if time.monotonic() - last >= PROGRESS_EVERY:
                 progress(f"cp: {mib(written)} MiB of {total} copied")
@@ -278,7 +381,7 @@ def _stream_into(host: hosts.Host, device: str, source: _Source, capacity: int,
         if sink.poll() is None:
             sink.kill()
             sink.wait()
-    return written, {"md5": md5.hexdigest(), "sha1": sha1.hexdigest()}
+    return written
 
 
 def _verify_checksums(image: ImageInfo, digests: dict[str, str]) -> None:
@@ -288,28 +391,9 @@ def _verify_checksums(image: ImageInfo, digests: dict[str, str]) -> None:
                                f"data has {digests[name]}")
 
 
-def _qemu_info(host: hosts.Host, path: str) -> dict[str, Any]:
-    result = host.run(["qemu-img", "info", "--output=json", path], timeout=120)
-    try:
-        info = json.loads(result.stdout)
-    except ValueError:
-        raise StorageError(f"qemu-img info {path}: unreadable output") from None
-    if not isinstance(info, dict):
-        raise StorageError(f"qemu-img info {path}: unexpected output")
-    return info
-
-
-def _refuse_external_files(info: dict[str, Any]) -> None:
-    """An uploaded qcow2/VMDK may name a backing file or an external data file: converting
-    it would copy whatever that path holds on the bridge (``/etc/shadow``) into the image."""
-    data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
-    if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
-        raise InputError("cp: the image refers to another file (backing or data file "
-                         f"{info.get('backing-filename') or data_file!r}); refusing it")
-
-
 def _qemu_convert(host: hosts.Host, src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
-    # No host cache on real devices (-t/-T none); sparse target (-S); -n: target exists.
+    # The format is always given (-f): qemu-img never probes a user's bytes again. No host
+    # cache on real devices (-t/-T none); sparse target (-S); -n: the target exists.
     cache = [] if host.root is not None else ["-t", "none", "-T", "none"]
     host.run(["qemu-img", "convert", "-n", "-q", *cache, "-S", "4k",
               "-f", src_fmt, "-O", dst_fmt, src, dst], timeout=None)
@@ -410,23 +494,64 @@ def _parse_extra_tags(extra: str) -> dict[str, str]:
 
 
 def stat(ctx: DsContext) -> str:
+    """The size in MiB of what ``cp`` will import: the virtual size of the image, after
+    decompression (upstream ``fs_size``); never the length of a compressed or qcow2 file."""
     path = ctx.require_image().path
     if path.startswith("SPSNAPSHOT:"):
         size = int(ctx.sp.snapshot(path.removeprefix("SPSNAPSHOT:")).get("size") or 0)
     elif path.startswith("VMSNAP:"):
         snapshot, _vm = _vmsnap(ctx, path)
         size = int(ctx.sp.snapshot(snapshot).get("size") or 0)
-    elif URL_RE.match(path):
-        size = _url_length(path)
     else:
-        if not os.path.isabs(path) or not os.path.isfile(path):
-            raise InputError(f"stat: {path!r} is not a readable file")
-        info = _qemu_info(hosts.Host("localhost", ssh=False), path)
-        size = int(info.get("virtual-size") or os.path.getsize(path))
+        size = _source_virtual_size(ctx, path)
     if size <= 0:
-        raise InputError(f"stat: cannot determine the size of {_redact_url(path)}")
+        raise InputError(f"Cannot determine size for {_redact_url(path)}")
     ctx.event.update(size_mb=mib(size))
     return str(mib(size))
+
+
+def _source_virtual_size(ctx: DsContext, path: str) -> int:
+    decompress = wants_decompress(ctx.config["NO_DECOMPRESS"])
+    scratch_dir = ctx.config["STAGING_DIR"]
+    if not URL_RE.match(path):
+        policy = AccessPolicy.for_datastore(ctx.datastore.attributes)
+        with open_regular_file(path, policy) as handle:
+            reader = PeekableReader(handle)
+            compression = compression_of(reader.peek()) if decompress else None
+            if compression is None:
+                return inspect(os.path.realpath(path), policy=policy, check=False).virtual_size
+            return _head_virtual_size(decompressing(reader, compression), None, scratch_dir,
+                                      path)
+    for head in HEAD_BYTES:
+        with _download(path, "stat") as source:
+            reader = PeekableReader(source.stream)
+            compression = compression_of(reader.peek()) if decompress else None
+            try:
+                return _head_virtual_size(decompressing(reader, compression),
+                                          None if compression else source.length,
+                                          scratch_dir, path, head)
+            except ImageRefused:
+                if head == HEAD_BYTES[-1]:
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _head_virtual_size(stream: BinaryIO, length: int | None, scratch_dir: str, path: str,
+                       head: int = HEAD_BYTES[-1]) -> int:
+    """The format from the first ``head`` bytes; a raw image's size is its (decompressed)
+    length, anything else's the virtual size in its header."""
+    with scratch_file(scratch_dir, "one-stat-") as (scratch, handle):
+        try:
+            copied = copy_to_file(stream, handle, head)
+            handle.flush()
+            facts = inspect(scratch, policy=None, check=False)
+            if facts.format != "raw":
+                return facts.virtual_size
+            if length is not None:
+                return length
+            return copied + decompressed_length(stream)
+        except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+            raise InputError(f"stat: cannot read {_redact_url(path)}: {exc}") from None
 
 
 def _vmsnap(ctx: DsContext, path: str) -> tuple[str, Any]:
@@ -437,17 +562,6 @@ def _vmsnap(ctx: DsContext, path: str) -> tuple[str, Any]:
     image = ctx.require_image()
     return vmsnap_snapshot(ctx.naming, path, image.uid, image.gid,
                            lambda vm_id: parse_vm(oneapi.one_call("one.vm.info", vm_id)))
-
-
-def _url_length(url: str) -> int:
-    import urllib.request
-
-    request = urllib.request.Request(url, method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.headers.get("Content-Length") or 0)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"stat: cannot reach {_redact_url(url)}: {exc}") from None
 
 
 # -- clone ----------------------------------------------------------------------
@@ -504,7 +618,7 @@ def _copy_device(src_host: hosts.Host, src: str, dst_host: hosts.Host, dst: str,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert reader.stdout is not None
     try:
-        written, _ = _stream_into(dst_host, dst, _Source(reader.stdout, size),
+        written = _stream_into(dst_host, dst, _Source(reader.stdout, size),
                                   round_up(size, MIB))
     finally:
         reader.stdout.close()

@@ -15,6 +15,7 @@ import base64
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -103,7 +104,12 @@ def make_frontend(root: Path, sandbox: StorPoolSandbox, prefix: str = "one") -> 
 
 
 def datastore_xml(ds_id: int = 100, **attributes: str) -> str:
-    attrs = {"DS_MAD": "storpool", "TM_MAD": "storpool", "DISK_TYPE": "BLOCK", **attributes}
+    """A datastore body; its template has what oned stores at allocate (``SAFE_DIRS`` and
+    ``RESTRICTED_DIRS`` defaults, src/datastore/Datastore.cc) with the machine's temporary
+    directory made safe too: tests and the demo keep their images there."""
+    attrs = {"DS_MAD": "storpool", "TM_MAD": "storpool", "DISK_TYPE": "BLOCK",
+             "SAFE_DIRS": f"/var/tmp {tempfile.gettempdir()}", "RESTRICTED_DIRS": "/",
+             **attributes}
     template = "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in attrs.items())
     return (f"<DATASTORE><ID>{ds_id}</ID><UID>0</UID><GID>0</GID><NAME>sp</NAME>"
             f"<DS_MAD><![CDATA[storpool]]></DS_MAD><TM_MAD><![CDATA[storpool]]></TM_MAD>"

@@ -94,8 +94,8 @@ def _ds(**attributes):
 
 
 @pytest.mark.parametrize(("case", "build", "message"), [
-    ("missing file", lambda d: image_xml(9, path="/nonexistent/disk.img", size=4),
-     "cannot read /nonexistent/disk.img"),
+    ("missing file", lambda d: image_xml(9, path=str(d / "missing.img"), size=4),
+     "(No such file or directory)"),
     ("relative path", lambda d: image_xml(9, path="disk.img", size=4), "absolute path"),
     ("checksum", lambda d: image_xml(9, path=str(d / "payload.raw"), size=4,
                                      template={"MD5": "0" * 32}), "MD5 mismatch"),
@@ -137,7 +137,7 @@ def test_stat_errors(frontend, tmp_path):
     empty = tmp_path / "empty.raw"
     empty.write_bytes(b"")
     result = frontend.run_ds("stat", ds_action(image_xml(-1, path=str(empty))), 0)
-    assert result.returncode != 0 and "cannot determine the size" in result.stderr
+    assert result.returncode != 0 and f"Cannot determine size for {empty}" in result.stderr
 
 
 @pytest.mark.parametrize("convention", ["stdin", "dash", "argv"])
@@ -178,5 +178,5 @@ def test_images_pointing_at_other_files_are_refused(frontend, tmp_path):
     subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", str(secret),
                     str(image)], check=True, capture_output=True)
     result = frontend.run_ds("cp", ds_action(image_xml(12, path=str(image), size=1)), 12)
-    assert result.returncode == 1 and "refers to another file" in result.error_lines[0]
+    assert result.returncode == 1 and "names a backing file" in result.error_lines[0]
     assert frontend.storpool_names() == set()
