@@ -80,6 +80,14 @@ def create_volume(sp: StorPoolClient, name: str, *, size: int | None = None,
         sp.volume_create(name, size=size, template=template, parent=parent, base_on=base_on,
                          tags=tags)
         return True
+    except NotFound as exc:
+        if template and "template" in str(exc).lower():
+            # the admin's step of setting up a datastore (one template per datastore)
+            raise StorageError(
+                f"StorPool template {template} does not exist: create it with 'storpool "
+                f"template {template} replication 3 placeAll <group> placeTail <group>' "
+                "before using the datastore") from None
+        raise
     except AlreadyExists:
         existing = sp.volume(name)
         if size is not None and existing.get("size") != size:
