@@ -78,3 +78,11 @@ def test_event_log_setting_moves_the_log(frontend, tmp_path):
     assert not default.exists()
     # and nowhere under the root's default location either
     assert not (frontend.root / "var/lib/one/onestorpool/events.db").exists()
+
+
+def test_a_datastore_without_its_storpool_template_says_how_to_make_it(frontend):
+    result = frontend.run_ds("mkfs", ds_action(image_xml(44, size=2), datastore_xml(102)), 44)
+    assert result.returncode != 0
+    (line,) = result.error_lines
+    assert "StorPool template one-ds-102 does not exist: create it with 'storpool template " \
+           "one-ds-102 replication 3" in line
