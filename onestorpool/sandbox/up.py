@@ -43,6 +43,10 @@ from onestorpool.errors import AddonError
 
 PIDS = "sandbox.pids"
 ENV = "sandbox.env"
+# The OpenNebula releases whose driver conventions, hook bus and failure display the oned
+# sandbox follows (onestorpool.sandbox.oned); 7.2's gRPC and one.internal.* are not.
+ONE_VERSIONS = ("5.10", "5.12", "6.0", "6.2", "6.4", "6.6", "6.8", "6.10", "7.0")
+DEFAULT_ONE_VERSION = "6.10"
 SESSION = "oneadmin:sandbox"
 FRONTEND_CLIENT_ID = 1  # the front-end's StorPool client ([localhost] in storpool.conf)
 
@@ -116,7 +120,11 @@ def write_configuration(directory: Path, sp_port: int, token: str) -> None:
 def up(directory: Path, one_version: str) -> int:
     directory = directory.resolve()
     if (directory / PIDS).exists():
-        raise AddonError(f"a sandbox already runs in {directory} (run 'down' first)")
+        if _running(directory):
+            raise AddonError(f"a sandbox already runs in {directory} (run 'onestorpool "
+                             f"sandbox down --dir {directory}' first)")
+        print(f"removing the stale {directory / PIDS} (its processes are gone)")
+        (directory / PIDS).unlink()
     directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     sp_port, oned_port, hook_port = free_port(), free_port(), free_port()
@@ -161,7 +169,8 @@ def up(directory: Path, one_version: str) -> int:
                "ONESTORPOOL_EVENTLOG": str(directory / "events.db"),
                "ONESTORPOOL_SANDBOX_HOSTS": str(directory / "hosts")}
     (directory / ENV).write_text("".join(f"export {k}={v}\n" for k, v in exports.items()))
-    (directory / PIDS).write_text(json.dumps({name: p.pid for name, p in started.items()}))
+    (directory / PIDS).write_text(json.dumps(
+        {name: {"pid": p.pid, "start": _start_time(p.pid)} for name, p in started.items()}))
     print(f"StorPool API   http://127.0.0.1:{sp_port}  token {token}")
     print(f"oned XML-RPC   {exports['ONE_XMLRPC']}  session {SESSION}")
     print(f"hook bus (PUB) {exports['ONE_ZMQ']}")
@@ -182,20 +191,61 @@ def down(directory: Path) -> int:
     directory = directory.resolve()
     pid_file = directory / PIDS
     if not pid_file.exists():
+        (directory / ENV).unlink(missing_ok=True)
         print(f"no sandbox runs in {directory}")
         return 0
-    pids = json.loads(pid_file.read_text())
     # the subscriber and oned first: they may still call StorPool
+    started = _started(directory)
     for name in ("subscriber", "oned", "storpool"):
-        if name in pids:
-            _terminate(int(pids[name]))
+        if name in started:
+            _terminate(started[name])
     pid_file.unlink()
+    (directory / ENV).unlink(missing_ok=True)
     if (directory / "storpool").is_dir():
         subprocess.run([sys.executable, "-m", "onestorpool.cli", "sandbox", "storpool",
                         "--release", "--data", str(directory / "storpool")],
                        capture_output=True, check=False, timeout=60)
     print(f"sandbox in {directory} stopped")
     return 0
+
+
+def _start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot): a pid reused by another
+    process has another one."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _started(directory: Path) -> dict[str, int]:
+    """The processes of ``sandbox.pids`` that are still the ones 'up' started: same start
+    time (or, for a file without one, a sandbox command line naming ``directory``)."""
+    try:
+        entries = json.loads((directory / PIDS).read_text())
+    except (OSError, ValueError):
+        return {}
+    alive = {}
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        pid, start = (entry.get("pid"), entry.get("start")) if isinstance(entry, dict) \
+            else (entry, None)
+        if not isinstance(pid, int) or pid <= 1 or not _alive(pid):
+            continue
+        if start is not None:
+            if _start_time(pid) == start:
+                alive[name] = pid
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"onestorpool.cli" in argv and any(str(directory).encode() in a for a in argv):
+            alive[name] = pid
+    return alive
+
+
+def _running(directory: Path) -> bool:
+    return bool(_started(directory))
 
 
 def _terminate(pid: int) -> None:
@@ -221,6 +271,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # someone else's process: alive, and never ours
     stat = Path(f"/proc/{pid}/stat")
     try:
         return stat.read_text().split(") ", 1)[1][:1] != "Z"  # a zombie has ended
@@ -228,12 +280,31 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def configure_up(parser: argparse.ArgumentParser) -> None:
+    """``onestorpool sandbox up`` options (the CLI's argparse tree calls this)."""
+    parser.add_argument("--dir", type=Path, required=True,
+                        help="directory of the sandbox: configuration, data, logs (created; "
+                             "relative paths are taken from the current directory)")
+    parser.add_argument("--one-version", default=DEFAULT_ONE_VERSION, choices=ONE_VERSIONS,
+                        metavar="VERSION",
+                        help="OpenNebula release the oned sandbox follows: "
+                             f"{', '.join(ONE_VERSIONS)} (default: %(default)s)")
+    parser.set_defaults(run=lambda args: up(args.dir, args.one_version))
+
+
+def configure_down(parser: argparse.ArgumentParser) -> None:
+    """``onestorpool sandbox down`` options."""
+    parser.add_argument("--dir", type=Path, required=True,
+                        help="directory given to 'sandbox up'")
+    parser.set_defaults(run=lambda args: down(args.dir))
+
+
 def main(argv: list[str]) -> int:
+    """``up|down --dir D [...]`` (the ``onestorpool`` command builds the same options)."""
     parser = argparse.ArgumentParser(prog="onestorpool sandbox",
                                      description="Start or stop both sandboxes.")
-    parser.add_argument("verb", choices=["up", "down"])
-    parser.add_argument("--dir", type=Path, required=True)
-    parser.add_argument("--one-version", default="6.10",
-                        help="OpenNebula release the oned sandbox follows (up)")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="up|down")
+    configure_up(verbs.add_parser("up", help="start both sandboxes"))
+    configure_down(verbs.add_parser("down", help="stop them"))
     args = parser.parse_args(argv)
-    return up(args.dir, args.one_version) if args.verb == "up" else down(args.dir)
+    return int(args.run(args) or 0)
