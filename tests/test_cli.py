@@ -1,0 +1,90 @@
+"""The ``onestorpool`` command as a new user meets it (issue 8 §5): one argparse tree with
+help everywhere, usage errors exit 2, and a taken port is one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from onestorpool import __version__, cli
+
+ONESTORPOOL = [sys.executable, "-m", "onestorpool.cli"]
+
+
+def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "ONESTORPOOL_"))}
+    return subprocess.run([*ONESTORPOOL, *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_no_arguments_is_a_usage_error():
+    result = run()
+    assert result.returncode == 2 and "usage: onestorpool" in result.stderr
+
+
+def test_version_is_listed_and_printed():
+    assert run("--version").stdout == f"onestorpool {__version__}\n"
+    assert "--version" in run("--help").stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sandbox", "--help"], ["sandbox", "up", "--help"],
+                                  ["sandbox", "down", "--help"], ["sandbox", "oned", "--help"],
+                                  ["sandbox", "storpool", "--help"], ["log", "--help"],
+                                  ["config", "--help"], ["remote-send", "--help"]])
+def test_every_command_has_help(argv):
+    result = run(*argv)
+    assert result.returncode == 0 and result.stdout.startswith("usage: onestorpool"), \
+        result.stderr
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("argv", [["sandbox"], ["sandbox", "bogus"], ["bogus"],
+                                  ["sandbox", "up"], ["config", "--datastore", "x"]])
+def test_mistakes_are_usage_errors(argv):
+    result = run(*argv)
+    assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_one_version_accepts_only_the_releases_the_sandbox_emulates(tmp_path):
+    result = run("sandbox", "up", "--dir", str(tmp_path / "sb"), "--one-version", "9.9")
+    assert result.returncode == 2 and "invalid choice: '9.9'" in result.stderr
+    assert not (tmp_path / "sb").exists()
+    help_text = run("sandbox", "up", "--help").stdout
+    assert "5.12" in help_text and "7.0" in help_text and "default: 6.10" in " ".join(
+        help_text.split())
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _undocumented(sub, f"{path} {name}")
+        elif not action.help:
+            found.append(f"{path}: {'/'.join(action.option_strings) or action.dest}")
+    return found
+
+
+def test_every_option_of_the_tree_has_help():
+    undocumented = []
+    for command in cli.COMMANDS:
+        if cli._configurable(command):  # the others parse their own arguments (run above)
+            undocumented += _undocumented(cli.build_parser(list(command.words)), "onestorpool")
+    assert sorted(set(undocumented)) == []
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("sandbox", "oned", "--dir", str(tmp_path), "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"ERROR: onestorpool sandbox oned: address already in use (--port {port}): stop "
+        "what listens there or choose another"]
