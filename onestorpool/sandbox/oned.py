@@ -47,7 +47,7 @@ and checkpoint in the host directory, libvirt-like answers).
 
 Not emulated: backups and restore (``one.vm.backup``/``restore`` answer with an error),
 ``one.vm.recover`` retry, NICs and networks, users/groups/ACLs (one session, oneadmin),
-quotas, the hook REP socket and hook executions (only RETRY messages can be published),
+quotas, the hook REP socket (hooks run inside the sandbox: ``oned_hooks``),
 CLONING VMs (a LOCKED image is refused), oned's periodic VM monitoring, the
 6.4.7/6.6.3 ``one_datastore -i`` convention (``<action> - <id>``).
 """
@@ -75,6 +75,7 @@ from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox import oned_xml as X
 from onestorpool.sandbox.oned_core import ONEADMIN_HOME
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
+from onestorpool.sandbox.oned_hooks import HookManager
 from onestorpool.sandbox.oned_objects import (
     AUTHENTICATION,
     IMAGE_STATES,
@@ -130,8 +131,14 @@ def parse_local_actions(text: str) -> dict[str, str]:
 
 
 class _Server(ThreadingMixIn, SimpleXMLRPCServer):
+    """Every call goes through one dispatcher: authentication, errors, API events."""
+
     daemon_threads = True
     allow_reuse_address = True
+    dispatcher: Any = None
+
+    def _dispatch(self, method: str, params: tuple[Any, ...]) -> Any:
+        return self.dispatcher(method, params)
 
 
 class OnedSandbox(VmOperations):
@@ -166,7 +173,7 @@ class OnedSandbox(VmOperations):
     }
     # Calls oned has (in the releases that have them) which the sandbox does not emulate.
     NOT_EMULATED = {"one.vm.backup": (6, 6), "one.vm.restore": (6, 10),
-                    "one.vm.backupcancel": (6, 6), "one.hook.retry": (5, 10)}
+                    "one.vm.backupcancel": (6, 6)}
 
     def __init__(self, directory: Path, remotes: Path | None = None, *,
                  one_version: str = "6.10", storpool_admin: tuple[str, str] | None = None,
@@ -203,8 +210,7 @@ class OnedSandbox(VmOperations):
         self.hooks = hookbus.HookBus(hook_endpoint)
         self.server = _Server(("127.0.0.1", port), requestHandler=SimpleXMLRPCRequestHandler,
                               logRequests=False, allow_none=False)
-        # Every call goes through one dispatcher: authentication, errors, API events.
-        self.server._dispatch = self.dispatch  # type: ignore[method-assign]
+        self.server.dispatcher = self.dispatch
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/RPC2"
 
         self.monitord: socket.socket | None = None
@@ -226,6 +232,11 @@ class OnedSandbox(VmOperations):
             {k.upper(): v for k, v in (vmm_local or {}).items()}
         self.drivers = DriverRunner(self.remotes, self.version, env, self.driver_log,
                                     self.lock, cwd="/", vmm_local=local)
+        self.hook_manager = HookManager(self.hooks, self.version, self.remotes,
+                                        self.host_path, env)
+        # XML-RPC method -> callable: this class's own, then its composed parts'
+        self.handlers: dict[str, Any] = {m: getattr(self, n) for m, n in self.METHODS.items()}
+        self.handlers.update(self.hook_manager.methods())
         self._write_credentials()
         self._stopping = threading.Event()
         self._serving = False
@@ -272,6 +283,7 @@ class OnedSandbox(VmOperations):
             self.server.shutdown()
         self.server.server_close()
         self._jobs.shutdown(wait=True, cancel_futures=True)
+        self.hook_manager.close()
         self.hooks.close()
         if self.monitord is not None:
             self.monitord.close()
@@ -316,9 +328,9 @@ class OnedSandbox(VmOperations):
 
     def dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
         """One XML-RPC call as ``Request::execute``: authenticate, run, reply, publish."""
-        name = self.METHODS.get(method)
+        handler = self.handlers.get(method)
         since = self.NOT_EMULATED.get(method)
-        if name is None and (since is None or self.version < since):
+        if handler is None and (since is None or self.version < since):
             raise xmlrpc.client.Fault(-506, f"Method '{method}' not defined")
         if not params or not isinstance(params[0], str):
             raise xmlrpc.client.Fault(-501, "Parameter 0 must be the session string")
@@ -326,7 +338,6 @@ class OnedSandbox(VmOperations):
             return [False, f"[{method}] User couldn't be authenticated, aborting call.",
                     AUTHENTICATION, -1, I8(-1)]
         extra = ""
-        handler = getattr(self, name) if name else None
         if handler is not None:
             try:  # xmlrpc-c checks the signature before oned sees the call
                 inspect.signature(handler).bind(*params[1:])

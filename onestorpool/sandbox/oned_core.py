@@ -115,7 +115,7 @@ class SandboxCore:
         """``ImagePool::update``; image state hooks exist from 6.0 on."""
         with self.lock:
             if image.state != image.prev_state and self.version >= (6, 0):
-                keys, message = hookbus.image_state_message(image)
+                keys, message = hookbus.image_state_message(image, self.version)
                 self.hooks.publish(keys, message)
             image.prev_state = image.state
             self.changed.notify_all()
@@ -128,7 +128,7 @@ class SandboxCore:
     def _update_host(self, host: Host) -> None:
         with self.lock:
             if host.state != host.prev_state:
-                self.hooks.publish(*hookbus.host_state_message(host))
+                self.hooks.publish(*hookbus.host_state_message(host, self.version))
             host.prev_state = host.state
             self.changed.notify_all()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -92,8 +93,32 @@ def api_message(method: str, params: list[Any], reply: list[Any], extra: str = "
             f"</PARAMETERS><EXTRA>{extra}</EXTRA></CALL_INFO></HOOK_MESSAGE>")
 
 
+def one_hm_keys(message: str, version: Version) -> list[str]:
+    """``HookManagerDriver#key`` (``src/hm_mad/one_hm.rb``): the keys are read back from the
+    message with ``//`` XPaths, so the first ``STATE``/``LCM_STATE``/``RESOURCE_ID`` of the
+    document count, and from 5.12 on the first ``SERVICE_ID`` *anywhere* (the VM's, or one
+    in an image's or host's template) adds ``SERVICE <id>``. API: ``API <call> <result>``."""
+    root = X.parse_recovering(message)
+    kind = root.findtext(".//HOOK_TYPE") or ""
+    if kind == "API":
+        return [f"EVENT API {root.findtext('.//CALL')} {root.findtext('.//CALL_INFO/RESULT')}"]
+    if kind != "STATE":
+        return ["EVENT "]
+    obj = root.findtext(".//HOOK_OBJECT") or ""
+    state = root.findtext(".//STATE") or ""
+    lcm = (root.findtext(".//LCM_STATE") or "") if obj == "VM" else ""
+    resource = root.findtext(".//RESOURCE_ID") or ""
+    keys = [f"EVENT {obj} {resource}/{state}/{lcm} ",
+            f"EVENT STATE {obj}/{state}/{lcm}/{resource} "]
+    service = root.find(".//SERVICE_ID") if version >= (5, 12) else None
+    if service is not None:
+        keys.append(f"EVENT SERVICE {service.text or ''} ")
+    return keys
+
+
 def vm_state_message(vm: Vm, version: Version) -> tuple[list[str], str]:
-    """``HookStateVM::format_message`` and one_hm's keys for it."""
+    """``HookStateVM::format_message`` (SERVICE_ID from 5.12: ``src/hm/HookStateVM.cc`` at
+    release-5.12.0) and one_hm's keys for it."""
     state, lcm = VM_STATES[vm.state], LCM_STATES[vm.lcm_state]
     service = str(vm.user_template.get("SERVICE_ID", "")) if version >= (5, 12) else ""
     service_xml = f"<SERVICE_ID>{service}</SERVICE_ID>" if service else ""
@@ -101,30 +126,30 @@ def vm_state_message(vm: Vm, version: Version) -> tuple[list[str], str]:
               else "<REMOTE_HOST/>")
     message = (f"<HOOK_MESSAGE><HOOK_TYPE>STATE</HOOK_TYPE><HOOK_OBJECT>VM</HOOK_OBJECT>"
                f"<STATE>{state}</STATE><LCM_STATE>{lcm}</LCM_STATE>"
-               f"<RESOURCE_ID>{vm.id}</RESOURCE_ID>{service_xml}{remote}{X.vm_body(vm)}"
-               "</HOOK_MESSAGE>")
-    keys = [f"EVENT VM {vm.id}/{state}/{lcm} ", f"EVENT STATE VM/{state}/{lcm}/{vm.id} "]
-    if service:
-        keys.append(f"EVENT SERVICE {service} ")
-    return keys, message
+               f"<RESOURCE_ID>{vm.id}</RESOURCE_ID>{service_xml}{remote}"
+               f"{X.vm_body(vm, version=version)}</HOOK_MESSAGE>")
+    return one_hm_keys(message, version), message
 
 
-def host_state_message(host: Host) -> tuple[list[str], str]:
+def host_state_message(host: Host, version: Version) -> tuple[list[str], str]:
+    """``HookStateHost::format_message``: REMOTE_HOST before RESOURCE_ID."""
     name = HOST_STATES.get(host.state, str(host.state))
     message = (f"<HOOK_MESSAGE><HOOK_TYPE>STATE</HOOK_TYPE><HOOK_OBJECT>HOST</HOOK_OBJECT>"
                f"<STATE>{name}</STATE><REMOTE_HOST>{host.name}</REMOTE_HOST>"
-               f"<RESOURCE_ID>{host.id}</RESOURCE_ID>{X.host_body(host)}</HOOK_MESSAGE>")
-    return [f"EVENT HOST {host.id}/{name}/ ", f"EVENT STATE HOST/{name}//{host.id} "], message
+               f"<RESOURCE_ID>{host.id}</RESOURCE_ID>{X.host_body(host, version)}"
+               "</HOOK_MESSAGE>")
+    return one_hm_keys(message, version), message
 
 
-def image_state_message(image: Image) -> tuple[list[str], str]:
+def image_state_message(image: Image, version: Version) -> tuple[list[str], str]:
+    """``HookStateImage::format_message`` (6.0+): ``Image::state_to_str`` names USED_PERS
+    ``USED`` and LOCKED_USED_PERS ``LOCKED_USED``."""
     name = IMAGE_STATES[image.state]
     name = {"USED_PERS": "USED", "LOCKED_USED_PERS": "LOCKED_USED"}.get(name, name)
     message = (f"<HOOK_MESSAGE><HOOK_TYPE>STATE</HOOK_TYPE><HOOK_OBJECT>IMAGE</HOOK_OBJECT>"
                f"<STATE>{name}</STATE><RESOURCE_ID>{image.id}</RESOURCE_ID>"
-               f"{X.image_body(image)}</HOOK_MESSAGE>")
-    return ([f"EVENT IMAGE {image.id}/{name}/ ", f"EVENT STATE IMAGE/{name}//{image.id} "],
-            message)
+               f"{X.image_body(image, version)}</HOOK_MESSAGE>")
+    return one_hm_keys(message, version), message
 
 
 class HookBus:
@@ -142,6 +167,9 @@ class HookBus:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.lock = threading.Lock()
         self.sent: list[tuple[str, str]] = []
+        # what else is subscribed inside the sandbox (the hook execution manager):
+        # called with (key, payload) of every frame pair, after it was sent
+        self.listeners: list[Callable[[str, str], None]] = []
 
     def publish(self, keys: list[str], message: str, suffix: str = "") -> None:
         """One event: the base64 of ``message`` (EVP_EncodeBlock: one line, padded) under
@@ -151,6 +179,10 @@ class HookBus:
             for key in keys:
                 self.socket.send_multipart([key.encode(), payload.encode()])
                 self.sent.append((key, payload))
+            listeners = list(self.listeners)
+        for key in keys:
+            for listener in listeners:
+                listener(key, payload)
 
     def publish_retry(self, hook_id: int, arguments: str, remote_host: str = "") -> None:
         """What ``onehook retry`` makes one_hm send: key ``RETRY``, content the base64

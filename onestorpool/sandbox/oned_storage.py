@@ -18,6 +18,7 @@ import urllib.request
 from typing import Any
 from xml.sax.saxutils import escape
 
+from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox import oned_xml as X
 from onestorpool.sandbox.oned_core import DATASTORE_LOCATION, SandboxCore
 from onestorpool.sandbox.oned_objects import (
@@ -82,7 +83,7 @@ class StorageApi(SandboxCore):
                                            f"{error}") from None
             self._new_id("datastore")
             self.datastores[ds_id] = ds
-            return ds_id, X.datastore_body(ds)
+            return ds_id, X.datastore_body(ds, self.version)
 
     def _new_datastore(self, ds_id: int, template: Template) -> Datastore:
         """``Datastore::insert``: DS_MAD_CONF and TM_MAD_CONF checked and copied."""
@@ -168,12 +169,13 @@ class StorageApi(SandboxCore):
 
     def datastore_info(self, ds_id: int, decrypt: bool = False) -> str:
         with self.lock:
-            return X.datastore_body(self._datastore(ds_id))
+            return X.datastore_body(self._datastore(ds_id), self.version)
 
     def datastorepool_info(self) -> str:
         with self.lock:
             return X.pool("DATASTORE_POOL",
-                          [X.datastore_body(d) for d in self.datastores.values()])
+                          [X.datastore_body(d, self.version)
+                           for d in self.datastores.values()])
 
     def datastore_update(self, ds_id: int, text: str, merge: int = 0) -> int:
         template = _parse(text, "one.datastore.update")
@@ -199,7 +201,7 @@ class StorageApi(SandboxCore):
                     ds.monitor_counter = DS_MONITOR_VM_DISK
                 extra = (f"<DATASTORE_LOCATION>{DATASTORE_LOCATION}</DATASTORE_LOCATION>"
                          f"<MONITOR_VM_DISKS>{int(vm_disks)}</MONITOR_VM_DISKS>")
-            xml = X.ds_action_data(X.datastore_body(ds), extra)
+            xml = X.ds_action_data(X.datastore_body(ds, self.version), extra)
             system, ds_mad, tm_mad = ds.type == 1, ds.ds_mad, ds.tm_mad
         if system:
             run = self.drivers.system_monitor(tm_mad, xml, ds_id)
@@ -270,7 +272,10 @@ class StorageApi(SandboxCore):
         client_id = self._storpool_client(name, directory)
         with self.lock:
             host.template.update(SP_OURID=str(client_id))
-            body = X.host_body(host)
+            body = X.host_body(host, self.version)
+            # HostPool::allocate publishes the new host's INIT state once, always
+            # (src/host/HostPool.cc at release-5.10.0 ... release-7.0.0)
+            self.hooks.publish(*hookbus.host_state_message(host, self.version))
         self._submit(lambda: self._first_probe(host))
         return host_id, body
 
@@ -302,11 +307,12 @@ class StorageApi(SandboxCore):
 
     def host_info(self, host_id: int, decrypt: bool = False) -> str:
         with self.lock:
-            return X.host_body(self._host(host_id))
+            return X.host_body(self._host(host_id), self.version)
 
     def hostpool_info(self) -> str:
         with self.lock:
-            return X.pool("HOST_POOL", [X.host_body(h) for h in self.hosts.values()])
+            return X.pool("HOST_POOL", [X.host_body(h, self.version)
+                                        for h in self.hosts.values()])
 
     # -- images: allocate, stat, cp/mkfs ----------------------------------------------------------
 
@@ -320,7 +326,7 @@ class StorageApi(SandboxCore):
                 raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new image. New "
                                            "images can only be allocated in a files or "
                                            "image datastore.")
-            ds_body = X.datastore_body(ds)
+            ds_body = X.datastore_body(ds, self.version)
             ds_mad = ds.ds_mad
         size = self._image_size(template, ds_mad, ds_body, method)
         with self.lock:
@@ -337,7 +343,7 @@ class StorageApi(SandboxCore):
                 self._update_image(image)
             elif image.path or image.type in (0, 2):
                 self._submit(lambda: self._register(image))
-            return image.id, X.image_body(image)
+            return image.id, X.image_body(image, self.version)
 
     def _image_size(self, template: Template, ds_mad: str, ds_body: str, method: str) -> int:
         """``ImageManager::stat_image``: SIZE from the template, or the driver's ``stat``
@@ -433,7 +439,8 @@ class StorageApi(SandboxCore):
         action = "cp" if image.path else "mkfs"
         with self.lock:
             ds = self.datastores[image.ds_id]
-            xml = X.ds_action_data(X.image_body(image), X.datastore_body(ds))
+            xml = X.ds_action_data(X.image_body(image, self.version),
+                                   X.datastore_body(ds, self.version))
             ds_mad = ds.ds_mad
         run = self.drivers.datastore(ds_mad, action, xml, image.id)
         with self.lock:
@@ -484,11 +491,12 @@ class StorageApi(SandboxCore):
 
     def image_info(self, image_id: int, decrypt: bool = False) -> str:
         with self.lock:
-            return X.image_body(self._image(image_id))
+            return X.image_body(self._image(image_id), self.version)
 
     def imagepool_info(self, *filters: Any) -> str:
         with self.lock:
-            return X.pool("IMAGE_POOL", [X.image_body(i) for i in self.images.values()])
+            return X.pool("IMAGE_POOL", [X.image_body(i, self.version)
+                                         for i in self.images.values()])
 
     def image_update(self, image_id: int, text: str, merge: int = 0) -> int:
         template = _parse(text, "one.image.update")
@@ -502,7 +510,8 @@ class StorageApi(SandboxCore):
         method = "one.image.delete"
         with self.lock:
             image = self._image(image_id, method)
-            body = X.image_body(image)  # EXTRA of the API event: the body before deleting
+            # EXTRA of the API event: the body before deleting
+            body = X.image_body(image, self.version)
             state = ImageState(image.state)
             error = ""
             if state in (ImageState.READY, ImageState.USED, ImageState.USED_PERS,
@@ -518,7 +527,8 @@ class StorageApi(SandboxCore):
             if not image.source:  # nothing in the datastore: dropped at once
                 self._drop_image(image)
                 return image_id, body
-            xml = X.ds_action_data(X.image_body(image), X.datastore_body(ds))
+            xml = X.ds_action_data(X.image_body(image, self.version),
+                                   X.datastore_body(ds, self.version))
             self._set_image_state(image, ImageState.DELETE)
             if image.cloning_id >= 0:
                 self._release_cloning(image.cloning_id)
@@ -582,7 +592,8 @@ class StorageApi(SandboxCore):
             source.clones.append(clone.id)
             if source.state == ImageState.READY:
                 self._set_image_state(source, ImageState.CLONE)
-            xml = X.ds_action_data(X.image_body(clone), X.datastore_body(target))
+            xml = X.ds_action_data(X.image_body(clone, self.version),
+                                   X.datastore_body(target, self.version))
             clone_id, ds_mad = clone.id, target.ds_mad
 
         def run() -> None:
@@ -605,7 +616,7 @@ class StorageApi(SandboxCore):
             self.monitor_datastore(target.id)
 
         self._submit(run)
-        return clone_id, X.image_body(clone)
+        return clone_id, X.image_body(clone, self.version)
 
     def _release_cloning(self, image_id: int, clone_id: int = -1) -> None:
         """``release_cloning_image``: the source is READY again after its last clone."""
@@ -643,7 +654,8 @@ class StorageApi(SandboxCore):
                 raise OneFailure(ACTION, f"[{method}] {error}", image_id)
             image.target_snapshot = snap_id
             ds = self.datastores[image.ds_id]
-            xml = X.ds_action_data(X.image_body(image), X.datastore_body(ds))
+            xml = X.ds_action_data(X.image_body(image, self.version),
+                                   X.datastore_body(ds, self.version))
             self._set_image_state(image, ImageState.LOCKED)
 
         def run() -> None:

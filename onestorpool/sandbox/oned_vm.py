@@ -105,11 +105,12 @@ class VmApi(StorageApi):
             self._new_id("vm")
             self.vms[vm_id] = vm
             self._take_images(vm, vm.disks)
-            # VirtualMachinePool::allocate publishes the new VM's state once, always
-            self.hooks.publish(*vm_state_message(vm, self.version))
+            # VirtualMachinePool::allocate sets prev_state = state, then publishes the new
+            # VM's state once, always (src/vm/VirtualMachinePool.cc, release-5.10.0 ...)
             vm.prev_state, vm.prev_lcm_state = vm.state, vm.lcm_state
+            self.hooks.publish(*vm_state_message(vm, self.version))
             self.changed.notify_all()
-            return vm_id, X.vm_body(vm, all_history=False)
+            return vm_id, X.vm_body(vm, all_history=False, version=self.version)
 
     def _new_vm(self, vm_id: int, user: Template, hold: bool) -> Vm:
         """``VirtualMachine::insert``: known attributes move to TEMPLATE, the rest stays in
@@ -271,7 +272,7 @@ class VmApi(StorageApi):
 
     def vm_info(self, vm_id: int, decrypt: bool = False) -> str:
         with self.lock:
-            return X.vm_body(self._vm(vm_id))
+            return X.vm_body(self._vm(vm_id), version=self.version)
 
     def _pool_vms(self, filters: tuple[Any, ...]) -> list[Vm]:
         """filter (ignored: one user), start id, end id, state (-2 any, -1 not DONE)."""
@@ -288,11 +289,12 @@ class VmApi(StorageApi):
 
     def vmpool_info(self, *filters: Any) -> str:
         with self.lock:
-            return X.pool("VM_POOL", [X.vm_short_body(v) for v in self._pool_vms(filters)])
+            return X.pool("VM_POOL", [X.vm_short_body(v, self.version)
+                                      for v in self._pool_vms(filters)])
 
     def vmpool_infoextended(self, *filters: Any) -> str:
         with self.lock:
-            return X.pool("VM_POOL", [X.vm_body(v, all_history=False)
+            return X.pool("VM_POOL", [X.vm_body(v, all_history=False, version=self.version)
                                       for v in self._pool_vms(filters)])
 
     def vm_update(self, vm_id: int, text: str, merge: int = 0) -> int:
@@ -541,7 +543,8 @@ class VmApi(StorageApi):
 
     def _vmm_xml(self, vm: Vm, **values: str) -> str:
         host = values.pop("host", vm.last.hostname)
-        return X.vmm_action_data(host=host, vm=vm, system_ds=self._system_ds(vm), **values)
+        return X.vmm_action_data(host=host, vm=vm, system_ds=self._system_ds(vm),
+                                 version=self.version, **values)
 
     def _vmm(self, vm: Vm, action: str, params: list[str], xml: str, *,
              stdin: str | None = None, host: str = "", default_name: str | None = None
@@ -1014,7 +1017,7 @@ class VmApi(StorageApi):
         with self.lock:
             source = vm.history[-2]
             line = T.migrate(vm, source.hostname, self._place(vm))
-            payload = _b64(X.vm_body(vm, all_history=False))
+            payload = _b64(X.vm_body(vm, all_history=False, version=self.version))
             xml = self._vmm_xml(vm, host=source.hostname, migr_host=vm.last.hostname,
                                 tm_command=" ".join(line))
         pre = self.drivers.tm_line(vm.id, ["PRE" + line[0], *line[1:]], payload)

@@ -18,8 +18,12 @@ from onestorpool.sandbox.oned_objects import (
     Image,
     ImageSnapshot,
     Template,
+    Version,
     Vm,
 )
+
+# The newest release the sandbox knows; bodies default to its form.
+LATEST = Version("7.0")
 
 _KEY_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*')
 _VALUE_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[^\n]*')
@@ -156,7 +160,8 @@ def _ids(tag: str, ids: list[int]) -> str:
     return f"<{tag}>{inner}</{tag}>" if inner else f"<{tag}/>"
 
 
-def datastore_body(ds: Datastore) -> str:
+def datastore_body(ds: Datastore, version: Version = LATEST) -> str:
+    """``Datastore::to_xml`` (unchanged 5.10 ... 7.0 for what the sandbox keeps)."""
     return (f"<DATASTORE><ID>{ds.id}</ID>{_owner(0, 0)}<NAME>{ds.name}</NAME>{PERMISSIONS}"
             f"<DS_MAD>{cdata(ds.ds_mad)}</DS_MAD><TM_MAD>{cdata(ds.tm_mad)}</TM_MAD>"
             f"<BASE_PATH>{cdata(ds.base_path)}</BASE_PATH><TYPE>{ds.type}</TYPE>"
@@ -184,14 +189,24 @@ def _snapshots_xml(snapshots: list[ImageSnapshot], next_id: int, current_base: i
             f"<NEXT_SNAPSHOT>{next_id}</NEXT_SNAPSHOT>{body}</SNAPSHOTS>")
 
 
-def image_body(img: Image) -> str:
+def image_body(img: Image, version: Version = LATEST) -> str:
+    """``Image::to_xml``: MODTIME from 7.0 (``src/image/Image.cc`` at release-7.0.0; absent
+    at release-6.10.0), BACKUP_INCREMENTS from 6.6; before 6.0 FSTYPE stands where FORMAT
+    and FS are, and there is no PREV_STATE (release-5.12.0)."""
+    modtime = f"<MODTIME>{img.regtime}</MODTIME>" if version >= (7, 0) else ""
+    increments = "<BACKUP_INCREMENTS/>" if version >= (6, 6) else ""
+    if version >= (6, 0):
+        formats = f"<FORMAT>{cdata(img.format)}</FORMAT><FS>{cdata(img.fs)}</FS>"
+        prev = f"<PREV_STATE>{img.prev_state}</PREV_STATE>"
+    else:
+        formats, prev = f"<FSTYPE>{cdata(img.fs)}</FSTYPE>", ""
     return (f"<IMAGE><ID>{img.id}</ID>{_owner(img.uid, img.gid)}<NAME>{img.name}</NAME>"
             f"{PERMISSIONS}<TYPE>{img.type}</TYPE><DISK_TYPE>{img.disk_type}</DISK_TYPE>"
             f"<PERSISTENT>{int(img.persistent)}</PERSISTENT><REGTIME>{img.regtime}</REGTIME>"
-            f"<MODTIME>{img.regtime}</MODTIME><SOURCE>{cdata(img.source)}</SOURCE>"
-            f"<PATH>{cdata(img.path)}</PATH><FORMAT>{cdata(img.format)}</FORMAT>"
-            f"<FS>{cdata(img.fs)}</FS><SIZE>{img.size}</SIZE><STATE>{img.state}</STATE>"
-            f"<PREV_STATE>{img.prev_state}</PREV_STATE><RUNNING_VMS>{len(img.vms)}"
+            f"{modtime}<SOURCE>{cdata(img.source)}</SOURCE>"
+            f"<PATH>{cdata(img.path)}</PATH>{formats}"
+            f"<SIZE>{img.size}</SIZE><STATE>{img.state}</STATE>"
+            f"{prev}<RUNNING_VMS>{len(img.vms)}"
             f"</RUNNING_VMS><CLONING_OPS>{img.cloning_ops}</CLONING_OPS>"
             f"<CLONING_ID>{img.cloning_id}</CLONING_ID>"
             f"<TARGET_SNAPSHOT>{img.target_snapshot}</TARGET_SNAPSHOT>"
@@ -199,14 +214,33 @@ def image_body(img: Image) -> str:
             f"{_ids('VMS', img.vms)}{_ids('CLONES', img.clones)}<APP_CLONES/>"
             f"{template_xml(img.template)}"
             f"{_snapshots_xml(img.snapshots, img.next_snapshot, -1)}"
-            f"<BACKUP_INCREMENTS/></IMAGE>")
+            f"{increments}</IMAGE>")
 
 
-def host_body(host: Host) -> str:
+def host_body(host: Host, version: Version = LATEST) -> str:
+    """``Host::to_xml`` + ``HostShare::to_xml``: 5.10 has LAST_MON_TIME and the disk and
+    free/used counters in HOST_SHARE, and no MONITORING element (``src/host/Host.cc``,
+    ``src/host/HostShare.cc`` at release-5.10.0); 5.12+ as below."""
+    vms = len(host.vms)
+    if version < (5, 12):
+        share = ("<HOST_SHARE><DISK_USAGE>0</DISK_USAGE><MEM_USAGE>0</MEM_USAGE>"
+                 "<CPU_USAGE>0</CPU_USAGE><TOTAL_MEM>16777216</TOTAL_MEM>"
+                 "<TOTAL_CPU>800</TOTAL_CPU><MAX_DISK>0</MAX_DISK><MAX_MEM>16777216</MAX_MEM>"
+                 "<MAX_CPU>800</MAX_CPU><FREE_DISK>0</FREE_DISK><FREE_MEM>16777216</FREE_MEM>"
+                 "<FREE_CPU>800</FREE_CPU><USED_DISK>0</USED_DISK><USED_MEM>0</USED_MEM>"
+                 f"<USED_CPU>0</USED_CPU><RUNNING_VMS>{vms}</RUNNING_VMS>"
+                 "<VMS_THREAD>1</VMS_THREAD><DATASTORES/><PCI_DEVICES/><NUMA_NODES/>"
+                 "</HOST_SHARE>")
+        return (f"<HOST><ID>{host.id}</ID><NAME>{host.name}</NAME><STATE>{host.state}</STATE>"
+                f"<PREV_STATE>{host.prev_state}</PREV_STATE><IM_MAD>{cdata(host.im_mad)}"
+                f"</IM_MAD><VM_MAD>{cdata(host.vm_mad)}</VM_MAD>"
+                f"<LAST_MON_TIME>0</LAST_MON_TIME><CLUSTER_ID>0</CLUSTER_ID>"
+                f"<CLUSTER>default</CLUSTER>{share}{_ids('VMS', host.vms)}"
+                f"{template_xml(host.template)}</HOST>")
     share = ("<HOST_SHARE><MEM_USAGE>0</MEM_USAGE><CPU_USAGE>0</CPU_USAGE>"
              "<TOTAL_MEM>16777216</TOTAL_MEM><TOTAL_CPU>800</TOTAL_CPU>"
              "<MAX_MEM>16777216</MAX_MEM><MAX_CPU>800</MAX_CPU>"
-             f"<RUNNING_VMS>{len(host.vms)}</RUNNING_VMS><VMS_THREAD>1</VMS_THREAD>"
+             f"<RUNNING_VMS>{vms}</RUNNING_VMS><VMS_THREAD>1</VMS_THREAD>"
              "<DATASTORES><DISK_USAGE>0</DISK_USAGE><FREE_DISK>0</FREE_DISK>"
              "<MAX_DISK>0</MAX_DISK><USED_DISK>0</USED_DISK></DATASTORES>"
              "<PCI_DEVICES/><NUMA_NODES/></HOST_SHARE>")
@@ -217,12 +251,15 @@ def host_body(host: Host) -> str:
             f"{template_xml(host.template)}<MONITORING/></HOST>")
 
 
-def _history_xml(vm: Vm, record: History) -> str:
+def _history_xml(vm: Vm, record: History, version: Version = LATEST) -> str:
+    """``History::to_xml``: PLAN_ID and ACTION_ID from 7.0 (``src/vm/History.cc`` at
+    release-7.0.0, absent at release-6.10.0)."""
+    plan = "<PLAN_ID>-1</PLAN_ID><ACTION_ID>-1</ACTION_ID>" if version >= (7, 0) else ""
     return (f"<HISTORY><OID>{vm.id}</OID><SEQ>{record.seq}</SEQ>"
             f"<HOSTNAME>{record.hostname}</HOSTNAME><HID>{record.hid}</HID><CID>0</CID>"
             f"<STIME>{record.stime}</STIME><ETIME>{record.etime}</ETIME>"
             f"<VM_MAD>{cdata(record.vm_mad)}</VM_MAD><TM_MAD>{cdata(record.tm_mad)}</TM_MAD>"
-            f"<DS_ID>{record.ds_id}</DS_ID><PLAN_ID>-1</PLAN_ID><ACTION_ID>-1</ACTION_ID>"
+            f"<DS_ID>{record.ds_id}</DS_ID>{plan}"
             f"<PSTIME>0</PSTIME><PETIME>0</PETIME><RSTIME>0</RSTIME><RETIME>0</RETIME>"
             f"<ESTIME>0</ESTIME><EETIME>0</EETIME><ACTION>{record.action}</ACTION>"
             f"<UID>-1</UID><GID>-1</GID><REQUEST_ID>-1</REQUEST_ID></HISTORY>")
@@ -233,25 +270,28 @@ def _disk_snapshots_xml(tree: DiskSnapshots) -> str:
                           tree.disk_id)
 
 
-def vm_body(vm: Vm, all_history: bool = True) -> str:
+def vm_body(vm: Vm, all_history: bool = True, version: Version = LATEST) -> str:
     """``VirtualMachine::to_xml_extended``: every history record for ``one.vm.info`` and
-    hook messages, the last one for pools and driver messages."""
+    hook messages, the last one for pools and driver messages. SCHED_ACTIONS from 6.8,
+    BACKUPS from 6.6 (``src/vm/VirtualMachine.cc`` at release-6.6.0 and release-6.8.0)."""
     records = vm.history if all_history else vm.history[-1:]
-    history = "".join(_history_xml(vm, h) for h in records)
+    history = "".join(_history_xml(vm, h, version) for h in records)
     snapshots = "".join(_disk_snapshots_xml(t) for _, t in sorted(vm.disk_snapshots.items())
                         if t.snapshots)
+    sched = "<SCHED_ACTIONS/>" if version >= (6, 8) else ""
+    backups = "<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS>" if version >= (6, 6) else ""
     return (f"<VM><ID>{vm.id}</ID>{_owner(vm.uid, vm.gid)}<NAME>{vm.name}</NAME>"
             f"{PERMISSIONS}<LAST_POLL>{vm.monitoring.get('timestamp', 0)}</LAST_POLL>"
             f"<STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm_state}</LCM_STATE>"
             f"<PREV_STATE>{vm.prev_state}</PREV_STATE>"
             f"<PREV_LCM_STATE>{vm.prev_lcm_state}</PREV_LCM_STATE><RESCHED>0</RESCHED>"
             f"<STIME>{vm.stime}</STIME><ETIME>{vm.etime}</ETIME>"
-            f"<DEPLOY_ID>{vm.deploy_id}</DEPLOY_ID>{monitoring_xml(vm)}<SCHED_ACTIONS/>"
+            f"<DEPLOY_ID>{vm.deploy_id}</DEPLOY_ID>{monitoring_xml(vm)}{sched}"
             f"{template_xml(vm.template, vm=True)}"
             f"{template_xml(vm.user_template, 'USER_TEMPLATE')}"
             + (f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>" if history
                else "<HISTORY_RECORDS/>")
-            + f"{snapshots}<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>")
+            + f"{snapshots}{backups}</VM>")
 
 
 SHORT_DISK = ("DISK_ID", "DATASTORE", "DATASTORE_ID", "IMAGE", "IMAGE_ID", "SIZE", "TYPE",
@@ -260,8 +300,10 @@ SHORT_USER = ("LABELS", "ERROR", "SCHED_MESSAGE", "SCHED_RANK", "SCHED_DS_RANK",
               "SCHED_REQUIREMENTS", "SCHED_DS_REQUIREMENTS", "USER_PRIORITY")
 
 
-def vm_short_body(vm: Vm) -> str:
-    """``VirtualMachine::to_xml_short`` (``one.vmpool.info``): no SOURCE, no TM_MAD."""
+def vm_short_body(vm: Vm, version: Version = LATEST) -> str:
+    """``VirtualMachine::to_xml_short`` (``one.vmpool.info``): no SOURCE, no TM_MAD in the
+    disks; VCPU from 6.8, the history's VM_MAD/TM_MAD from 6.4 (``src/vm/VirtualMachine.cc``
+    and ``src/vm/History.cc`` ``to_xml_short`` at release-6.4.0 and release-6.8.0)."""
     tmpl = vm.template
     disks = "".join("<DISK>" + "".join(f"<{k}>{escape(str(d.get(k, '')))}</{k}>"
                                        for k in SHORT_DISK) + "</DISK>" for d in vm.disks)
@@ -269,11 +311,13 @@ def vm_short_body(vm: Vm) -> str:
                    if isinstance(vm.user_template.get(k), str))
     user_xml = f"<USER_TEMPLATE>{user}</USER_TEMPLATE>" if vm.user_template else \
         "<USER_TEMPLATE/>"
+    mads = (f"<VM_MAD>{vm.last.vm_mad}</VM_MAD><TM_MAD>{vm.last.tm_mad}</TM_MAD>"
+            if vm.history and version >= (6, 4) else "")
     history = (f"<HISTORY_RECORDS><HISTORY><OID>{vm.id}</OID><SEQ>{vm.last.seq}</SEQ>"
                f"<HOSTNAME>{vm.last.hostname}</HOSTNAME><HID>{vm.last.hid}</HID><CID>0</CID>"
-               f"<DS_ID>{vm.last.ds_id}</DS_ID><VM_MAD>{vm.last.vm_mad}</VM_MAD>"
-               f"<TM_MAD>{vm.last.tm_mad}</TM_MAD><ACTION>{vm.last.action}</ACTION>"
+               f"<DS_ID>{vm.last.ds_id}</DS_ID>{mads}<ACTION>{vm.last.action}</ACTION>"
                f"</HISTORY></HISTORY_RECORDS>") if vm.history else "<HISTORY_RECORDS/>"
+    vcpu = f"<VCPU>{escape(str(tmpl.get('VCPU', '')))}</VCPU>" if version >= (6, 8) else ""
     return (f"<VM><ID>{vm.id}</ID>{_owner(vm.uid, vm.gid)}<NAME>{vm.name}</NAME>"
             f"<LAST_POLL>{vm.monitoring.get('timestamp', 0)}</LAST_POLL>"
             f"<STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm_state}</LCM_STATE>"
@@ -281,7 +325,7 @@ def vm_short_body(vm: Vm) -> str:
             f"<DEPLOY_ID>{vm.deploy_id}</DEPLOY_ID><TEMPLATE>"
             f"<CPU>{escape(str(tmpl.get('CPU', '')))}</CPU>"
             f"<MEMORY>{escape(str(tmpl.get('MEMORY', '')))}</MEMORY>"
-            f"<VCPU>{escape(str(tmpl.get('VCPU', '')))}</VCPU>{disks}</TEMPLATE>"
+            f"{vcpu}{disks}</TEMPLATE>"
             f"<MONITORING/>{user_xml}{history}</VM>")
 
 
@@ -315,9 +359,20 @@ def ds_action_data(*bodies: str) -> str:
     return f"<DS_DRIVER_ACTION_DATA>{''.join(bodies)}</DS_DRIVER_ACTION_DATA>"
 
 
+def parse_recovering(xml: str) -> Any:
+    """A message as Nokogiri reads it: recovering from the raw (unescaped) strings oned
+    inserts into API messages."""
+    from lxml import etree
+
+    parser = etree.XMLParser(recover=True, resolve_entities=False, no_network=True)
+    root = etree.fromstring(xml.encode(), parser)
+    return root if root is not None else etree.fromstring(b"<HOOK_MESSAGE/>")
+
+
 def vmm_action_data(*, host: str, vm: Vm, system_ds: Datastore, migr_host: str = "",
                     local_file: str = "", remote_file: str = "", checkpoint: str = "",
-                    tm_command: str = "", tm_rollback: str = "", disk_path: str = "") -> str:
+                    tm_command: str = "", tm_rollback: str = "", disk_path: str = "",
+                    version: Version = LATEST) -> str:
     """``VirtualMachineManager::format_message``: empty values as empty elements."""
 
     def element(tag: str, value: str) -> str:
@@ -331,5 +386,6 @@ def vmm_action_data(*, host: str, vm: Vm, system_ds: Datastore, migr_host: str =
             + element("TM_COMMAND", escape(tm_command))
             + element("TM_COMMAND_ROLLBACK", escape(tm_rollback))
             + element("DISK_TARGET_PATH", disk_path)
-            + vm_body(vm, all_history=False) + datastore_body(system_ds)
+            + vm_body(vm, all_history=False, version=version)
+            + datastore_body(system_ds, version)
             + "</VMM_DRIVER_ACTION_DATA>")

@@ -1,0 +1,486 @@
+"""Hooks in the oned sandbox: the ``one.hook*`` calls, the hook log, and the execution of the
+hooks as OpenNebula's Hook Execution Manager does it.
+
+* Registration (``src/hm/Hook.cc``, ``HookPool.cc``, ``HookStateVM.cc``, ``HookAPI.cc``,
+  ``src/rm/RequestManagerAllocate.cc``): NAME, TYPE (``api``/``state``) and COMMAND are
+  required; TYPE leaves the template for the ``<TYPE>`` element, REMOTE becomes YES/NO; a VM
+  state hook's ON is rewritten into STATE and LCM_STATE; an API hook's CALL must be a
+  method that publishes events.
+* Execution (``src/hem/onehem-server.rb``): a hook listens to ``EVENT STATE
+  <RESOURCE>/<STATE>/<LCM_STATE>`` (the key without its ``/<id>``) or ``EVENT API <CALL>``
+  (both results); ``ARGUMENTS`` is split on blanks with ``$TEMPLATE`` (base64 of the
+  object element) and ``$API`` (base64 of CALL_INFO) substituted, passed on the command line
+  or, with ``ARGUMENTS_STDIN``, on stdin; relative commands are looked up in
+  ``<remotes>/hooks`` (local) or the host's ``/var/tmp/one/hooks`` (``REMOTE=YES``, run in
+  the host's directory with ``ONESTORPOOL_SANDBOX_HOST`` naming it; no REMOTE_HOST: not run).
+* Results come back as oned stores them (``src/hm/HookLog.cc``): an execution record per
+  run, EXECUTION_ID counted per hook, ``LOG_RETENTION`` (20) records kept, STDOUT/STDERR
+  base64 with Ruby's ``Base64.encode64`` line breaks, COMMAND and ARGUMENTS raw (a record
+  that is not well-formed XML is dropped, as ``validate_xml`` drops it).
+* ``one.hook.retry`` reads the record back and has one_hm publish ``RETRY`` (key, then the
+  base64 message and a blank); the execution manager runs the hook again with the stored
+  arguments and the new record carries ``<RETRY>yes</RETRY>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.oned_hookbus import HookBus, publishes_api_event
+from onestorpool.sandbox.oned_objects import (
+    ALLOCATE,
+    INTERNAL,
+    LCM_STATES,
+    NO_EXISTS,
+    VM_STATES,
+    OneFailure,
+    Template,
+    Version,
+    check_name,
+)
+
+LOG_RETENTION = 20  # oned.conf HOOK_LOG_CONF
+HOOK_TIMEOUT = 60.0  # a hook without TIMEOUT is not bounded by onehem; the sandbox is
+# ON of VM state hooks (HookStateVM::parse_template)
+VM_ON = {"PROLOG": ("ACTIVE", "PROLOG"), "RUNNING": ("ACTIVE", "RUNNING"),
+         "SHUTDOWN": ("ACTIVE", "EPILOG"), "STOP": ("STOPPED", "LCM_INIT"),
+         "DONE": ("DONE", "LCM_INIT"), "UNKNOWN": ("ACTIVE", "UNKNOWN")}
+IMAGE_HOOK_STATES = ("READY", "USED", "DISABLED", "LOCKED", "ERROR", "CLONE", "DELETE",
+                     "USED_PERS", "LOCKED_USED", "LOCKED_USED_PERS")
+HOST_HOOK_STATES = ("INIT", "MONITORING_MONITORED", "MONITORED", "ERROR", "DISABLED",
+                    "MONITORING_ERROR", "MONITORING_INIT", "MONITORING_DISABLED", "OFFLINE")
+
+
+def encode64(data: str) -> str:
+    """Ruby's ``Base64.encode64``: lines of 60 characters, each ending in a newline."""
+    text = base64.b64encode(data.encode()).decode()
+    return "".join(text[i:i + 60] + "\n" for i in range(0, len(text), 60))
+
+
+@dataclass
+class Hook:
+    id: int
+    name: str
+    type: str  # "api" or "state"
+    template: Template
+    lock: int = 0
+    log: list[str] = field(default_factory=list)  # HOOK_EXECUTION_RECORD bodies
+    records: list[tuple[int, int, int]] = field(default_factory=list)  # (exec id, ts, rc)
+    next_execution: int = 0
+
+    @property
+    def remote(self) -> bool:
+        return str(self.template.get("REMOTE", "NO")).upper() == "YES"
+
+    def key(self) -> str:
+        """onehem's ``Hook#key``: the CALL, or RESOURCE/STATE/LCM_STATE."""
+        if self.type == "api":
+            return str(self.template.get("CALL", ""))
+        return (f"{self.template.get('RESOURCE', '')}/{self.template.get('STATE', '')}/"
+                f"{self.template.get('LCM_STATE', '')}")
+
+
+class HookManager:
+    """The hook pool, the hook log and the execution manager; ``methods()`` gives the
+    XML-RPC calls to the server."""
+
+    def __init__(self, bus: HookBus, version: Version, remotes: Path,
+                 host_path: Callable[[str, str], Path], env: dict[str, str],
+                 concurrency: int = 10):
+        self.bus = bus
+        self.version = version
+        self.remotes = remotes
+        self.host_path = host_path
+        self.env = env
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.hooks: dict[int, Hook] = {}
+        self._next_id = 0
+        self._pool = ThreadPoolExecutor(max_workers=concurrency,
+                                        thread_name_prefix="onehem")
+        self._running = 0
+        bus.listeners.append(self._on_event)
+
+    def methods(self) -> dict[str, Callable[..., Any]]:
+        calls: dict[str, Callable[..., Any]] = {
+            "one.hook.allocate": self.allocate, "one.hook.info": self.info,
+            "one.hook.update": self.update, "one.hook.delete": self.delete,
+            "one.hook.rename": self.rename, "one.hook.lock": self.lock_hook,
+            "one.hook.unlock": self.unlock_hook, "one.hook.retry": self.retry,
+            "one.hookpool.info": self.pool_info, "one.hooklog.info": self.log_info,
+        }
+        return calls
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    def _hook(self, hook_id: int, method: str) -> Hook:
+        hook = self.hooks.get(hook_id)
+        if hook is None:
+            raise OneFailure(NO_EXISTS, f"[{method}] Error getting hook [{hook_id}].",
+                             hook_id)
+        return hook
+
+    def allocate(self, text: str) -> tuple[int, str]:
+        """``HookAllocate`` + ``HookPool::allocate`` + ``Hook::insert``."""
+        method = "one.hook.allocate"
+        template = _parse(text, method)
+        kind = str(template.get("TYPE", "")).lower()
+        if kind not in ("api", "state"):
+            raise OneFailure(INTERNAL, f"[{method}] Invalid Hook type: "
+                                       f"{template.get('TYPE', '')}")
+
+        def fail(message: str) -> OneFailure:
+            return OneFailure(ALLOCATE, f"[{method}] Error allocating a new hook. {message}")
+
+        with self.lock:
+            name = str(template.get("NAME", ""))
+            if check_name(name):
+                raise fail("Invalid name.")
+            taken = next((h.id for h in self.hooks.values() if h.name == name), None)
+            if taken is not None:
+                raise fail(f"NAME is already taken by Hook {taken}.")
+            template.pop("NAME")
+            if not template.get("COMMAND"):
+                raise fail("No COMMAND in template for Hook.")
+            template["REMOTE"] = "YES" if str(template.get("REMOTE", "")).upper() in (
+                "YES", "TRUE") else "NO"
+            template.pop("TYPE")
+            error = self._parse_hook(kind, template)
+            if error:
+                raise fail(error)
+            hook = Hook(self._next_id, name, kind, template)
+            self._next_id += 1
+            self.hooks[hook.id] = hook
+            return hook.id, self._body(hook)
+
+    def _parse_hook(self, kind: str, template: Template) -> str:
+        """``HookStateVM/Host/Image::parse_template``, ``HookAPI::parse_template``."""
+        if kind == "api":
+            call = str(template.get("CALL", ""))
+            if not call.startswith("one.") or not publishes_api_event(call, self.version):
+                return f"API call does not exist or is not supported: {call}"
+            return ""
+        resource = str(template.get("RESOURCE", "")).upper()
+        if not resource:
+            return "RESOURCE attribute is required for STATE hooks."
+        if resource == "VM":
+            on = str(template.pop("ON", "")).upper()
+            if on == "CUSTOM":
+                state, lcm = str(template.get("STATE", "")), str(template.get("LCM_STATE", ""))
+                if state not in VM_STATES:
+                    return f"Wrong STATE: {state}"
+                if lcm not in LCM_STATES:
+                    return f"Wrong LCM_STATE: {lcm}"
+            elif on in VM_ON:
+                state, lcm = VM_ON[on]
+            else:
+                return f"Unkown state condition: {on}"
+            template.update(STATE=state, LCM_STATE=lcm)
+        elif resource in ("HOST", "IMAGE", "NET"):
+            if resource == "IMAGE" and self.version < (6, 0):
+                return f"Invalid resource type: {resource}"
+            state = str(template.get("STATE", "")).upper()
+            if not state:
+                return "Hook STATE attribute not found or invalid"
+            known = {"HOST": HOST_HOOK_STATES, "IMAGE": IMAGE_HOOK_STATES}.get(resource)
+            if known is not None and state not in known:
+                return f"Invalid or unkown STATE condition: {state}"
+            template["STATE"] = state
+        else:
+            return f"Invalid resource type: {resource}"
+        template["RESOURCE"] = resource
+        return ""
+
+    def _body(self, hook: Hook, log: bool = False) -> str:
+        """``Hook::_to_xml``; one.hook.info adds the hook's log."""
+        lock = (f"<LOCK><LOCKED>{hook.lock}</LOCKED><OWNER>0</OWNER><TIME>0</TIME>"
+                f"<REQ_ID>-1</REQ_ID></LOCK>" if hook.lock else "")
+        records = self._log_xml([hook]) if log else ""
+        return (f"<HOOK><ID>{hook.id}</ID><NAME>{hook.name}</NAME><TYPE>{hook.type}</TYPE>"
+                f"{lock}{X.template_xml(hook.template)}{records}</HOOK>")
+
+    def info(self, hook_id: int, decrypt: bool = False) -> str:
+        with self.lock:
+            return self._body(self._hook(hook_id, "one.hook.info"), log=True)
+
+    def pool_info(self, *filters: Any) -> str:
+        with self.lock:
+            return X.pool("HOOK_POOL", [self._body(h) for h in self.hooks.values()])
+
+    def update(self, hook_id: int, text: str, merge: int = 0) -> int:
+        """``Hook::post_update_template``: COMMAND must stay, the type's key is checked."""
+        method = "one.hook.update"
+        template = _parse(text, method)
+        with self.lock:
+            hook = self._hook(hook_id, method)
+            new = {**hook.template, **template} if merge else template
+            if not new.get("COMMAND"):
+                raise OneFailure(INTERNAL, f"[{method}] The COMMAND attribute is not defined.",
+                                 hook_id)
+            new["REMOTE"] = "YES" if str(new.get("REMOTE", "")).upper() in ("YES", "TRUE") \
+                else "NO"
+            if hook.type == "state":
+                new.setdefault("RESOURCE", hook.template.get("RESOURCE", ""))
+                if new.get("ON"):
+                    error = self._parse_hook("state", new)
+                    if error:
+                        raise OneFailure(INTERNAL, f"[{method}] {error}", hook_id)
+            elif not publishes_api_event(str(new.get("CALL", "")), self.version):
+                raise OneFailure(INTERNAL, f"[{method}] The CALL attribute is not defined "
+                                           "or it's invalid.", hook_id)
+            hook.template = new
+            return hook_id
+
+    def delete(self, hook_id: int) -> tuple[int, str]:
+        with self.lock:
+            hook = self._hook(hook_id, "one.hook.delete")
+            body = self._body(hook)
+            del self.hooks[hook_id]
+            return hook_id, body
+
+    def rename(self, hook_id: int, name: str) -> int:
+        method = "one.hook.rename"
+        with self.lock:
+            hook = self._hook(hook_id, method)
+            error = check_name(name)
+            taken = next((h.id for h in self.hooks.values() if h.name == name), None)
+            if not error and taken is not None and taken != hook_id:
+                error = f"NAME is already taken by HOOK {taken}."
+            if error:
+                raise OneFailure(0x800, f"[{method}] {error}", hook_id)
+            hook.name = name
+            return hook_id
+
+    def lock_hook(self, hook_id: int, level: int = 1, test: bool = False) -> int:
+        with self.lock:
+            self._hook(hook_id, "one.hook.lock").lock = level
+            return hook_id
+
+    def unlock_hook(self, hook_id: int) -> int:
+        with self.lock:
+            self._hook(hook_id, "one.hook.unlock").lock = 0
+            return hook_id
+
+    # -- the hook log ---------------------------------------------------------------------------
+
+    def _log_xml(self, hooks: list[Hook], keep: Callable[[int, int], bool] | None = None
+                 ) -> str:
+        """``HookLog::dump_log``: ``ORDER BY hkid DESC`` (then execution id)."""
+        bodies = []
+        for hook in sorted(hooks, key=lambda h: -h.id):
+            for body, (_, stamp, rc) in zip(hook.log, hook.records, strict=True):
+                if keep is None or keep(stamp, rc):
+                    bodies.append(body)
+        return f"<HOOKLOG>{''.join(bodies)}</HOOKLOG>"
+
+    def log_info(self, min_ts: int, max_ts: int, hook_id: int, rc: int) -> str:
+        """``HookLogInfo``: timestamps strictly between min and max (negative: no
+        bound), one hook or all, ``rc`` -1 failures only, 1 successes only, else all."""
+        def keep(stamp: int, code: int) -> bool:
+            return ((min_ts < 0 or stamp > min_ts) and (max_ts < 0 or stamp < max_ts)
+                    and (rc not in (-1, 1) or (code != 0) == (rc == -1)))
+
+        with self.lock:
+            hooks = [h for h in self.hooks.values() if hook_id < 0 or h.id == hook_id]
+            return self._log_xml(hooks, keep)
+
+    def _add_record(self, hook_id: int, rc: int, result: str) -> None:
+        """``HookLog::add``: a record unless the XML is broken; LOG_RETENTION kept."""
+        from lxml import etree
+
+        with self.lock:
+            hook = self.hooks.get(hook_id)
+            if hook is None:
+                return
+            exec_id, stamp = hook.next_execution, int(time.time())
+            body = (f"<HOOK_EXECUTION_RECORD><HOOK_ID>{hook_id}</HOOK_ID>"
+                    f"<EXECUTION_ID>{exec_id}</EXECUTION_ID><TIMESTAMP>{stamp}</TIMESTAMP>"
+                    f"{result}</HOOK_EXECUTION_RECORD>")
+            try:
+                etree.fromstring(body.encode())
+            except etree.XMLSyntaxError:
+                return
+            hook.next_execution += 1
+            hook.log.append(body)
+            hook.records.append((exec_id, stamp, rc))
+            if len(hook.log) > LOG_RETENTION:
+                del hook.log[0], hook.records[0]
+            self.changed.notify_all()
+
+    def retry(self, hook_id: int, exec_id: int) -> int:
+        """``HookRetry`` + ``HookLog::retry``: RETRY published with the stored arguments."""
+        from lxml import etree
+
+        method = "one.hook.retry"
+        with self.lock:
+            hook = self._hook(hook_id, method)
+            body = next((b for b, r in zip(hook.log, hook.records, strict=True)
+                         if r[0] == exec_id), None)
+        if body is None:
+            raise OneFailure(INTERNAL, f"[{method}] Invalid HookLog body. Arguments not "
+                                       "found.", hook_id)
+        record = etree.fromstring(body.encode())
+        self.bus.publish_retry(hook_id, record.findtext("ARGUMENTS") or "",
+                               record.findtext("REMOTE_HOST") or "")
+        return hook_id
+
+    # -- the execution manager --------------------------------------------------------------------
+
+    def _on_event(self, key: str, payload: str) -> None:
+        """onehem's loop: ``EVENT <type> <key>`` or ``RETRY``."""
+        words = key.split(" ")
+        if words[0] == "RETRY":
+            body = X.parse_recovering(base64.b64decode(payload.split(" ")[0]).decode())
+            with self.lock:
+                hook = self.hooks.get(int(body.findtext(".//HOOK_ID") or -1))
+            if hook is not None:
+                self._start(lambda: self._retry(hook, body))
+            return
+        if words[0] != "EVENT" or len(words) < 3 or words[1] not in ("API", "STATE"):
+            return
+        kind, event_key = words[1], words[2]
+        if kind == "STATE":
+            event_key = event_key.rsplit("/", 1)[0]
+        with self.lock:
+            hooks = [h for h in self.hooks.values()
+                     if h.type == kind.lower() and h.key() == event_key]
+        if not hooks:
+            return
+        event = X.parse_recovering(base64.b64decode(payload).decode())
+        for hook in hooks:
+            self._start(functools.partial(self._execute, hook, event))
+
+    def _start(self, job: Callable[[], None]) -> None:
+        with self.lock:
+            self._running += 1
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                with self.lock:
+                    self._running -= 1
+                    self.changed.notify_all()
+
+        self._pool.submit(run)
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self._running:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("oned sandbox: hooks still running")
+                self.changed.wait(min(remaining, 0.2))
+
+    def _execute(self, hook: Hook, event: Any) -> None:
+        """``execute_action``: arguments, host, run, report."""
+        arguments = _arguments(hook, event)
+        host = "" if (event.findtext(".//HOOK_TYPE") or "") == "API" else \
+            (event.findtext(".//REMOTE_HOST") or "")
+        result = self._run(hook, arguments, host)
+        if result is None:
+            return  # a remote hook without a host: onehem logs and reports nothing
+        code, xml = result
+        extra = f"<REMOTE_HOST>{host}</REMOTE_HOST>" if host and hook.remote else ""
+        self._add_record(hook.id, code, f"<ARGUMENTS>{arguments}</ARGUMENTS>{xml}{extra}")
+
+    def _retry(self, hook: Hook, body: Any) -> None:
+        """``retry_action``: the stored arguments again, RETRY=yes in the record."""
+        arguments = base64.b64decode(body.findtext(".//ARGUMENTS") or "").decode()
+        host = body.findtext(".//REMOTE_HOST") or ""
+        result = self._run(hook, arguments, host)
+        if result is None:
+            return
+        code, xml = result
+        extra = f"<REMOTE_HOST>{host}</REMOTE_HOST>" if host else ""
+        self._add_record(hook.id, code, f"<ARGUMENTS>{arguments}</ARGUMENTS>{xml}{extra}"
+                                        "<RETRY>yes</RETRY>")
+
+    def _run(self, hook: Hook, arguments: str, host: str) -> tuple[int, str] | None:
+        """``Hook#execute`` through LocalCommand (or SSHCommand on the host's directory):
+        the command line is run by the shell; the result as ``GenericCommand#to_xml``."""
+        command = str(hook.template.get("COMMAND", ""))
+        env = dict(self.env)
+        cwd = "/"
+        if hook.remote:
+            if not host:
+                return None
+            base = self.host_path(host, "/var/tmp/one/hooks")
+            if not base.is_dir():
+                base = self.remotes / "hooks"  # what `onehost sync` copies there
+            cwd = str(self.host_path(host, "/"))
+            env["ONESTORPOOL_SANDBOX_HOST"] = host
+        else:
+            base = self.remotes / "hooks"
+        if not command.startswith("/"):
+            command = f"{base}/{command}"
+        stdin = ""
+        as_stdin = str(hook.template.get("ARGUMENTS_STDIN", "")).lower() in ("yes", "true")
+        if as_stdin:
+            stdin = arguments
+        elif arguments:
+            command = f"{command} {arguments}"
+        timeout = hook.template.get("TIMEOUT")
+        try:
+            limit = float(timeout) if timeout else HOOK_TIMEOUT
+        except ValueError:
+            limit = HOOK_TIMEOUT
+        try:
+            done = subprocess.run(["/bin/sh", "-c", command], input=stdin, text=True,
+                                  capture_output=True, env=env, cwd=cwd, timeout=limit)
+            code, out, err = done.returncode, done.stdout, done.stderr
+        except subprocess.TimeoutExpired:
+            code, out, err = 255, "", f"Timeout executing {command}"
+        except OSError as exc:
+            code, out, err = 255, "", f"Internal error {os.strerror(exc.errno or 0)}"
+        return code, (f"<EXECUTION_RESULT><COMMAND>{command}</COMMAND>"
+                      f"<STDOUT>{encode64(out)}</STDOUT><STDERR>{encode64(err)}</STDERR>"
+                      f"<CODE>{code}</CODE></EXECUTION_RESULT>")
+
+
+def _arguments(hook: Hook, event: Any) -> str:
+    """``Hook#arguments``: ``$API``/``$TEMPLATE`` substituted, blanks normalised."""
+    text = hook.template.get("ARGUMENTS")
+    if not text:
+        return ""
+    from lxml import etree
+
+    kind = (event.findtext(".//HOOK_TYPE") or "").upper()
+    api = template = ""
+    if kind == "API":
+        info = event.find(".//CALL_INFO")
+        if info is not None:
+            api = base64.b64encode(etree.tostring(info, with_tail=False)).decode()
+    elif kind == "STATE":
+        obj = (event.findtext(".//HOOK_OBJECT") or "").upper()
+        element = event.find(f".//{'VNET' if obj == 'NET' else obj}")
+        if element is not None:
+            template = base64.b64encode(etree.tostring(element, with_tail=False)).decode()
+    words = [{"$API": api, "$TEMPLATE": template}.get(w, w) for w in str(text).split()]
+    return " ".join(words).strip()
+
+
+def _parse(text: str, method: str) -> Template:
+    try:
+        return X.parse_template(text)
+    except ValueError as error:
+        raise OneFailure(INTERNAL, f"[{method}] Parse error: {escape(str(error))}") from None
+
+
+__all__ = ["Hook", "HookManager", "encode64"]
