@@ -8,8 +8,10 @@ Order of work, so that a crash at any point loses nothing and leaves a log that 
 
 1. the records are read from a snapshot (no write lock: drivers keep appending), their
    chain is checked from the current anchor, and the file is written, synced and renamed;
-2. one short transaction moves the anchor (``archived_through``, ``anchor_hash`` in meta);
-   and appends a ``log.archived`` record naming the cut;
+2. one short transaction appends a ``log.archived`` record naming the cut (range, head
+   hash, the file's name and SHA-256), then moves the anchor (``archived_through``,
+   ``anchor_hash`` in meta): the database's triggers let the anchor move only behind such
+   a record, so every cut moves the chain's head;
 3. the archived records are deleted in small transactions (the delete trigger allows only
    records at or below ``archived_through``; ``verify`` starts after it), then the freed
    pages are returned to the file system.
@@ -21,13 +23,14 @@ import base64
 import contextlib
 import fcntl
 import gzip
+import hashlib
 import itertools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,7 @@ from onestorpool.eventlog.store import ARCHIVED, COLUMNS, HOST, Event, EventLog,
 
 ARCHIVE_FORMAT = 1
 PURGE_CHUNK = 5000  # records deleted per transaction: drivers never wait long for the lock
-UPSERT_META = ("INSERT INTO meta (key, value) VALUES (?, ?) "
-               "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+ARCHIVE_GLOB = "events-*.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -77,18 +79,20 @@ def _archive(log: EventLog, directory: Path, older_than: float | None,
     path = directory / f"events-{anchor_seq + 1:012d}-{through:012d}.jsonl.gz"
     head_hash = _write(path, _checked(rows, anchor_seq, anchor_hash, through),
                        anchor_seq + 1, through, anchor_hash)
+    digest = _file_digest(path)
     with log.transaction() as tx:
         if log.anchor() != (anchor_seq, anchor_hash):
             # Another run, into another directory (this one is locked), got there first.
             path.unlink()
             raise EventLogError("another archive run moved the anchor meanwhile; try again")
-        log.db.execute(UPSERT_META, ("archived_through", str(through)))
-        log.db.execute(UPSERT_META, ("anchor_hash", head_hash.hex()))
-        # The chain itself testifies to the cut: verify checks the anchor against it, so
-        # moving the anchor by hand to drop records is detected.
+        # The chain itself testifies to the cut, and the triggers want it first.
         tx.append(Event(ARCHIVED, f"archive@{HOST}:{os.getpid()}",
                         {"first": anchor_seq + 1, "through": through, "file": path.name,
-                         "head_hash": head_hash.hex()}))
+                         "head_hash": head_hash.hex(), "sha256": digest}))
+        log.db.execute("UPDATE meta SET value = ? WHERE key = 'archived_through'",
+                       (str(through),))
+        log.db.execute("UPDATE meta SET value = ? WHERE key = 'anchor_hash'",
+                       (head_hash.hex(),))
     purge(log)
     return ArchiveResult(path, anchor_seq + 1, through, through - anchor_seq)
 
@@ -188,7 +192,15 @@ def _write(path: Path, rows: Iterable[tuple[Any, ...]], first: int, through: int
 
 
 def _line(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, sort_keys=True, default=repr) + "\n").encode()
+    return (json.dumps(data, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _row_json(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -212,19 +224,33 @@ class ArchiveCheck:
     through: int = 0
     prev_hash: bytes = b""
     head_hash: bytes = b""
+    sha256: str = ""
+    name: str = ""
 
 
-def verify_archive(path: Path) -> ArchiveCheck:
-    """Recompute an archive's chain on its own."""
+@dataclass
+class ArchiveContents:
+    """What verify needs from the archived records besides their chain."""
+
+    cuts: list[dict[str, Any]] = field(default_factory=list)  # log.archived payloads
+    requests: dict[str, int] = field(default_factory=dict)  # effect key -> first request
+    records: dict[int, Record] = field(default_factory=dict)  # the ones asked for
+
+
+def verify_archive(path: Path, contents: ArchiveContents | None = None,
+                   wanted: Collection[int] = ()) -> ArchiveCheck:
+    """Recompute an archive's chain on its own; collect into ``contents`` its cut records,
+    effect requests and the records numbered in ``wanted``."""
     name = path.name
     try:
+        file_digest = _file_digest(path)
         with gzip.open(path, "rt") as handle:
-            header = json.loads(handle.readline())
+            header = json.loads(handle.readline(), parse_constant=_refuse)
             first, through = header["first"], header["through"]
             start = prev = bytes.fromhex(header["prev_hash"])
             expected, trailer = first, None
             for line in handle:
-                record = json.loads(line)
+                record = json.loads(line, parse_constant=_refuse)
                 if "seq" not in record:
                     trailer = record
                     break
@@ -236,39 +262,79 @@ def verify_archive(path: Path) -> ArchiveCheck:
                 if digest.hex() != record["hash"]:
                     return ArchiveCheck(False, f"archive {name}: record {record['seq']} was "
                                                "altered")
+                if contents is not None:
+                    _collect(contents, Record(*fields, digest), wanted)
                 prev, expected = digest, expected + 1
-    except (OSError, EOFError, ValueError, KeyError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         return ArchiveCheck(False, f"archive {name}: unreadable ({exc})")
     if trailer is None or expected - 1 != through or trailer.get("head_hash") != prev.hex():
         return ArchiveCheck(False, f"archive {name}: truncated after record {expected - 1}")
     return ArchiveCheck(True, f"archive {name}: records {first}..{through} ok", first,
-                        through, start, prev)
+                        through, start, prev, file_digest, name)
 
 
-def verify_archives(paths: Iterable[Path], log: EventLog | None = None) -> list[ArchiveCheck]:
-    """Check each archive, then that they join one another (in sequence order) and, with
-    ``log``, that the last one ends at the live log's anchor."""
-    checks = sorted((verify_archive(path) for path in paths), key=lambda c: c.first)
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _collect(contents: ArchiveContents, record: Record, wanted: Collection[int]) -> None:
+    if record.type == ARCHIVED:
+        contents.cuts.append(record.payload)
+    if record.effect_key is not None:
+        contents.requests.setdefault(record.effect_key, record.seq)
+    if record.seq in wanted:
+        contents.records[record.seq] = record
+
+
+def archive_paths(paths: Iterable[Path]) -> list[Path]:
+    """Archive files: the given files, and the archives inside the given directories."""
+    found: list[Path] = []
+    for path in paths:
+        found.extend(sorted(path.glob(ARCHIVE_GLOB)) if path.is_dir() else [path])
+    return found
+
+
+def verify_archives(paths: Iterable[Path], log: EventLog | None = None, *,
+                    contents: ArchiveContents | None = None,
+                    wanted: Collection[int] = ()) -> list[ArchiveCheck]:
+    """Check each archive (directories give all theirs), then that together they are one
+    chain from the genesis to the live log's anchor, and that each is the file a
+    ``log.archived`` record of the chain names (its SHA-256)."""
+    contents = ArchiveContents() if contents is None else contents
+    checks = sorted((verify_archive(path, contents, wanted) for path in archive_paths(paths)),
+                    key=lambda c: c.first)
     results = list(checks)
+
+    def fail(message: str) -> None:
+        results.append(ArchiveCheck(False, message))
+
     good = [check for check in checks if check.ok]
+    if not good:
+        if not checks:
+            fail("no archive found")
+        return results
+    if good[0].first != 1 or good[0].prev_hash != GENESIS:
+        fail(f"records 1..{good[0].first - 1}: no archive starts the chain")
     for before, after in itertools.pairwise(good):
         if after.first != before.through + 1 or after.prev_hash != before.head_hash:
-            results.append(ArchiveCheck(False, f"records {before.through + 1}.."
-                                               f"{after.first - 1}: no archive joins "
-                                               f"{before.through} to {after.first}"))
-    if good and good[0].first == 1 and good[0].prev_hash != GENESIS:
-        results.append(ArchiveCheck(False, f"archive of records 1..{good[0].through} does "
-                                           "not start the chain"))
-    if log is not None and good:
-        through, anchor = log.anchor()
-        last = good[-1]
-        if last.through == through and last.head_hash != anchor:
-            results.append(ArchiveCheck(False, f"the archive ending at {through} does not "
-                                               "end at the live log's anchor"))
-        elif last.through < through:
-            # Verifying some old archives on their own is legitimate: say so, do not fail.
-            results.append(ArchiveCheck(True, f"note: records {last.through + 1}..{through} "
-                                              "are in archives not given here"))
+            fail(f"records {before.through + 1}..{after.first - 1}: no archive joins "
+                 f"{before.through} to {after.first}")
+    if log is None:
+        return results
+    through, anchor = log.anchor()
+    last = good[-1]
+    if last.through != through or last.head_hash != anchor:
+        fail(f"the archives end at record {last.through}, the live log's anchor is record "
+             f"{through}" + ("" if last.through != through else " (hash differs)"))
+    cuts = contents.cuts + [r.payload for r in log.read(types=[ARCHIVED])]
+    named = {(c.get("first"), c.get("through"), c.get("head_hash")): c for c in cuts}
+    for check in good:
+        cut = named.get((check.first, check.through, check.head_hash.hex()))
+        if cut is None:
+            fail(f"archive {check.name}: no log.archived record names records "
+                 f"{check.first}..{check.through}")
+        elif cut.get("sha256", check.sha256) != check.sha256:  # older cuts have no digest
+            fail(f"archive {check.name}: not the file archived (SHA-256 differs)")
     return results
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from onestorpool.errors import InputError
-from onestorpool.eventlog.record import Record
+from onestorpool.eventlog.record import Record, to_json_value
 from onestorpool.eventlog.store import EventLog, EventLogError, default_path
 
 SUBJECTS = ("vm", "image", "datastore", "volume", "snapshot")
@@ -86,7 +86,7 @@ def _line(record: Record) -> str:
     subjects = " ".join(f"{name}={value}" for name, value in (
         ("vm", record.vm), ("image", record.image), ("ds", record.datastore),
         ("volume", record.volume), ("snapshot", record.snapshot)) if value is not None)
-    payload = json.dumps(record.payload, sort_keys=True, default=str)
+    payload = json.dumps(to_json_value(record.payload), sort_keys=True, allow_nan=False)
     return f"{record.seq:>8} {when} {record.type:<22} {subjects} {payload} [{record.writer}]"
 
 
@@ -112,27 +112,28 @@ def cmd_tail(log: EventLog, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(log: EventLog, args: argparse.Namespace) -> int:
-    from onestorpool.eventlog.archive import verify_archives
+    from onestorpool.eventlog.anchor import read_anchors
     from onestorpool.eventlog.verify import verify
 
-    status = 0
-    for check in verify_archives([Path(a) for a in args.archive or ()], log):
-        print(check.message if check.ok else f"FAILED: {check.message}")
-        status |= 0 if check.ok else 1
-    result = verify(log, anchors=args.anchor or ())
+    anchors = list(args.anchor or ())
+    for path in args.anchors or ():
+        anchors.extend(read_anchors(Path(path)))
+    archives = None if args.archive is None else [Path(a) for a in args.archive]
+    result = verify(log, anchors=anchors, archives=archives)
+    for note in result.notes:
+        print(note)
     if result.ok:
         print(f"ok: {result.checked} records, chain head {result.head_seq}:{result.head}")
-    else:
-        where = "" if result.first_bad is None else f" at record {result.first_bad}"
-        print(f"FAILED{where}: {result.reason}")
-        status = 1
-    return status
+        return 0
+    where = "" if result.first_bad is None else f" at record {result.first_bad}"
+    print(f"FAILED{where}: {result.reason}")
+    return 1
 
 
 def cmd_export(log: EventLog, args: argparse.Namespace) -> int:
     write = sys.stdout.write
     for record in _select(log, args):
-        write(json.dumps(record.to_json(), sort_keys=True, default=str) + "\n")
+        write(json.dumps(record.to_json(), sort_keys=True, allow_nan=False) + "\n")
     return 0
 
 
@@ -200,16 +201,51 @@ def cmd_archive(log: EventLog, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(log: EventLog, args: argparse.Namespace) -> int:
+    from onestorpool import config
+    from onestorpool.eventlog.anchor import checkpoint, configured_target
+
+    settings = None
+    file, volume = args.file, args.volume
+    if file is None and volume is None:
+        settings = config.load()
+        file, volume = configured_target(settings.values.get("EVENT_LOG_ANCHOR") or "")
+    client = None
+    if volume:
+        from onestorpool.storpool import StorPoolClient
+
+        client = StorPoolClient.from_config(settings or config.load())
+    point = checkpoint(log, file=None if file is None else Path(file), volume=volume,
+                       client=client, syslog=not args.no_syslog)
+    print(point.line)
+    return 0
+
+
+DESCRIPTION = "Audit, verify, export and replay the add-on's event log (default {})."
+
+
 def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onestorpool log",
+                                     description=DESCRIPTION.format(default_path()))
+    _add_commands(parser)
+    return parser
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Fill ``onestorpool log`` in the ``onestorpool`` command tree."""
+    parser.description = DESCRIPTION.format(default_path())
+    _add_commands(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_commands(parser: argparse.ArgumentParser) -> None:
     # --log is accepted before or after the command (SUPPRESS: the later one, if given, wins).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log", default=argparse.SUPPRESS, metavar="PATH",
                         help="the event log database")
-    parser = argparse.ArgumentParser(prog="onestorpool log", parents=[common],
-                                     description="Audit, verify, export and replay the "
-                                                 f"add-on's event log (default "
-                                                 f"{default_path()}).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--log", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the event log database")
+    sub = parser.add_subparsers(dest="log_command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
@@ -222,10 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     verify = command("verify", "check the database and the hash chain (exit 1 at the first "
                                "bad record)")
-    verify.add_argument("--archive", action="append", metavar="FILE",
-                        help="also verify an archive, and that the archives join up")
-    verify.add_argument("--anchor", action="append", type=parse_anchor, metavar="SEQ:HASH",
-                        help="a chain head recorded earlier (stats prints it); repeatable")
+    verify.add_argument("--archives", "--archive", action="append", dest="archive",
+                        metavar="PATH", help="the archives (a directory, or files): they must "
+                                             "be one chain from record 1 to the live log")
+    verify.add_argument("--expect-head", "--anchor", action="append", dest="anchor",
+                        type=parse_anchor, metavar="SEQ:HASH",
+                        help="a chain head recorded earlier (checkpoint, stats); repeatable")
+    verify.add_argument("--anchors", action="append", metavar="FILE",
+                        help="a file of heads recorded earlier (every SEQ:HASH in it)")
     export = command("export", "print records as JSON lines")
     _filters(export)
     export.add_argument("--format", choices=["jsonl"], default="jsonl")
@@ -242,25 +282,34 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dry-run", action="store_true", default=True,
                       help="list what would run (the default)")
     mode.add_argument("--execute", action="store_true", help="perform the effects")
+    point = command("checkpoint", "append a checkpoint and publish its SEQ:HASH (syslog, "
+                                  "and a file or a StorPool volume tag)")
+    point.add_argument("--file", metavar="PATH", help="append the checkpoint line here")
+    point.add_argument("--volume", metavar="NAME",
+                       help="set this StorPool volume's 'eventlog' tag to SEQ:HASH")
+    point.add_argument("--no-syslog", action="store_true", help="do not log to syslog")
     archive = command("archive", "move old records to a .jsonl.gz archive")
     archive.add_argument("--dir", required=True, help="where archives go")
     archive.add_argument("--older-than-days", type=float, help="archive records this old")
     archive.add_argument("--through", type=int, metavar="SEQ",
                          help="archive up to this sequence number")
-    return parser
 
 
 COMMANDS = {"show": cmd_show, "tail": cmd_tail, "verify": cmd_verify, "export": cmd_export,
             "stats": cmd_stats, "pending": cmd_pending, "objects": cmd_objects,
-            "replay": cmd_replay, "archive": cmd_archive}
+            "replay": cmd_replay, "archive": cmd_archive, "checkpoint": cmd_checkpoint}
 READ_ONLY = {"show", "tail", "verify", "export", "stats", "pending", "objects"}
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     path = getattr(args, "log", None) or default_path()
     if not Path(path).exists():
         raise EventLogError(f"no event log at {path}")
-    readonly = args.command in READ_ONLY or (args.command == "replay" and not args.execute)
+    name = args.log_command
+    readonly = name in READ_ONLY or (name == "replay" and not args.execute)
     with EventLog(path, readonly=readonly) as log:
-        return COMMANDS[args.command](log, args)
+        return COMMANDS[name](log, args)

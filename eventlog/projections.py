@@ -23,6 +23,7 @@ from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import EventLog
 
 EFFECT_DONE = "effect.done"
+EFFECTS = "effects"  # the tracking consumer of every side effect
 EFFECT_FAILED = "effect.failed"
 
 

@@ -23,14 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from onestorpool.errors import AddonError
-from onestorpool.eventlog.projections import EFFECT_DONE, EFFECT_FAILED, pending_effects
+from onestorpool.eventlog.projections import (
+    EFFECT_DONE,
+    EFFECT_FAILED,
+    EFFECTS,
+    pending_effects,
+)
 from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import HOST, AlreadyDone, Event, EventLog
 
 Handler = Callable[[Record, EventLog], dict[str, Any]]
 HANDLERS: dict[str, Handler] = {}
 HANDLER_MODULES = ("onestorpool.subscribers.handlers",)
-EFFECTS = "effects"  # the tracking consumer of every side effect
 
 
 def register_handler(effect_type: str, handler: Handler) -> Handler:

@@ -100,6 +100,53 @@ SCHEMA_STEPS: tuple[str, ...] = (
     CREATE TRIGGER meta_no_delete BEFORE DELETE ON meta
     BEGIN SELECT RAISE(ABORT, 'the event log metadata is append-only'); END;
     """,
+    # 3: guards against writes around the code (the sqlite3 shell). An insert must extend
+    # the chain, which also refuses REPLACE and UPSERT (REPLACE's implicit delete fires no
+    # delete trigger); meta only follows the chain (the witness is the head, the anchor
+    # moves only behind a log.archived record); a tracking row names the record just
+    # appended (its outcome, in the same transaction).
+    """
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('archived_through', '0');
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('anchor_hash', lower(hex(zeroblob(32))));
+    CREATE INDEX tracking_seq ON tracking(seq);
+    CREATE TRIGGER events_extend_chain BEFORE INSERT ON events
+    WHEN NEW.seq IS NOT COALESCE((SELECT seq FROM events ORDER BY seq DESC LIMIT 1),
+                                 (SELECT CAST(value AS INTEGER) FROM meta
+                                  WHERE key = 'archived_through')) + 1
+      OR lower(hex(NEW.prev_hash)) IS NOT COALESCE(
+             (SELECT lower(hex(hash)) FROM events ORDER BY seq DESC LIMIT 1),
+             (SELECT value FROM meta WHERE key = 'anchor_hash'))
+      OR typeof(NEW.hash) IS NOT 'blob' OR length(NEW.hash) IS NOT 32
+    BEGIN SELECT RAISE(ABORT, 'append-only: a record must extend the chain'); END;
+    CREATE TRIGGER meta_no_insert BEFORE INSERT ON meta
+    BEGIN SELECT RAISE(ABORT, 'append-only: the event log metadata is fixed'); END;
+    CREATE TRIGGER meta_follows_chain BEFORE UPDATE ON meta
+    WHEN NEW.key IS NOT OLD.key
+      OR OLD.key NOT IN ('head', 'archived_through', 'anchor_hash')
+      OR (OLD.key = 'head' AND NEW.value IS NOT
+          (SELECT seq || ' ' || lower(hex(hash)) FROM events ORDER BY seq DESC LIMIT 1))
+      OR (OLD.key = 'archived_through' AND (
+          (SELECT type FROM events ORDER BY seq DESC LIMIT 1) IS NOT 'log.archived'
+          OR NEW.value IS NOT CAST(CAST(NEW.value AS INTEGER) AS TEXT)
+          OR CAST(NEW.value AS INTEGER) <= CAST(OLD.value AS INTEGER)
+          OR CAST(NEW.value AS INTEGER) >= (SELECT MAX(seq) FROM events)
+          OR NOT EXISTS (SELECT 1 FROM events WHERE seq = CAST(NEW.value AS INTEGER))))
+      OR (OLD.key = 'anchor_hash' AND (
+          (SELECT type FROM events ORDER BY seq DESC LIMIT 1) IS NOT 'log.archived'
+          OR NEW.value IS NOT (SELECT lower(hex(hash)) FROM events WHERE seq =
+                               (SELECT CAST(value AS INTEGER) FROM meta
+                                WHERE key = 'archived_through'))))
+    BEGIN SELECT RAISE(ABORT, 'append-only: meta follows the chain (log archive)'); END;
+    CREATE TRIGGER tracking_once BEFORE INSERT ON tracking
+    WHEN EXISTS (SELECT 1 FROM tracking WHERE consumer = NEW.consumer AND key = NEW.key)
+    BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: tracking.consumer, tracking.key');
+    END;
+    CREATE TRIGGER tracking_justified BEFORE INSERT ON tracking
+    WHEN NEW.seq IS NOT (SELECT seq FROM events ORDER BY seq DESC LIMIT 1)
+      OR NEW.position IS NULL OR NEW.position >= NEW.seq
+      OR EXISTS (SELECT 1 FROM tracking WHERE seq = NEW.seq)
+    BEGIN SELECT RAISE(ABORT, 'append-only: tracking must name a new outcome record'); END;
+    """,
 )
 DB_SCHEMA = len(SCHEMA_STEPS)
 
@@ -225,16 +272,20 @@ class EventLog:
         if version > DB_SCHEMA:
             raise EventLogError(f"event log {self.path} has schema {version}, newer than "
                                 f"this version of the add-on ({DB_SCHEMA}); upgrade it")
-        if version == DB_SCHEMA:
-            return
-        if self.readonly:
-            if version == 0:
-                raise EventLogError(f"{self.path} is not an event log")
+        if version == 0 and self.readonly:
+            self._check_tables(version)
+            raise EventLogError(f"event log {self.path} is not initialised: the process "
+                                "creating it stopped before its schema was committed; the "
+                                "next writer (any driver action) creates it")
+        if version:
+            self._check_tables(version)
+        if version == DB_SCHEMA or self.readonly:
             return  # an older schema reads fine; the next writer migrates it
         self.db.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have created or migrated it while we waited for the lock.
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            self._check_tables(version)
             for step in SCHEMA_STEPS[version:]:
                 for statement in _statements(step):
                     self.db.execute(statement)
@@ -243,6 +294,15 @@ class EventLog:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def _check_tables(self, version: int) -> None:
+        """A database of another kind is refused, not migrated or half read."""
+        tables = {row[0] for row in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        ours = {"events", "tracking", "meta"}
+        if (tables != ours) if version else bool(tables):
+            raise EventLogError(f"{self.path} is not an event log (a database with tables "
+                                f"{', '.join(sorted(tables)) or 'none'})")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
@@ -390,11 +450,8 @@ class Transaction:
 
     def append(self, event: Event, *, now: float | None = None) -> int:
         db = self.log.db
-        if self._head is None:
-            row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-                             ).fetchone()
-            self._head = (row[0], row[1]) if row is not None else self.log.anchor()
-        seq, prev = self._head[0] + 1, self._head[1]
+        seq, prev = self.head[0] + 1, self.head[1]
+        _check_fields(event)
         try:
             payload = pack_payload(event.payload)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -408,6 +465,15 @@ class Transaction:
         self._head, self._appended = (seq, digest), True
         return seq
 
+    @property
+    def head(self) -> tuple[int, bytes]:
+        """The chain head as this transaction leaves it so far."""
+        if self._head is None:
+            row = self.log.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                                      ).fetchone()
+            self._head = (row[0], row[1]) if row is not None else self.log.anchor()
+        return self._head
+
     def write_witness(self) -> None:
         """Record the new head in meta, once per transaction (this is the only write path;
         a trigger would cost every row more than the append's own indexes)."""
@@ -417,7 +483,8 @@ class Transaction:
 
     def track(self, consumer: str, key: str, *, position: int, seq: int) -> None:
         """Record that ``consumer`` handled log position ``position`` under the idempotency
-        key ``key``, its outcome being event ``seq`` (appended in this transaction).
+        key ``key``, its outcome being event ``seq``: the last one appended in this
+        transaction, whose payload has ``"key": key`` (verify checks it).
 
         A second time for the same consumer and key raises :class:`AlreadyDone`, and the
         whole transaction (the outcome event included) is rolled back.
@@ -430,6 +497,18 @@ class Transaction:
             if "UNIQUE" in str(exc):
                 raise AlreadyDone(consumer, key) from None
             raise
+
+
+def _check_fields(event: Event) -> None:
+    """The indexed fields have their column's type (SQLite would store anything)."""
+    for name, kind in (("type", str), ("writer", str), ("vm", int), ("image", int),
+                       ("datastore", int), ("volume", str), ("snapshot", str)):
+        value = getattr(event, name)
+        if value is None and name in ("type", "writer"):
+            raise EventLogError(f"event {event.type}: {name} is required (NOT NULL)")
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise EventLogError(f"event {event.type}: {name} must be {kind.__name__}, not "
+                                f"{type(value).__name__}")
 
 
 def _anchor(meta: dict[str, str]) -> tuple[int, bytes]:

@@ -1,23 +1,26 @@
-"""``verify``: the database is sound and every record links to the one before it.
+"""``verify``: the database is sound, every record links to the one before it, and what
+the log says was done is justified by the chain.
 
 Detects an edited field (the record's hash no longer matches), a removed or reordered record
 (the sequence has a gap or a link points elsewhere), a forged hash (the next link breaks),
-records cut off the end (the head witness that every append writes to ``meta`` names a
-later record) and an archive anchor moved by hand (it must match the chain's last
-``log.archived`` record). Without a secret key, someone who rewrites the chain from a point
-on *and* the witness is not detected; comparing with a head recorded elsewhere
-(``--anchor``, the head that ``onestorpool log stats`` prints) covers that.
+records cut off the end (the head witness in ``meta`` names a later record), an archive
+anchor moved by hand (it must match the chain's last ``log.archived`` record), a tracking
+row that no outcome record justifies and, given the archives, any archive missing, altered
+or replaced. Heads recorded elsewhere (``anchors``) catch a rewrite of the chain and its
+witness from some point on, and a cut tail. See docs/eventlog.md for the threat model.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgpack
 
-from onestorpool.eventlog.record import chain_hash
+from onestorpool.eventlog.projections import EFFECT_DONE, EFFECTS
+from onestorpool.eventlog.record import Record, chain_hash
 from onestorpool.eventlog.store import ARCHIVED, COLUMNS, EventLog
 
 
@@ -29,6 +32,7 @@ class VerifyResult:
     reason: str = ""
     head: str = ""  # hex hash of the last record checked
     head_seq: int = 0
+    notes: tuple[str, ...] = field(default=())  # archive checks and what was not checked
 
 
 class _Bad(Exception):
@@ -38,12 +42,15 @@ class _Bad(Exception):
 
 
 def verify(log: EventLog, *, anchors: Sequence[tuple[int, bytes]] = (),
-           integrity: bool = True, batch: int = 5000) -> VerifyResult:
-    """Check the database, then the chain from the archive anchor to the head witness.
+           archives: Sequence[Path] | None = None, integrity: bool = True,
+           batch: int = 5000) -> VerifyResult:
+    """Check the database, the chain from the archive anchor to the head witness, the
+    tracking rows, and with ``archives`` (files or directories) the archived records as one
+    chain from the genesis to the anchor.
 
     ``anchors``: (seq, hash) pairs recorded outside the log; each must still be in the chain.
     """
-    checked = 0
+    checked, notes = 0, []
     try:
         if integrity:
             problems = [row[0] for row in log.db.execute("PRAGMA integrity_check")]
@@ -52,10 +59,6 @@ def verify(log: EventLog, *, anchors: Sequence[tuple[int, bytes]] = (),
         meta = dict(log.db.execute("SELECT key, value FROM meta").fetchall())
         anchor_seq, prev = log.anchor()
         wanted = dict(anchors)
-        archived = sorted(seq for seq in wanted if seq <= anchor_seq)
-        if archived:
-            raise _Bad(archived[0], f"anchor record {archived[0]} is archived; verify the "
-                                    "archive that holds it")
         expected_seq, last_cut = anchor_seq, None
         # Records at or below the anchor are archived; a purge may still be removing them.
         cursor = log.db.execute(f"SELECT {COLUMNS} FROM events WHERE seq > ? ORDER BY seq",
@@ -76,19 +79,39 @@ def verify(log: EventLog, *, anchors: Sequence[tuple[int, bytes]] = (),
                     last_cut = row
                 prev, expected_seq = row[15], seq
                 checked += 1
-        if wanted:
-            seq = min(wanted)
-            raise _Bad(seq, f"anchor record {seq} is missing: the log ends at record "
-                            f"{expected_seq}")
+        live_missing = sorted(seq for seq in wanted if seq > expected_seq)
+        if live_missing:
+            raise _Bad(live_missing[0], f"anchor record {live_missing[0]} is missing: the log "
+                                        f"ends at record {expected_seq}")
         _check_cut(anchor_seq, meta.get("anchor_hash"), last_cut)
         # Schema 1 logs have no head witness until their first writer migrates them.
-        if log.db.execute("PRAGMA user_version").fetchone()[0] >= 2:
+        version = log.db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= 2:
             _check_head(meta.get("head"), expected_seq, prev)
+        position = "position" if version >= 2 else "NULL"  # schema 1 had none
+        tracking = log.db.execute(f"SELECT consumer, key, seq, {position} FROM tracking "
+                                  "ORDER BY seq").fetchall()
+        archived: dict[int, Record] = {}
+        if archives is not None:
+            archived = _check_archives(log, archives, notes, wanted, tracking, anchor_seq)
+        elif wanted:  # anchors at or below the archive anchor
+            seq = min(wanted)
+            raise _Bad(seq, f"anchor record {seq} is archived; verify with the archives "
+                            "(--archives DIR)")
+        elif anchor_seq:
+            notes.append(f"note: records 1..{anchor_seq} are archived and were not checked "
+                         "(--archives DIR)")
+        unchecked = _check_tracking(log, tracking, anchor_seq, archived, archives is not None)
+        if unchecked:
+            notes.append(f"note: {unchecked} tracking rows name archived records and were "
+                         "not checked (--archives DIR)")
     except _Bad as bad:
-        return VerifyResult(False, checked, bad.seq, bad.reason)
+        return VerifyResult(False, checked, bad.seq, bad.reason, notes=tuple(notes))
     except sqlite3.DatabaseError as exc:  # a corrupt file fails reads, not only the check
-        return VerifyResult(False, checked, None, f"database unreadable: {exc}")
-    return VerifyResult(True, checked, head=prev.hex(), head_seq=expected_seq)
+        return VerifyResult(False, checked, None, f"database unreadable: {exc}",
+                            notes=tuple(notes))
+    return VerifyResult(True, checked, head=prev.hex(), head_seq=expected_seq,
+                        notes=tuple(notes))
 
 
 def _check_cut(anchor_seq: int, anchor_hex: str | None, last_cut: tuple | None) -> None:
@@ -98,7 +121,7 @@ def _check_cut(anchor_seq: int, anchor_hex: str | None, last_cut: tuple | None) 
     if last_cut is None:
         raise _Bad(anchor_seq + 1, f"records up to {anchor_seq} are marked archived, but no "
                                    "archive record in the chain says so")
-    cut = msgpack.unpackb(last_cut[13], raw=False)
+    cut = msgpack.unpackb(last_cut[13], raw=False, strict_map_key=False)
     if cut.get("through") != anchor_seq or cut.get("head_hash") != anchor_hex:
         raise _Bad(last_cut[0], f"the archive anchor (record {anchor_seq}) differs from the "
                                 f"last archive record {last_cut[0]}")
@@ -116,3 +139,54 @@ def _check_head(witness: str | None, last_seq: int, last_hash: bytes) -> None:
         raise _Bad(head_seq + 1, f"record {head_seq + 1} was added bypassing the log")
     if hash_hex != last_hash.hex():
         raise _Bad(last_seq, f"record {last_seq} was replaced (the head witness differs)")
+
+
+def _check_archives(log: EventLog, archives: Sequence[Path], notes: list[str],
+                    wanted: dict[int, bytes], tracking: list[tuple],
+                    anchor_seq: int) -> dict[int, Record]:
+    """The archives as one chain up to the anchor; anchors and effect requests in them."""
+    from onestorpool.eventlog.archive import ArchiveContents, verify_archives
+
+    contents = ArchiveContents()
+    needed = set(wanted) | {row[2] for row in tracking if row[2] <= anchor_seq}
+    failed = None
+    for check in verify_archives(archives, log, contents=contents, wanted=needed):
+        notes.append(check.message if check.ok else f"FAILED: {check.message}")
+        failed = failed or (None if check.ok else check.message)
+    if failed:
+        raise _Bad(None, f"the archives do not verify: {failed}")
+    for seq, digest in sorted(wanted.items()):
+        record = contents.records.get(seq)
+        if record is None or record.hash != digest:
+            raise _Bad(seq, f"record {seq} is not the one anchored (archived "
+                            f"{'hash differs' if record else 'record missing'})")
+    done = {row[1] for row in tracking}
+    for key, seq in sorted(contents.requests.items(), key=lambda item: item[1]):
+        if key not in done:
+            raise _Bad(seq, f"record {seq} requests effect {key!r}, not done, yet it was "
+                            "archived (pending effects stay in the live log)")
+    return contents.records
+
+
+def _check_tracking(log: EventLog, tracking: list[tuple], anchor_seq: int,
+                    archived: dict[int, Record], have_archives: bool) -> int:
+    """Each tracking row is justified by its own outcome record: one that names the key,
+    after the position handled, not a failure. Returns how many could not be checked."""
+    unchecked, previous = 0, None
+    for consumer, key, seq, position in tracking:
+        where = f"tracking row ({consumer}, {key})"
+        if seq == previous:
+            raise _Bad(seq, f"{where}: record {seq} already justifies another row")
+        previous = seq
+        if seq <= anchor_seq and not have_archives:
+            unchecked += 1
+            continue
+        record = log.get(seq) if seq > anchor_seq else archived.get(seq)
+        if record is None:
+            raise _Bad(seq, f"{where} names record {seq}, which is not in the log")
+        payload = record.payload
+        if (payload.get("key") != key or record.type.endswith(".failed")
+                or (consumer == EFFECTS and record.type != EFFECT_DONE)
+                or (position is not None and position >= seq)):
+            raise _Bad(seq, f"{where} is not justified by record {seq} ({record.type})")
+    return unchecked

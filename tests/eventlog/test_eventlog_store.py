@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import sqlite3
 import threading
@@ -20,6 +23,7 @@ from onestorpool.eventlog import (
     EventLog,
     EventLogError,
     append_event,
+    cli,
     default_path,
     record,
     scrub,
@@ -31,7 +35,7 @@ from tests.eventlog.helpers import fill
 names = st.text(alphabet="abcdefghijklmnop-_.0123456789", min_size=1, max_size=20)
 payload_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=30)
-    | st.binary(max_size=30) | st.floats(allow_nan=False),
+    | st.binary(max_size=30) | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4),
     max_leaves=12)
 events = st.builds(
@@ -81,6 +85,71 @@ def test_any_appends_read_back_identically_and_verify(tmp_path_factory, batches,
         result = verify(log)
         assert result.ok and result.checked == len(expected)
         assert result.head == records[-1].hash.hex()
+
+
+# Anything a caller might pass, storable or not: non-string and reserved keys, integers
+# past msgpack's range, NaN and infinities, lone surrogates, tuples, other objects.
+any_keys = (st.text(max_size=8) | st.integers(-3, 3) | st.just("$bytes") | st.just("token")
+            | st.none())
+any_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats()
+    | st.text(max_size=20) | st.binary(max_size=20) | st.just("\ud800") | st.just(1j)
+    | st.just("Authorization: Storpool v1:secret1"),
+    lambda inner: (st.lists(inner, max_size=3) | st.tuples(inner, inner)
+                   | st.dictionaries(any_keys, inner, max_size=3)),
+    max_leaves=10)
+
+
+def _strict_json(text: str):
+    """RFC 8259 only: no NaN/Infinity, no duplicate keys."""
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    def pairs(items):
+        assert len({k for k, _ in items}) == len(items), "duplicate key"
+        return dict(items)
+    return json.loads(text, parse_constant=refuse, object_pairs_hook=pairs)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=st.dictionaries(any_keys, any_values, max_size=4))
+def test_any_accepted_payload_reads_back_identically_everywhere(tmp_path_factory, payload):
+    """Accepted: the API, ``show`` and ``export`` (strict JSON) give it back unchanged.
+    Refused: a clear error at append, and nothing written."""
+    path = tmp_path_factory.mktemp("log") / "events.db"
+    try:
+        record.check_payload(payload)
+    except record.PayloadError:
+        accepted = False
+    else:
+        accepted = True
+    with EventLog(path) as log:
+        log.append(Event("before", "t", {"n": 1}))
+        if not accepted:
+            with pytest.raises(EventLogError, match="payload cannot be stored: payload"):
+                log.append(Event("t", "w", payload))
+            assert log.count() == 1
+            return
+        seq = log.append(Event("t", "w", payload))
+        log.append(Event("after", "t", {"n": 2}))
+    expected = _as_read(scrub(payload))  # secrets are cut before anything is written
+    with EventLog(path, readonly=True) as log:
+        assert log.get(seq).payload == expected
+        assert verify(log).ok
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["--log", str(path), "export"]) == 0
+    exported = [_strict_json(line) for line in out.getvalue().splitlines()]
+    assert [r["seq"] for r in exported] == [1, 2, 3]
+    assert record.from_json_value(exported[1]["payload"]) == expected
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["--log", str(path), "show", "--type", "t"]) == 0
+    line = out.getvalue().strip()
+    shown, end = json.JSONDecoder().raw_decode(line, line.index("{"))
+    _strict_json(line[line.index("{"):end])
+    assert record.from_json_value(shown) == expected and line[end:] == " [w]"
 
 
 def test_secrets_are_scrubbed_on_every_append(tmp_path):
@@ -233,13 +302,13 @@ def test_a_schema_1_log_reads_then_migrates_and_still_verifies(tmp_path):
     for statement in store._statements(store.SCHEMA_STEPS[0]):
         db.execute(statement)
     db.execute("PRAGMA user_version = 1")
-    fields = (1, 1.7e9, "ds/cp", "old-host", 42, "ds.cp", None, 3, 1, "one-img-3", None,
-              None, 1, msgpack.packb({"n": 1}), record.GENESIS)
+    fields = (1, 1.7e9, "replay", "old-host", 42, "effect.done", None, 3, 1, "one-img-3",
+              None, None, 1, msgpack.packb({"n": 1, "key": "k0"}), record.GENESIS)
     db.execute(store.INSERT_SQL, (*fields, record.chain_hash(*fields)))
     db.execute("INSERT INTO tracking VALUES ('effects', 'k0', 1)")
     db.close()
     with EventLog(path, readonly=True) as log:  # readers need no migration
-        assert [r.payload for r in log.read()] == [{"n": 1}]
+        assert [r.payload for r in log.read()] == [{"n": 1, "key": "k0"}]
         assert verify(log).ok
     with EventLog(path) as log:  # the first writer migrates
         assert log.db.execute("PRAGMA user_version").fetchone()[0] == store.DB_SCHEMA
