@@ -170,8 +170,10 @@ def cloud_sandbox(workdir: Path) -> None:
     try:
         srv = pyone.OneServer(env["ONE_XMLRPC"], session="oneadmin:sandbox")
         step(f"pyone against oned {srv.system.version()}: a StorPool datastore and an image")
+        # SAFE_DIRS: users may register images from there only (oned's default: /var/tmp)
         ds_id = srv.datastore.allocate('NAME="storpool"\nDS_MAD="storpool"\n'
-                                       'TM_MAD="storpool"\nDISK_TYPE="BLOCK"', -1)
+                                       'TM_MAD="storpool"\nDISK_TYPE="BLOCK"\n'
+                                       f'SAFE_DIRS="{workdir / "images"}"', -1)
         os.environ["ONESTORPOOL_ROOT"] = env["ONESTORPOOL_ROOT"]
         try:
             with StorPoolClient.from_config(config.load()) as sp:

@@ -86,7 +86,8 @@ class World:
         """An image datastore with the real StorPool driver (TM: the recording stand-in)
         and a system datastore of the stand-in TM."""
         image_ds = self.srv.datastore.allocate(
-            'NAME="storpool"\nDS_MAD="storpool"\nTM_MAD="fake"\nDISK_TYPE="BLOCK"', -1)
+            'NAME="storpool"\nDS_MAD="storpool"\nTM_MAD="fake"\nDISK_TYPE="BLOCK"\n'
+            f'SAFE_DIRS="{self.tmp}"', -1)
         system_ds = self.srv.datastore.allocate(
             'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="fake"', -1)
         self.frontend.sp.volume_template_create(f"one-ds-{image_ds}")
