@@ -112,6 +112,15 @@ def parse_dd_size(value: str) -> str:
     return value.strip()
 
 
+def parse_anchor_target(value: str) -> str:
+    """``EVENT_LOG_ANCHOR``: ``file:/PATH`` or ``volume:NAME``, or empty."""
+    kind, _, where = value.partition(":")
+    if value and not ((kind == "file" and where.startswith("/")) or
+                      (kind == "volume" and where)):
+        raise ValueError(f"expected file:/PATH or volume:NAME, got {value!r}")
+    return value
+
+
 def parse_words(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
@@ -161,7 +170,7 @@ UNUSED = frozenset("""
     DISKSNAPSHOT_LIMIT DISK_SNAPSHOT_FSFREEZE DISK_SAVEAS_FSFREEZE UPDATE_ONE_DISK_SIZE
     UPDATE_IMAGE_ON_IMPORT DS_CP_FORCE_DEV_PREFIX READONLY_MODE TAG_CONTEXT_ISO
     FORCE_DETACH_BY_TAG FORCE_DETACH_OTHER_MV FORCE_DETACH_OTHER_CONTEXT ONE_TPM_SAVE
-    NO_DECOMPRESS LIMIT_TRANSFER_BW CLONE_COMPRESSION RAFT_LEADER_IP MKSWAP LOG_TO_FILE
+    LIMIT_TRANSFER_BW CLONE_COMPRESSION RAFT_LEADER_IP MKSWAP LOG_TO_FILE
 """.split())
 
 
@@ -242,6 +251,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALT_STATS", "0", parse_bool, "count internal u2+u3 as free"),
     Setting("EVENT_LOG", "", parse_abs_path,
             f"event log database (default {DEFAULT_EVENT_LOG}; $ONESTORPOOL_EVENTLOG wins)"),
+    Setting("EVENT_LOG_ANCHOR", "", parse_anchor_target,
+            "where 'onestorpool log checkpoint' also publishes the chain head: file:/PATH "
+            "or volume:NAME (empty: syslog only)"),
     Setting("LOG_TO_FILE", "", parse_str, "also log to /var/log/one/addon-storpool.log"),
     # The endpoint of a datastore's own cluster; cluster defaults come from /etc/storpool.conf.
     Setting("SP_API_HTTP_HOST", "", parse_str, "StorPool API host", datastore=True),

@@ -194,3 +194,15 @@ def test_config_of_one_datastore(rc_root, capsys):
     assert "# StorPool API: http://10.9.9.9:81  (host: datastore 101;" in out
     assert "# StorPool token: from datastore 101 (never shown)" in out
     assert "other" not in out.replace("another", "")
+
+
+def test_event_log_anchor_is_a_setting_checked_when_read(tmp_path):
+    rc = tmp_path / "rc"
+    rc.write_text("EVENT_LOG_ANCHOR=volume:one-eventlog\n")
+    loaded = config.load(rc_paths=[rc], override_path=tmp_path / "none", storpool_paths=[],
+                         environ={})
+    assert loaded["EVENT_LOG_ANCHOR"] == "volume:one-eventlog"
+    rc.write_text("EVENT_LOG_ANCHOR=somewhere\n")
+    with pytest.raises(config.ConfigError, match=r"rc:1: EVENT_LOG_ANCHOR: expected file:/"):
+        config.load(rc_paths=[rc], override_path=tmp_path / "none", storpool_paths=[],
+                    environ={})
