@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onestorpool.errors import InputError
 from onestorpool.eventlog.record import Record, to_json_value
-from onestorpool.eventlog.store import EventLog, EventLogError, default_path
+from onestorpool.eventlog.store import DEFAULT_PATH, EventLog, EventLogError
 
 SUBJECTS = ("vm", "image", "datastore", "volume", "snapshot")
 
@@ -81,16 +81,25 @@ def _select(log: EventLog, args: argparse.Namespace, *, since_seq: int | None = 
     return records
 
 
+# show's and tail's columns; times are UTC and say so (the Z)
+HEADER = f"{'SEQ':>8} {'TIME (UTC)':<20} {'TYPE':<22} {'SUBJECTS':<28} DETAILS [WRITER]"
+
+
 def _line(record: Record) -> str:
-    when = datetime.fromtimestamp(record.time, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    when = datetime.fromtimestamp(record.time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     subjects = " ".join(f"{name}={value}" for name, value in (
         ("vm", record.vm), ("image", record.image), ("ds", record.datastore),
         ("volume", record.volume), ("snapshot", record.snapshot)) if value is not None)
+    subjects = f"{subjects:<28}"
     payload = json.dumps(to_json_value(record.payload), sort_keys=True, allow_nan=False)
     return f"{record.seq:>8} {when} {record.type:<22} {subjects} {payload} [{record.writer}]"
 
 
 def cmd_show(log: EventLog, args: argparse.Namespace) -> int:
+    if args.json:
+        return cmd_export(log, args)
+    if sys.stdout.isatty():  # a header for people; bare rows for scripts and pipes
+        print(HEADER)
     for record in _select(log, args):
         print(_line(record))
     return 0
@@ -106,8 +115,11 @@ def cmd_tail(log: EventLog, args: argparse.Namespace) -> int:
     for record in last:
         print(_line(record), flush=True)
     if args.follow:
-        for record in _select(log, args, since_seq=top, follow=True):
-            print(_line(record), flush=True)
+        try:
+            for record in _select(log, args, since_seq=top, follow=True):
+                print(_line(record), flush=True)
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C is how one stops following: no message, no error
     return 0
 
 
@@ -221,19 +233,22 @@ def cmd_checkpoint(log: EventLog, args: argparse.Namespace) -> int:
     return 0
 
 
-DESCRIPTION = "Audit, verify, export and replay the add-on's event log (default {})."
+DESCRIPTION = "Audit, verify, export and replay the add-on's event log. Times are UTC."
+LOG_HELP = ("the event log database, before or after the command (default: "
+            "$ONESTORPOOL_EVENTLOG, else EVENT_LOG of addon-storpoolrc, else "
+            f"{DEFAULT_PATH})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onestorpool log",
-                                     description=DESCRIPTION.format(default_path()))
+                                     description=DESCRIPTION)
     _add_commands(parser)
     return parser
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Fill ``onestorpool log`` in the ``onestorpool`` command tree."""
-    parser.description = DESCRIPTION.format(default_path())
+    parser.description = DESCRIPTION
     _add_commands(parser)
     parser.set_defaults(run=run)
 
@@ -241,20 +256,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _add_commands(parser: argparse.ArgumentParser) -> None:
     # --log is accepted before or after the command (SUPPRESS: the later one, if given, wins).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log", default=argparse.SUPPRESS, metavar="PATH",
-                        help="the event log database")
-    parser.add_argument("--log", default=argparse.SUPPRESS, metavar="PATH",
-                        help="the event log database")
+    common.add_argument("--log", default=argparse.SUPPRESS, metavar="PATH", help=LOG_HELP)
+    parser.add_argument("--log", default=argparse.SUPPRESS, metavar="PATH", help=LOG_HELP)
     sub = parser.add_subparsers(dest="log_command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
 
-    _filters(command("show", "print records"))
+    show = command("show", "print records as a table (times in UTC), or as JSON")
+    _filters(show)
+    show.add_argument("--json", action="store_true",
+                      help="one JSON object per line, as 'export' writes them")
     tail = command("tail", "print the last records; -f to follow")
     _filters(tail)
-    tail.add_argument("-n", "--lines", type=int, default=20)
-    tail.add_argument("-f", "--follow", action="store_true")
+    tail.add_argument("-n", "--lines", type=int, default=20,
+                      help="how many records (default: %(default)s)")
+    tail.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing new records until Ctrl-C")
     tail.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     verify = command("verify", "check the database and the hash chain (exit 1 at the first "
                                "bad record)")
@@ -268,7 +286,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
                         help="a file of heads recorded earlier (every SEQ:HASH in it)")
     export = command("export", "print records as JSON lines")
     _filters(export)
-    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--format", choices=["jsonl"], default="jsonl",
+                        help="JSON lines, one record each (the only format)")
     command("stats", "counts per type, effects, chain head")
     pending = command("pending", "side effects requested and not done")
     pending.add_argument("--effect", help="only this effect type")
@@ -306,7 +325,15 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = getattr(args, "log", None) or default_path()
+    path = getattr(args, "log", None)
+    if path is None:
+        from onestorpool.config import event_log_origin  # the one place paths are resolved
+
+        path, origin = event_log_origin()
+        if not Path(path).exists():
+            raise EventLogError(f"no event log at {path} ({origin}): name it with --log "
+                                "PATH, or set ONESTORPOOL_EVENTLOG, or EVENT_LOG in "
+                                "addon-storpoolrc")
     if not Path(path).exists():
         raise EventLogError(f"no event log at {path}")
     name = args.log_command
