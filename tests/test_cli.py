@@ -4,10 +4,15 @@ help everywhere, usage errors exit 2, and a taken port is one clear line."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pty
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -88,3 +93,66 @@ def test_a_port_in_use_is_one_clear_line(tmp_path):
     assert result.stderr.splitlines() == [
         f"ERROR: onestorpool sandbox oned: address already in use (--port {port}): stop "
         "what listens there or choose another"]
+
+
+# -- onestorpool log ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def event_log(tmp_path):
+    from onestorpool.eventlog import Event, EventLog
+
+    path = tmp_path / "events.db"
+    with EventLog(path) as log:
+        log.append(Event("ds.cp", "ds/cp", {"created": ["one-img-1"]}, image=1, datastore=100))
+        log.append(Event("ds.rm", "ds/rm", {"removed": ["one-img-1"]}, image=1))
+    return path
+
+
+def test_log_takes_log_before_or_after_the_command(event_log):
+    before = run("log", "--log", str(event_log), "show")
+    after = run("log", "show", "--log", str(event_log))
+    assert before.returncode == after.returncode == 0, (before.stderr, after.stderr)
+    assert before.stdout == after.stdout and len(after.stdout.splitlines()) == 2
+
+
+def test_log_without_a_log_names_the_ways_to_give_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "ONESTORPOOL_"))}
+    result = subprocess.run([*ONESTORPOOL, "log", "show"], capture_output=True, text=True,
+                            timeout=60, env={**env, "ONESTORPOOL_ROOT": str(tmp_path)})
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert f"no event log at {tmp_path}/var/lib/one/onestorpool/events.db (default)" in line
+    assert "--log PATH" in line and "ONESTORPOOL_EVENTLOG" in line and "EVENT_LOG" in line
+
+
+def test_log_show_is_a_table_in_utc_or_json(event_log):
+    rows = run("log", "show", "--log", str(event_log)).stdout.splitlines()
+    assert re.fullmatch(r"\s+1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ds\.cp\s+image=1 ds=100\s+"
+                        r"\{\"created\": \[\"one-img-1\"\]\} \[ds/cp\]", rows[0]), rows[0]
+    assert rows[0].index("{") == rows[1].index("{")  # the details line up
+    as_json = [json.loads(line) for line in
+               run("log", "show", "--json", "--log", str(event_log)).stdout.splitlines()]
+    assert [r["type"] for r in as_json] == ["ds.cp", "ds.rm"]
+    assert "Times are UTC" in " ".join(run("log", "--help").stdout.split())
+    # on a terminal, a header names the columns (and says UTC)
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([*ONESTORPOOL, "log", "show", "--log", str(event_log)], stdout=follower,
+                       timeout=60, check=True)
+        out = os.read(leader, 65536).decode()
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert out.splitlines()[0].split()[:4] == ["SEQ", "TIME", "(UTC)", "TYPE"]
+
+
+def test_log_tail_follow_ends_quietly_on_ctrl_c(event_log):
+    follower = subprocess.Popen([*ONESTORPOOL, "log", "tail", "-f", "--interval", "0.1",
+                                 "--log", str(event_log)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    assert "ds.rm" in follower.stdout.readline() + follower.stdout.readline()
+    time.sleep(0.3)
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=30)
+    assert (follower.returncode, err) == (0, "")
