@@ -85,12 +85,14 @@ from onestorpool.sandbox.oned_objects import (
     Template,
     Version,
 )
+from onestorpool.sandbox.oned_sched import Scheduler
 from onestorpool.sandbox.oned_storage import (
     DEFAULT_DEVICE_PREFIX,
     DS_MAD_CONF,
     DS_MONITOR_VM_DISK,
     TM_MAD_CONF,
 )
+from onestorpool.sandbox.oned_templates import TemplatePool
 from onestorpool.sandbox.oned_vmops import LIVE_DISK_SNAPSHOTS, VmOperations
 
 # Environment a driver inherits from the sandbox's own (oned runs as a service: the rest
@@ -237,6 +239,10 @@ class OnedSandbox(VmOperations):
         # XML-RPC method -> callable: this class's own, then its composed parts'
         self.handlers: dict[str, Any] = {m: getattr(self, n) for m, n in self.METHODS.items()}
         self.handlers.update(self.hook_manager.methods())
+        self.vm_templates = TemplatePool(self.vm_allocate)
+        self.handlers.update(self.vm_templates.methods())
+        self.sched = Scheduler(self.lock, self.vms, self.hosts, self.datastores, self.version,
+                               self.session, self.dispatch, self.vm_deploy)
         self._write_credentials()
         self._stopping = threading.Event()
         self._serving = False
@@ -297,7 +303,7 @@ class OnedSandbox(VmOperations):
     def _schedule_loop(self) -> None:
         while not self._stopping.wait(0.3):
             with contextlib.suppress(Exception):
-                self.schedule_once()
+                self.sched.schedule_once()
 
     def _monitor_loop(self) -> None:
         while not self._stopping.wait(self.monitor_interval):
@@ -470,6 +476,10 @@ class OnedSandbox(VmOperations):
         with self.lock:
             return [r for r in self.driver_log if (not kind or r.kind == kind)
                     and (not action or r.action == action)]
+
+    def schedule_once(self) -> list[tuple[int, int]]:
+        """One pass of the scheduler (``oned_sched``), whether its loop runs or not."""
+        return self.sched.schedule_once()
 
     def add_image_snapshot(self, image_id: int, name: str = "") -> int:
         """Scenario helper: give an image a snapshot as a persistent disk's snapshot leaves

@@ -9,8 +9,8 @@ VMM part runs a ``remotes/vmm/kvm`` script for the actions declared local (``-l`
 VM_MAD), and otherwise plays the hypervisor: it writes the deployment file and checkpoint
 into the host directory and answers as libvirt would.
 
-There is no scheduler unless asked for (``scheduler=True``): a PENDING VM waits for
-``one.vm.deploy``, as with oned's scheduler stopped.
+The scheduler is a part of its own (``oned_sched``), off unless asked for: a PENDING VM
+waits for ``one.vm.deploy``, as with oned's scheduler stopped.
 """
 
 from __future__ import annotations
@@ -1037,33 +1037,6 @@ class VmApi(StorageApi):
             else:
                 self._vm_error_info(vm, "MIGRATE", info)
                 self._revert_migration(vm)
-
-    # -- the optional scheduler -------------------------------------------------------------
-
-    def schedule_once(self) -> list[tuple[int, int]]:
-        """One pass of a minimal scheduler: every PENDING VM to the host it left (resume,
-        recreate) or the first MONITORED host, on its system datastore or the first one;
-        through ``one.vm.deploy`` as the real scheduler. Returns (vm, host) pairs."""
-        placed = []
-        with self.lock:
-            pending = [vm for vm in self.vms.values() if vm.state == S.PENDING]
-            choices = []
-            for vm in pending:
-                host = self.hosts.get(vm.last.hid) if vm.history else next(
-                    (h for h in self.hosts.values() if h.state == 2), None)
-                system = vm.last.ds_id if vm.history else -1
-                if host is not None:
-                    choices.append((vm.id, host.id, system))
-        for vm_id, host_id, ds_id in choices:
-            reply = self.dispatch("one.vm.deploy", (self.session, vm_id, host_id, False, ds_id))
-            if reply[0]:
-                placed.append((vm_id, host_id))
-        return placed
-
-    session: str
-
-    def dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
-        raise NotImplementedError  # provided by OnedSandbox
 
 
 def _copy_snapshot(snapshot: ImageSnapshot) -> ImageSnapshot:

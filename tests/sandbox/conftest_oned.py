@@ -20,6 +20,7 @@ from lxml import etree
 
 from onestorpool.sandbox.frontend import REMOTES, FrontEnd, make_frontend
 from onestorpool.sandbox.oned import OnedSandbox
+from tests.sandbox.release_xsd import assert_valid_for
 
 FAKE = Path(__file__).resolve().parent / "fake_remotes"
 NS = "http://opennebula.org/XMLSchema"
@@ -171,57 +172,6 @@ def xsd(name: str) -> etree.XMLSchema:
         if (directory / name).is_file():
             return etree.XMLSchema(etree.parse(str(directory / name)))
     pytest.skip(f"{name} not available (copy it to tests/fixtures/xsd)")
-
-
-XS = "http://www.w3.org/2001/XMLSchema"
-RELEASE_XSD = Path(__file__).resolve().parents[1] / "fixtures" / "xsd"
-_release_schemas: dict[tuple[str, str], etree.XMLSchema | None] = {}
-
-
-def _loosened(path: Path) -> etree._ElementTree:
-    """A release's schema as libxml2 can load it: before 7.2 the schemas put named
-    elements between ``xs:any`` wildcards (not deterministic, refused by libxml2); such a
-    sequence becomes a single wildcard (those are the free-form TEMPLATE-like parts), and
-    included schemas are inlined the same way."""
-    doc = etree.parse(str(path))
-    root = doc.getroot()
-    for include in root.findall(f"{{{XS}}}include"):
-        included = _loosened(path.parent / include.get("schemaLocation"))
-        position = list(root).index(include)
-        root.remove(include)
-        for offset, child in enumerate(included.getroot()):
-            root.insert(position + offset, child)
-    for sequence in list(doc.iter(f"{{{XS}}}sequence")):
-        if sequence.find(f"{{{XS}}}any") is not None and len(sequence) > 1:
-            for child in list(sequence):
-                sequence.remove(child)
-            etree.SubElement(sequence, f"{{{XS}}}any", minOccurs="0",
-                             maxOccurs="unbounded", processContents="skip")
-    return doc
-
-
-def release_xsd(version: str, name: str) -> etree.XMLSchema | None:
-    """The schema ``name`` of OpenNebula ``version`` (tests/fixtures/xsd/<version>/, copied
-    from share/doc/xsd at release-<version>.0), or None when that release has none."""
-    key = (version, name)
-    if key not in _release_schemas:
-        path = RELEASE_XSD / version / name
-        _release_schemas[key] = etree.XMLSchema(_loosened(path)) if path.is_file() else None
-    return _release_schemas[key]
-
-
-def assert_valid_for(version: str, schema_name: str, xml: str) -> None:
-    """``xml`` valid for release ``version``; a VM pool of full bodies (infoextended) is
-    checked VM by VM against vm.xsd before 7.0, which had no vm_pool_extended.xsd."""
-    schema = release_xsd(version, schema_name)
-    if schema is None and schema_name == "vm_pool_extended.xsd":
-        for vm in etree.fromstring(xml.encode()):
-            assert_valid_for(version, "vm.xsd", etree.tostring(vm).decode())
-        return
-    if schema is None:
-        return
-    assert schema.validate(in_namespace(xml)), (version, schema_name,
-                                                schema.error_log.last_error)
 
 
 def in_namespace(xml: str) -> etree._Element:

@@ -1,0 +1,381 @@
+"""Conformance of the oned sandbox with OpenNebula's own source, release by release. Each test
+names the upstream file (``github:OpenNebula/one`` at a release tag) and line it follows.
+
+Schemas: tests/fixtures/xsd/<version>/ hold ``share/doc/xsd`` of ``release-<version>.0``.
+Where a release's schema and its code disagree, the code wins and the gap is listed in
+``XSD_GAPS`` with the line of code that emits what the schema lacks."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pyone
+import pytest
+from lxml import etree
+
+from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.oned_hookbus import one_hm_keys
+from onestorpool.sandbox.oned_objects import (
+    Datastore,
+    DiskSnapshots,
+    History,
+    Host,
+    Image,
+    ImageSnapshot,
+    Version,
+    Vm,
+)
+from tests.sandbox.release_xsd import assert_valid_for
+
+pytest_plugins = ["tests.sandbox.conftest_oned"]
+
+VERSIONS = ("5.10", "5.12", "6.0", "6.2", "6.4", "6.6", "6.8", "6.10", "7.0")
+# (version, schema) -> elements the code emits and the schema does not declare
+XSD_GAPS = {
+    # VirtualMachine monitoring DISK_SIZE vectors (src/vm/VirtualMachineMonitorInfo.cc,
+    # release-5.12.0): vm.xsd lists fixed MONITORING children until 6.2 adds a wildcard
+    ("5.12", "vm.xsd"): ["MONITORING/DISK_SIZE"],
+    ("6.0", "vm.xsd"): ["MONITORING/DISK_SIZE"],
+    # TEMPLATE/SNAPSHOT (system snapshots, VirtualMachine::new_snapshot, release-6.2.0
+    # src/vm/VirtualMachine.cc) is missing from release-6.2.0's vm.xsd TEMPLATE sequence
+    ("6.2", "vm.xsd"): ["TEMPLATE/SNAPSHOT"],
+}
+
+
+def _objects() -> tuple[Datastore, Image, Host, Vm]:
+    """A running VM with an image disk, a disk snapshot, a system snapshot, monitoring."""
+    ds = Datastore(100, "sp", "storpool", "storpool", 0, 2, "/var/lib/one//datastores/100",
+                   {"DISK_TYPE": "BLOCK"}, images=[0])
+    image = Image(0, "os", 0, 2, False, 100, "sp", {"DEV_PREFIX": "sd"}, source="one/x",
+                  format="raw", size=2, state=2, prev_state=1, vms=[0],
+                  snapshots=[ImageSnapshot(0, "s", 1, active=True, size=2)], next_snapshot=1)
+    host = Host(0, "node1", "kvm", "kvm", {"HYPERVISOR": "kvm"}, state=2, prev_state=2,
+                vms=[0])
+    vm = Vm(0, "web", {"VMID": "0", "CPU": "1", "MEMORY": "128", "VCPU": "1",
+                       "TM_MAD_SYSTEM": "storpool",
+                       "DISK": [{"DISK_ID": "0", "IMAGE_ID": "0", "SOURCE": "x"}],
+                       "SNAPSHOT": [{"SNAPSHOT_ID": "0", "NAME": "s", "TIME": "1",
+                                     "HYPERVISOR_ID": "snap-0", "ACTIVE": "YES",
+                                     "SYSTEM_DISK_SIZE": "0"}],
+                       "CONTEXT": [{"DISK_ID": "1", "TARGET": "hda"}]},
+            {"ERROR": "x"}, state=3, lcm_state=3, prev_state=3, prev_lcm_state=3,
+            deploy_id="uuid", history=[History(0, "node1", 0, 101, "storpool")],
+            disk_snapshots={0: DiskSnapshots(0, [ImageSnapshot(0, "d", 1, active=True)], 1)},
+            monitoring={"disks": {0: 2}, "timestamp": 5})
+    return ds, image, host, vm
+
+
+def _without(version: str, schema: str, xml: str) -> str:
+    root = etree.fromstring(xml.encode())
+    # before 7.0 an infoextended pool is checked VM by VM against vm.xsd
+    gaps = XSD_GAPS.get((version, "vm.xsd" if schema == "vm_pool_extended.xsd" else schema),
+                        [])
+    for path in gaps:
+        for element in root.findall(f".//{path}"):
+            element.getparent().remove(element)
+    return etree.tostring(root).decode()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_bodies_follow_the_claimed_release(version):
+    """Each body valid for its own release's schemas: MODTIME only from 7.0
+    (release-7.0.0 src/image/Image.cc:420), PLAN_ID/ACTION_ID only from 7.0
+    (release-7.0.0 src/vm/History.cc:311), SCHED_ACTIONS from 6.8 (release-6.8.0
+    src/vm/VirtualMachine.cc:2420), BACKUPS from 6.6 (release-6.6.0
+    src/vm/VirtualMachine.cc:2437), the short body's VCPU from 6.8 (release-6.8.0
+    src/vm/VirtualMachine.cc:2582) and history VM_MAD from 6.4 (release-6.4.0
+    src/vm/History.cc:407), FSTYPE before 6.0 (release-5.12.0 src/image/Image.cc:371),
+    LAST_MON_TIME in 5.10 (release-5.10.0 src/host/Host.cc:651)."""
+    v = Version(version)
+    ds, image, host, vm = _objects()
+    bodies = [("datastore.xsd", X.datastore_body(ds, v)),
+              ("image.xsd", X.image_body(image, v)),
+              ("host.xsd", X.host_body(host, v)),
+              ("vm.xsd", X.vm_body(vm, version=v)),
+              ("vm_pool.xsd", X.pool("VM_POOL", [X.vm_short_body(vm, v)])),
+              ("vm_pool_extended.xsd", X.pool("VM_POOL", [X.vm_body(vm, False, v)])),
+              ("raftstatus.xsd", X.RAFT_SOLO)]
+    for schema, xml in bodies:
+        assert_valid_for(version, schema, _without(version, schema, xml))
+    assert ("<MODTIME>" in X.image_body(image, v)) == (v >= (7, 0))
+    assert ("<PLAN_ID>" in X.vm_body(vm, version=v)) == (v >= (7, 0))
+    assert ("<PREV_STATE>" in X.image_body(image, v)) == (v >= (6, 0))
+
+
+@pytest.mark.parametrize("version", ["5.12", "6.6", "6.10", "7.0"])
+def test_a_running_world_validates_and_pyone_reads_it(make_world, version):
+    """The bodies of a sandbox claiming ``version``, after a real run, against that
+    release's schemas; pyone parses every one of them."""
+    w = make_world(one_version=version)
+    image_ds, system_ds = w.datastores()
+    image_id = w.srv.image.allocate('NAME="os"\nSIZE="2"', image_ds)
+    assert w.oned.wait_image(image_id, {"READY", "ERROR"}) == "READY"
+    host_id = w.oned.create_host("node1")
+    vm_id = w.oned.instantiate(w.vm_template("web", f'IMAGE_ID="{image_id}"'), host_id,
+                               system_ds)
+    oned = w.oned
+    for schema, body in (("datastore.xsd", oned.datastore_info(image_ds)),
+                         ("image.xsd", oned.image_info(image_id)),
+                         ("host.xsd", oned.host_info(host_id)),
+                         ("vm.xsd", oned.vm_info(vm_id)),
+                         ("vm_pool.xsd", oned.vmpool_info(-2, -1, -1, -1)),
+                         ("vm_pool_extended.xsd", oned.vmpool_infoextended(-2, -1, -1, -1))):
+        w.validate(schema, body)
+    assert w.srv.vm.info(vm_id).STATE == 3
+    assert w.srv.image.info(image_id).STATE == 2
+    assert vm_id == w.srv.vmpool.infoextended(-2, -1, -1, -1).VM[0].ID
+    assert w.srv.hostpool.info().HOST[0].NAME == "node1"
+
+
+def _states(sent, prefix):
+    return [key.split(" ")[2].rsplit("/", 1)[0] for key, _ in sent
+            if key.startswith(prefix)]
+
+
+def _message(payload):
+    return etree.fromstring(base64.b64decode(payload))
+
+
+def test_state_event_sequences(world):
+    """Which states are published, and PREV_STATE in them:
+
+    * a host: INIT at allocate (release-6.10.5 src/host/HostPool.cc:152), MONITORED at
+      its first monitoring (HostPool::update, has_changed_state);
+    * an image: nothing at allocate (PoolSQL::allocate does not call ImagePool::update,
+      release-6.10.5 src/image/ImagePool.cc:239), READY when cp/mkfs answers, USED at the
+      first use by a VM;
+    * a VM: PENDING at allocate with PREV_STATE = STATE (release-6.10.5
+      src/vm/VirtualMachinePool.cc:158), then ACTIVE/LCM_INIT at deploy
+      (src/dm/DispatchManagerActions.cc:63), PROLOG, BOOT, RUNNING; in every message the
+      body's PREV_STATE is the state of the previous update (set after publishing)."""
+    sent = world.oned.hooks.sent
+    image_ds, system_ds = world.datastores()
+    host_id = world.oned.create_host("node1")
+    assert _states(sent, "EVENT STATE HOST/") == ["HOST/INIT/", "HOST/MONITORED/"]
+    image_id = world.srv.image.allocate('NAME="os"\nSIZE="2"', image_ds)
+    world.oned.wait_image(image_id, {"READY"})
+    assert _states(sent, "EVENT STATE IMAGE/") == ["IMAGE/READY/"]
+    vm_id = world.oned.instantiate(world.vm_template("web", f'IMAGE_ID="{image_id}"'),
+                                   host_id, system_ds)
+    assert _states(sent, "EVENT STATE IMAGE/") == ["IMAGE/READY/", "IMAGE/USED/"]
+    assert _states(sent, "EVENT STATE VM/") == [
+        "VM/PENDING/LCM_INIT", "VM/ACTIVE/LCM_INIT", "VM/ACTIVE/PROLOG", "VM/ACTIVE/BOOT",
+        "VM/ACTIVE/RUNNING"]
+    vm_messages = [_message(p) for k, p in sent if k.startswith("EVENT STATE VM/")]
+    prev = [(m.findtext("VM/PREV_STATE"), m.findtext("VM/PREV_LCM_STATE"))
+            for m in vm_messages]
+    assert prev == [("1", "0"), ("1", "0"), ("3", "0"), ("3", "1"), ("3", "2")]
+    body = etree.fromstring(world.oned.vm_info(vm_id).encode())
+    assert (body.findtext("PREV_STATE"), body.findtext("PREV_LCM_STATE")) == ("3", "3")
+
+
+def test_service_keys_are_read_back_from_the_message():
+    """one_hm takes the first ``//SERVICE_ID`` of the whole message (release-6.10.5
+    src/hm_mad/one_hm.rb:171,177): a VM of a service and also an image whose template has
+    SERVICE_ID get the SERVICE key; 5.10's one_hm had no SERVICE key."""
+    _ds, image, _host, vm = _objects()
+    image.template["SERVICE_ID"] = "9"
+    from onestorpool.sandbox.oned_hookbus import image_state_message, vm_state_message
+
+    keys, _ = image_state_message(image, Version("6.10"))
+    assert keys[-1] == "EVENT SERVICE 9 "
+    vm.user_template["SERVICE_ID"] = "4"
+    keys, message = vm_state_message(vm, Version("6.10"))
+    assert keys == ["EVENT VM 0/ACTIVE/RUNNING ", "EVENT STATE VM/ACTIVE/RUNNING/0 ",
+                    "EVENT SERVICE 4 "]
+    assert one_hm_keys(message, Version("5.10")) == keys[:2]
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+RECORDER = """#!/bin/sh
+# records its arguments, stdin and host; fails when asked to
+{{ printf 'args=%s\\n' "$*"; printf 'stdin='; cat
+   printf '\\nhost=%s\\n' "$ONESTORPOOL_SANDBOX_HOST"; }} >> {log}
+echo out; echo err >&2
+[ -e {fail} ] && exit 3
+exit 0
+"""
+
+
+def _recorder(world, name="rec"):
+    hooks = world.tmp / "remotes" / "hooks"
+    hooks.mkdir(parents=True, exist_ok=True)
+    log, fail = world.tmp / f"{name}.log", world.tmp / f"{name}.fail"
+    script = hooks / name
+    script.write_text(RECORDER.format(log=log, fail=fail))
+    script.chmod(0o755)
+    return log, fail
+
+
+def _wait_records(world, hook_id, count, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        log = etree.fromstring(world.oned.call("one.hooklog.info", -1, -1, hook_id, 0))
+        records = log.findall("HOOK_EXECUTION_RECORD")
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
+def test_state_hook_runs_with_the_template_and_is_logged(world):
+    """Registration as Hook::insert (release-6.10.5 src/hm/Hook.cc:222, TYPE leaves the
+    template; ON rewritten, src/hm/HookStateVM.cc:91); execution as onehem
+    (src/hem/onehem-server.rb:128, $TEMPLATE = base64 of the VM element; the event key
+    without its id, :563); the record as HookLog::add with Ruby's encode64 output
+    (src/mad/ruby/CommandManager.rb:109)."""
+    log, _fail = _recorder(world)
+    srv = world.srv
+    hook_id = srv.hook.allocate('NAME="on-running"\nTYPE="state"\nRESOURCE="VM"\nON="RUNNING"\n'
+                                'COMMAND="rec"\nARGUMENTS="$TEMPLATE extra"')
+    hook = srv.hook.info(hook_id)
+    assert hook.TYPE == "state"
+    assert (hook.TEMPLATE["STATE"], hook.TEMPLATE["LCM_STATE"]) == ("ACTIVE", "RUNNING")
+    assert "TYPE" not in hook.TEMPLATE and "ON" not in hook.TEMPLATE
+    assert hook.TEMPLATE["REMOTE"] == "NO"
+    _image_ds, system_ds = world.datastores()
+    host_id = world.oned.create_host("node1")
+    vm_id = world.oned.instantiate(world.vm_template("web"), host_id, system_ds)
+    [record] = _wait_records(world, hook_id, 1)
+    args = record.findtext("ARGUMENTS").split(" ")
+    vm = etree.fromstring(base64.b64decode(args[0]))
+    assert (vm.tag, vm.findtext("ID"), vm.findtext("LCM_STATE")) == ("VM", str(vm_id), "3")
+    assert args[1] == "extra"
+    result = record.find("EXECUTION_RESULT")
+    assert result.findtext("CODE") == "0"
+    assert result.findtext("STDOUT") == "b3V0Cg==\n"  # Base64.encode64("out\n")
+    assert base64.b64decode(result.findtext("STDERR")) == b"err\n"
+    assert result.findtext("COMMAND").endswith(f"/hooks/rec {' '.join(args)}")
+    assert record.findtext("EXECUTION_ID") == "0" and record.find("REMOTE_HOST") is None
+    assert f"args={args[0]} extra" in log.read_text()
+    info = world.oned.call("one.hook.info", hook_id)
+    world.validate("hook.xsd", info)
+    world.validate("hook_pool.xsd", world.oned.call("one.hookpool.info", -2, -1, -1))
+
+
+def test_api_hook_with_stdin_remote_hook_and_retry(world):
+    """API hooks fire for both results with $API = CALL_INFO (onehem-server.rb:128);
+    ARGUMENTS_STDIN passes them on stdin; a REMOTE hook runs on the event's host and its
+    record keeps REMOTE_HOST; one.hook.retry reads the record back (release-6.10.5
+    src/hm/HookLog.cc:251,259), one_hm publishes RETRY (src/hm_mad/one_hm.rb) and onehem
+    runs it again, RETRY=yes in the new record (src/hem/onehem-server.rb:643,658)."""
+    log, fail = _recorder(world)
+    srv = world.srv
+    api = srv.hook.allocate('NAME="img"\nTYPE="api"\nCALL="one.image.allocate"\n'
+                            'COMMAND="rec"\nARGUMENTS="$API"\nARGUMENTS_STDIN="yes"')
+    remote = srv.hook.allocate('NAME="remote"\nTYPE="state"\nRESOURCE="HOST"\n'
+                               'STATE="MONITORED"\nCOMMAND="rec"\nREMOTE="YES"\n'
+                               'ARGUMENTS="$TEMPLATE"')
+    image_ds, _ = world.datastores()
+    with pytest.raises(pyone.OneException):
+        srv.image.allocate('NAME="bad"', image_ds)  # failed calls fire API hooks too
+    [record] = _wait_records(world, api, 1)
+    call_info = etree.fromstring(base64.b64decode(record.findtext("ARGUMENTS")))
+    assert (call_info.tag, call_info.findtext("RESULT")) == ("CALL_INFO", "0")
+    assert f"stdin={record.findtext('ARGUMENTS')}" in log.read_text()
+    world.oned.create_host("node1")
+    [record] = _wait_records(world, remote, 1)
+    assert record.findtext("REMOTE_HOST") == "node1"
+    assert "host=node1" in log.read_text()
+    fail.write_text("")
+    sent = len(world.oned.hooks.sent)
+    assert srv.hook.retry(remote, 0) == remote
+    retry = [(k, p) for k, p in world.oned.hooks.sent[sent:] if k == "RETRY"]
+    assert len(retry) == 1 and retry[0][1].endswith(" ")
+    message = etree.fromstring(base64.b64decode(retry[0][1].split(" ")[0]))
+    assert message.findtext("HOOK_ID") == str(remote)
+    assert message.findtext("REMOTE_HOST") == "node1"
+    records = _wait_records(world, remote, 2)
+    assert records[1].findtext("RETRY") == "yes"
+    assert records[1].findtext("EXECUTION_RESULT/CODE") == "3"
+    failures = etree.fromstring(world.oned.call("one.hooklog.info", -1, -1, remote, -1))
+    assert [r.findtext("EXECUTION_ID") for r in failures] == ["1"]
+    with pytest.raises(pyone.OneInternalException, match="Arguments not found"):
+        srv.hook.retry(remote, 7)
+    with pytest.raises(pyone.OneNoExistsException, match=r"Error getting hook \[99\]"):
+        srv.hook.retry(99, 0)
+
+
+def test_hook_registration_errors():
+    """RequestManagerAllocate.cc:1391 (INTERNAL for a bad TYPE), Hook.cc:249 (COMMAND)."""
+    from onestorpool.sandbox.oned_hookbus import HookBus
+    from onestorpool.sandbox.oned_hooks import HookManager
+    from onestorpool.sandbox.oned_objects import OneFailure
+
+    bus = HookBus()
+    try:
+        hooks = HookManager(bus, Version("6.10"), __import__("pathlib").Path("/nonexistent"),
+                            lambda host, path: __import__("pathlib").Path("/nonexistent"), {})
+        cases = [('NAME="a"\nTYPE="x"\nCOMMAND="c"', 0x2000, "Invalid Hook type: x"),
+                 ('NAME="a"\nTYPE="api"\nCALL="one.vm.deploy"', 0x4000,
+                  "No COMMAND in template for Hook."),
+                 ('NAME="a"\nTYPE="api"\nCALL="one.vm.info"\nCOMMAND="c"', 0x4000,
+                  "API call does not exist or is not supported: one.vm.info"),
+                 ('NAME="a"\nTYPE="state"\nRESOURCE="VM"\nON="NOPE"\nCOMMAND="c"', 0x4000,
+                  "Unkown state condition: NOPE")]
+        for text, code, message in cases:
+            with pytest.raises(OneFailure) as failure:
+                hooks.allocate(text)
+            assert failure.value.code == code and message in failure.value.message
+        hooks.allocate('NAME="a"\nTYPE="api"\nCALL="one.vm.deploy"\nCOMMAND="c"')
+        with pytest.raises(OneFailure, match="NAME is already taken by Hook 0"):
+            hooks.allocate('NAME="a"\nTYPE="api"\nCALL="one.vm.deploy"\nCOMMAND="c"')
+        hooks.close()
+    finally:
+        bus.close()
+
+
+# -- templates and the scheduler ------------------------------------------------------------
+
+def test_template_instantiate(world):
+    """VMTemplateInstantiate (release-6.10.5 src/rm/RequestManagerVMTemplate.cc:191):
+    extra attributes replace the template's, TEMPLATE_ID/TEMPLATE_NAME set, the VM named
+    <template>-<id> without a name; API events for the template calls."""
+    srv = world.srv
+    tmpl = srv.template.allocate('NAME="small"\nCPU="1"\nMEMORY="64"\nLABEL="a"')
+    world.validate("vmtemplate.xsd", world.oned.call("one.template.info", tmpl))
+    world.validate("vmtemplate_pool.xsd", world.oned.call("one.templatepool.info", -2, -1,
+                                                          -1))
+    vm_id = srv.template.instantiate(tmpl, "", False, 'MEMORY="96"', False)
+    vm = srv.vm.info(vm_id)
+    assert f"small-{vm_id}" == vm.NAME
+    assert (vm.TEMPLATE["MEMORY"], vm.TEMPLATE["TEMPLATE_ID"]) == ("96", str(tmpl))
+    assert vm.STATE == 1
+    named = srv.template.instantiate(tmpl, "mine", True, "", False)
+    assert (srv.vm.info(named).NAME, srv.vm.info(named).STATE) == ("mine", 2)
+    with pytest.raises(pyone.OneNoExistsException,
+                       match=r"\[one.template.instantiate\] Error getting VM template \[9\]"):
+        srv.template.instantiate(9, "", False, "", False)
+    keys = [k for k, _ in world.oned.hooks.sent if k.startswith("EVENT API one.template")]
+    assert "EVENT API one.template.allocate 1" in keys
+    assert "EVENT API one.template.instantiate 0" in keys
+    assert not any(k.startswith("EVENT API one.template.info") for k in keys)
+
+
+@pytest.mark.parametrize(("version", "api_event"), [("6.10", True), ("7.0", False)])
+def test_scheduler_places_pending_and_resumed_vms(make_world, version, api_event):
+    """mm_sched (up to 6.10) calls one.vm.deploy(vid, hid, false, dsid, "") over XML-RPC
+    (release-6.10.5 src/scheduler/src/pool/VirtualMachinePoolXML.cc:179): an API event;
+    7.0's plan manager deploys inside oned (release-7.0.2 src/schedm/PlanManager.cc:306):
+    none. Striping (sched.conf:131): the host with the fewest VMs; a VM that fits nowhere
+    waits; a resumed VM goes back to PENDING and is placed again on its system datastore."""
+    w = make_world(one_version=version)
+    _image_ds, system_ds = w.datastores()
+    first, second = w.oned.create_host("node1"), w.oned.create_host("node2")
+    a = w.srv.vm.allocate(w.vm_template("a"), False)
+    b = w.srv.vm.allocate(w.vm_template("b"), False)
+    big = w.srv.vm.allocate(w.vm_template("big").replace('CPU="1"', 'CPU="9"'), False)
+    assert sorted(w.oned.schedule_once()) == [(a, first), (b, second)]
+    for vm_id in (a, b):
+        w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert w.srv.vm.info(big).STATE == 1  # 9 CPUs fit no 8-CPU host
+    deploys = [k for k, _ in w.oned.hooks.sent if k.startswith("EVENT API one.vm.deploy")]
+    assert len(deploys) == (2 if api_event else 0)
+    w.srv.vm.action("stop", a)
+    w.oned.wait_vm(a, "STOPPED")
+    w.srv.vm.action("resume", a)
+    assert w.srv.vm.info(a).STATE == 1
+    assert w.oned.schedule_once() == [(a, first)]
+    w.oned.wait_vm(a, "ACTIVE", "RUNNING")
+    assert w.oned.vms[a].last.ds_id == system_ds
