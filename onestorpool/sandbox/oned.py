@@ -123,6 +123,22 @@ def _dump_i8(marshaller: Any, value: int, write: Any) -> None:
 xmlrpc.client.Marshaller.dispatch[I8] = _dump_i8  # the stdlib marshaller has no i8 writer
 
 
+def install_remotes(directory: Path, remotes: Path | None, version: Version) -> Path:
+    """oned's remotes directory with ``VERSION`` in it, as each release's ``install.sh``
+    puts it there (drivers read it to know how oned shows their errors). Without
+    ``remotes``: ``<directory>/remotes`` linking to the add-on's own driver directories."""
+    if remotes is None:
+        remotes = directory / "remotes"
+        remotes.mkdir(exist_ok=True)
+        for source in addon_remotes().iterdir():
+            link = remotes / source.name
+            if not link.is_symlink():
+                link.symlink_to(source)
+    remotes = Path(remotes).resolve()
+    (remotes / "VERSION").write_text(f"{version}.0\n")
+    return remotes
+
+
 def parse_local_actions(text: str) -> dict[str, str]:
     """``-l deploy=deploy-tweaks,attach_disk`` (OpenNebulaDriver.parse_actions_list)."""
     actions = {}
@@ -191,8 +207,8 @@ class OnedSandbox(VmOperations):
         super().__init__()
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.remotes = Path(remotes or addon_remotes()).resolve()
         self.version = Version(one_version)
+        self.remotes = install_remotes(self.directory, remotes, self.version)
         self.session = session
         self.frontend = frontend
         self.storpool_admin = storpool_admin
@@ -383,6 +399,7 @@ class OnedSandbox(VmOperations):
                          for k, v in sorted(self.drivers.vmm_local.items()))
         arguments = f"-t 15 -r 0 kvm{' -l ' + local if local else ''}"
         return X.configuration_xml({
+            "DATASTORE_CAPACITY_CHECK": "yes" if self.capacity_check else "no",
             "DATASTORE_LOCATION": "/var/lib/one//datastores",
             "DEFAULT_DEVICE_PREFIX": DEFAULT_DEVICE_PREFIX, "DEFAULT_IMAGE_TYPE": "OS",
             "DS_MAD_CONF": ds, "DS_MONITOR_VM_DISK": str(DS_MONITOR_VM_DISK),

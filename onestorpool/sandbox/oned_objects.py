@@ -145,6 +145,20 @@ class Datastore:
     used_mb: int = 0
     state: int = 0
     monitor_counter: int = 0  # MONITOR_VM_DISKS every DS_MONITOR_VM_DISK-th time
+    monitored: bool = False  # a monitoring answered at least once
+
+    def avail_mb(self, capacity_check: bool) -> tuple[bool, int]:
+        """``Datastore::get_avail_mb`` (release-6.10.5 src/datastore/Datastore.cc:1083):
+        FREE_MB, or LIMIT_MB - USED_MB, never below 0; whether to check: the datastore's
+        DATASTORE_CAPACITY_CHECK, else oned.conf's."""
+        avail = self.free_mb
+        limit = str(self.template.get("LIMIT_MB", "")).strip()
+        if limit.lstrip("-").isdigit():
+            avail = int(limit) - self.used_mb
+        check = str(self.template.get("DATASTORE_CAPACITY_CHECK", "")).strip().upper()
+        if check:
+            capacity_check = check in ("YES", "TRUE")
+        return capacity_check, max(avail, 0)
 
     @property
     def shared(self) -> bool:

@@ -68,6 +68,7 @@ class StorageApi(SandboxCore):
     ds_mad_conf: dict[str, Template]
     storpool_admin: tuple[str, str] | None
     storpool_conf: Any  # Path of the add-on's storpool.conf, or None
+    capacity_check = True  # oned.conf DATASTORE_CAPACITY_CHECK
 
     # -- datastores ---------------------------------------------------------------------------
 
@@ -222,6 +223,7 @@ class StorageApi(SandboxCore):
             ds = self.datastores.get(ds_id)
             if ds is None:
                 return
+            ds.monitored = True
             for key in ("TOTAL_MB", "FREE_MB", "USED_MB"):
                 with contextlib.suppress(TypeError, ValueError):
                     setattr(ds, key.lower(), int(float(data.get(key, 0))))
@@ -331,10 +333,14 @@ class StorageApi(SandboxCore):
         size = self._image_size(template, ds_mad, ds_body, method)
         with self.lock:
             ds = self._datastore(ds_id, method)
-            if (ds.total_mb and not skip_capacity and size > ds.free_mb
-                    and str(ds.template.get("DATASTORE_CAPACITY_CHECK", "YES")).upper()
-                    == "YES"):
-                raise OneFailure(ACTION, f"[{method}] Not enough space in datastore")
+            # ImageAllocate::request_execute (release-6.10.5 RequestManagerAllocate.cc:514,
+            # 626): the capacity check after stat, skipped on request (admins). oned has
+            # monitored a datastore within MONITORING_INTERVAL_DATASTORE of its creation;
+            # until the sandbox's first successful monitoring the capacity is unknown and
+            # not checked (oned would see FREE_MB 0 and refuse).
+            check, avail = ds.avail_mb(self.capacity_check)
+            if ds.monitored and check and not skip_capacity and size > avail:
+                raise OneFailure(ACTION, f"[{method}] Not enough space in datastore", -1)
             image = self._new_image(template, ds, size, method)
             self.images[image.id] = image
             ds.images.append(image.id)

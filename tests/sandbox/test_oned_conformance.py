@@ -379,3 +379,27 @@ def test_scheduler_places_pending_and_resumed_vms(make_world, version, api_event
     assert w.oned.schedule_once() == [(a, first)]
     w.oned.wait_vm(a, "ACTIVE", "RUNNING")
     assert w.oned.vms[a].last.ds_id == system_ds
+
+
+def test_image_capacity_check(world):
+    """ImageAllocate (release-6.10.5 src/rm/RequestManagerAllocate.cc:514,626) with
+    Datastore::get_avail_mb (src/datastore/Datastore.cc:1083): after stat, SIZE above
+    FREE_MB (or LIMIT_MB - USED_MB) is refused with ACTION "Not enough space in datastore"
+    unless DATASTORE_CAPACITY_CHECK=NO or the skip flag is given."""
+    image_ds, _ = world.datastores()
+    world.oned.monitor_datastore(image_ds)
+    ds = world.oned.datastores[image_ds]
+    assert ds.monitored and ds.free_mb > 0
+    too_big = ds.free_mb + 1
+    with pytest.raises(pyone.OneActionException,
+                       match=r"\[one.image.allocate\] Not enough space in datastore"):
+        world.srv.image.allocate(f'NAME="big"\nSIZE="{too_big}"', image_ds)
+    world.srv.datastore.update(image_ds, f'LIMIT_MB="{ds.used_mb + 1}"', 1)
+    with pytest.raises(pyone.OneActionException, match="Not enough space"):
+        world.srv.image.allocate('NAME="two"\nSIZE="2"', image_ds)
+    assert world.srv.image.allocate('NAME="one"\nSIZE="1"', image_ds) >= 0
+    world.srv.datastore.update(image_ds, 'DATASTORE_CAPACITY_CHECK="NO"', 1)
+    assert world.srv.image.allocate('NAME="two"\nSIZE="2"', image_ds) >= 0
+    world.srv.datastore.update(image_ds, 'DATASTORE_CAPACITY_CHECK="YES"', 1)
+    assert world.srv.image.allocate('NAME="three"\nSIZE="2"', image_ds, True) >= 0
+    world.oned.wait_idle()
