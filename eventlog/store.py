@@ -7,14 +7,18 @@ archived (:mod:`onestorpool.eventlog.archive`), and the code has no other write 
 
 Appends take SQLite's write lock (``BEGIN IMMEDIATE``), read the chain head, insert and
 commit: concurrent writers serialise, nothing interleaves, and the record is on disk when
-:meth:`EventLog.append` returns.
+:meth:`EventLog.append` returns. Writers first queue in arrival order (:class:`_WriterQueue`):
+SQLite's own busy handler lets a newcomer overtake a waiter again and again (seconds, under
+load), the queue bounds a writer's wait by the transactions ahead of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -217,6 +221,90 @@ def _row_to_record(row: Sequence[Any]) -> Record:
     return _new_record(Record, row)
 
 
+class _WriterQueue:
+    """Writers take turns in arrival order, through ``<log>.lock``.
+
+    A writer draws a ticket (a counter in the file, under ``flock``), write-locks the byte
+    of its ticket, waits until the byte of the ticket before it is free (that writer is
+    done or dead: the kernel drops a dead process's locks), runs its transaction and frees
+    its byte. Open-file-description locks, so two logs open in one process queue apart.
+    """
+
+    _FLOCK = "hhqqi4x"  # struct flock on Linux (64-bit off_t), padded to its size
+    _SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
+    _SETLKW = getattr(fcntl, "F_OFD_SETLKW", fcntl.F_SETLKW)
+    _SLOTS = 1 << 40  # ticket bytes, after the 8-byte counter
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o640)
+        self.ticket: int | None = None
+        if os.fstat(self.fd).st_size == 0:  # new: private to oneadmin, as the database
+            os.fchmod(self.fd, 0o640)
+            _share_with_oneadmin(os.path.dirname(os.path.abspath(path)), path)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def _byte(self, kind: int, ticket: int, wait: bool = False) -> bool:
+        spec = struct.pack(self._FLOCK, kind, os.SEEK_SET, 8 + ticket % self._SLOTS, 1, 0)
+        try:
+            fcntl.fcntl(self.fd, self._SETLKW if wait else self._SETLK, spec)
+        except (BlockingIOError, PermissionError):  # EAGAIN, or EACCES on some systems
+            return False
+        return True
+
+    def enter(self, deadline: float) -> None:
+        if self.ticket is not None:
+            raise EventLogError("a transaction is already open on this connection")
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # a few system calls long
+        try:
+            raw = os.pread(self.fd, 8, 0)
+            ticket = int.from_bytes(raw, "little") + 1 if len(raw) == 8 else 1
+            os.pwrite(self.fd, ticket.to_bytes(8, "little"), 0)
+            while not self._byte(fcntl.F_WRLCK, ticket):  # held 2**40 tickets ago: never
+                time.sleep(0.001)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.ticket = ticket
+        try:
+            self._wait_turn(ticket - 1, deadline)
+        except BaseException:
+            self.leave()
+            raise
+
+    def _wait_turn(self, before: int, deadline: float) -> None:
+        for delay in (0.0,):  # the usual case: no wait
+            if self._byte(fcntl.F_RDLCK, before):
+                self._byte(fcntl.F_UNLCK, before)
+                return
+            time.sleep(delay)
+        # Then block in the kernel (woken the moment it is free), in a helper thread so
+        # that a writer that never finishes costs a timeout, not a hang.
+        import threading
+
+        turn, lock = threading.Event(), threading.Lock()
+        gave_up = False
+
+        def wait() -> None:
+            self._byte(fcntl.F_RDLCK, before, wait=True)
+            with lock:
+                self._byte(fcntl.F_UNLCK, before)
+                if not gave_up:
+                    turn.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        if not turn.wait(max(0.0, deadline - time.monotonic())):
+            with lock:
+                gave_up = not turn.is_set()
+            if gave_up:
+                raise EventLogError("waited too long for the writer before this one")
+
+    def leave(self) -> None:
+        if self.ticket is not None:
+            self._byte(fcntl.F_UNLCK, self.ticket)
+            self.ticket = None
+
+
 class EventLog:
     """One event log database. Safe to use from several processes at once; one instance
     belongs to one thread at a time."""
@@ -224,6 +312,7 @@ class EventLog:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False):
         self.path = os.fspath(path)
         self.readonly = readonly
+        self._writers: _WriterQueue | None = None
         try:
             if readonly:
                 self.db = sqlite3.connect(_readonly_uri(self.path), uri=True,
@@ -260,6 +349,9 @@ class EventLog:
 
     def close(self) -> None:
         self.db.close()
+        if self._writers is not None:
+            self._writers.close()
+            self._writers = None
 
     def __enter__(self) -> EventLog:
         return self
@@ -331,21 +423,37 @@ class EventLog:
         """
         if self.readonly:
             raise EventLogError(f"event log {self.path} is open read-only")
+        queue = self._queue()
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            queue.enter(time.monotonic() + BUSY_TIMEOUT_MS / 1000)
+        except EventLogError as exc:
             raise EventLogError(f"event log {self.path}: {exc}") from None
-        tx = Transaction(self)
         try:
-            yield tx
-            tx.write_witness()
-            self.db.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
                 raise EventLogError(f"event log {self.path}: {exc}") from None
-            raise
+            tx = Transaction(self)
+            try:
+                yield tx
+                tx.write_witness()
+                self.db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise EventLogError(f"event log {self.path}: {exc}") from None
+                raise
+        finally:
+            queue.leave()
+
+    def _queue(self) -> _WriterQueue:
+        if self._writers is None:
+            try:
+                self._writers = _WriterQueue(self.path + ".lock")
+            except OSError as exc:
+                raise EventLogError(f"event log {self.path}: {exc}") from None
+        return self._writers
 
     # -- reading --------------------------------------------------------------------------
 

@@ -118,3 +118,71 @@ def test_a_failed_write_is_an_error_and_the_log_stays_readable(tmp_path):
     with EventLog(path) as log:
         assert verify(log).ok and log.head()[0] >= acknowledged[-1]
         assert log.append(Event("after", "t")) > acknowledged[-1]  # and it goes on
+
+
+# Holds the log's write transaction until its stdin closes (a slow writer).
+HOLDER = """
+import sys
+from onestorpool.eventlog import Event, EventLog
+with EventLog(sys.argv[1]) as log, log.transaction() as tx:
+    tx.append(Event("holder", "holder"))
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+# One append, timed, as a driver does it.
+ONE_APPEND = """
+import sys, time
+from onestorpool.eventlog import append_event
+started = time.monotonic()
+append_event("queued", writer=sys.argv[2], payload={}, path=sys.argv[1])
+print(time.monotonic() - started, flush=True)
+"""
+
+
+def test_writers_are_served_in_the_order_they_arrive(tmp_path):
+    """SQLite's busy handler lets a newcomer overtake a writer that waits; the log's queue
+    does not: behind a slow writer, the ones that came first go first."""
+    path = str(tmp_path / "events.db")
+    EventLog(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "holding\n"
+    waiters = []
+    for name in ("first", "second", "third", "fourth"):
+        waiters.append(subprocess.Popen([sys.executable, "-c", ONE_APPEND, path, name],
+                                        stdout=subprocess.PIPE, text=True))
+        time.sleep(0.6)  # started, and waiting
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == 0
+    for waiter in waiters:
+        assert waiter.wait(timeout=60) == 0
+    with EventLog(path, readonly=True) as log:
+        assert [r.writer for r in log.read()] == ["holder", "first", "second", "third",
+                                                  "fourth"]
+
+
+def _timed_appender(path: str, seconds: float, results) -> None:
+    waits = []
+    with EventLog(path) as log:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            started = time.monotonic()
+            log.append(Event("busy", "w", {"pad": PAD}))
+            waits.append(time.monotonic() - started)
+    results.put(max(waits))
+
+
+def test_the_worst_append_wait_under_eight_writers_is_bounded(tmp_path):
+    """Eight writers in tight loops: none waits long (SQLite alone: seconds)."""
+    path = str(tmp_path / "events.db")
+    EventLog(path).close()
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    workers = [context.Process(target=_timed_appender, args=(path, 3.0, results))
+               for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    worst = max(results.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    assert worst < 1.0, f"an append waited {worst:.2f} s"

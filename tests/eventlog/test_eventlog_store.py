@@ -189,7 +189,8 @@ def test_files_are_private_to_oneadmin(tmp_path):
             modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
     finally:
         os.umask(old_umask)
-    assert modes == {"events.db": 0o640, "events.db-wal": 0o640, "events.db-shm": 0o640}
+    assert modes == {"events.db": 0o640, "events.db-wal": 0o640, "events.db-shm": 0o640,
+                     "events.db.lock": 0o640}
     assert path.parent.stat().st_mode & 0o777 == 0o750
 
 
