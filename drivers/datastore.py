@@ -9,6 +9,7 @@ what it created when it fails.
 from __future__ import annotations
 
 import contextlib
+import logging
 import lzma
 import os
 import random
@@ -17,7 +18,6 @@ import secrets
 import shlex
 import string
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,10 +148,12 @@ class DsContext:
         return host, hosts.client_id(host, self.config)
 
 
+log = logging.getLogger("onestorpool.drivers")
+
+
 def progress(message: str) -> None:
-    """A line oned keeps in its log (``INFO:`` prefix), not shown to the user as an error."""
-    sys.stderr.write(f"INFO: {message}\n")
-    sys.stderr.flush()
+    """A line for oned's log only (``INFO:``), never the user's error message."""
+    log.info("%s", message)
 
 
 # -- cp: import an image ----------------------------------------------------------------------

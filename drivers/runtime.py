@@ -4,11 +4,13 @@ client, the event, the error boundary.
 A driver executable is three lines: it calls :func:`run_datastore_action` (or the TM/VMM
 equivalent) with its action name. The runtime decodes oned's arguments (both calling
 conventions), builds the configuration for the datastore, runs the action, appends one event
-(success or failure) and prints what oned parses. Errors leave as one ``ERROR:`` line.
+(success or failure) and prints what oned parses. Diagnostics and the reason of a failure
+leave as the running OpenNebula release needs them (:mod:`onestorpool.driverlog`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -16,7 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from onestorpool.driverlog import DriverLog, one_release
 from onestorpool.errors import AddonError, InputError, run_main
+
+log = logging.getLogger("onestorpool.drivers")
 
 
 def split_ds_arguments(argv: list[str], stdin: Callable[[], str]) -> tuple[str, int]:
@@ -83,7 +88,7 @@ class ActionRecord:
         try:
             self.log.append(Event(event_type, self.writer, payload, **self.subjects))
         except AddonError as log_error:
-            sys.stderr.write(f"WARN: event log: {log_error}\n")
+            log.warning("event log: %s", log_error)
         finally:
             self.log.close()
 
@@ -94,9 +99,22 @@ def emit(stdout: str) -> None:
         sys.stdout.flush()
 
 
+def run_driver(tag: str, main: Callable[[list[str]], int | None],
+               argv: list[str] | None = None) -> int:
+    """``main`` under the error boundary, with the driver logging of :mod:`driverlog`."""
+    driver_log = DriverLog(tag, one_release())
+    code = run_main(main, argv, report=driver_log.failed)
+    if code == 0:
+        driver_log.succeeded()
+    else:
+        driver_log.close()
+    return code
+
+
 def run_datastore_action(action: str, argv: list[str] | None = None) -> int:
     """Entry point of ``drivers/remotes/datastore/storpool/<action>``."""
-    return run_main(lambda args: _datastore_main(action, args), argv)
+    return run_driver(f"onestorpool-ds-{action}", lambda args: _datastore_main(action, args),
+                      argv)
 
 
 def _datastore_main(action: str, argv: list[str]) -> int:
@@ -116,7 +134,7 @@ def _datastore_main(action: str, argv: list[str]) -> int:
 
 def run_export_delete(argv: list[str] | None = None) -> int:
     """``export.delete <bridge> <file>``: the marketplace's DISPOSE_CMD after an export."""
-    return run_main(_export_delete_main, argv)
+    return run_driver("onestorpool-ds-export.delete", _export_delete_main, argv)
 
 
 def _export_delete_main(argv: list[str]) -> int:

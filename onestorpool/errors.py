@@ -31,13 +31,16 @@ class StorPoolError(AddonError):
     transient = False
 
 
-def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
+def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = None,
+             report: Callable[[str], None] | None = None) -> int:
     """Run ``main(argv)`` under the process-wide error boundary and return the exit code.
 
-    An :class:`AddonError` becomes one ``ERROR:`` line on stderr; anything else is a bug and
-    also becomes one line, with the traceback only when ``ONESTORPOOL_DEBUG`` is set.
+    An :class:`AddonError` becomes one line for ``report`` (default: one ``ERROR:`` line on
+    stderr; drivers pass :meth:`onestorpool.driverlog.DriverLog.failed`); anything else is a
+    bug and also becomes one line, with the traceback only when ``ONESTORPOOL_DEBUG`` is set.
     """
     args = sys.argv[1:] if argv is None else argv
+    _report = report or _report_line
     try:
         return int(main(args) or 0)
     except AddonError as exc:
@@ -57,7 +60,7 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
         return 1
 
 
-def _report(message: str) -> None:
+def _report_line(message: str) -> None:
     line = " ".join(message.split())  # one line, always
     sys.stderr.write(f"ERROR: {line}\n")
     sys.stderr.flush()
