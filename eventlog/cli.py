@@ -162,7 +162,7 @@ def cmd_stats(log: EventLog, args: argparse.Namespace) -> int:
     for event_type, count, first, last in rows:
         print(f"  {event_type:<24} {count:>9}  "
               f"{datetime.fromtimestamp(first, UTC):%Y-%m-%d} .. "
-              f"{datetime.fromtimestamp(last, UTC):%Y-%m-%d}")
+              f"{datetime.fromtimestamp(last, UTC):%Y-%m-%d} (UTC)")
     return 0
 
 
