@@ -88,7 +88,7 @@ class World:
         and a system datastore of the stand-in TM."""
         image_ds = self.srv.datastore.allocate(
             'NAME="storpool"\nDS_MAD="storpool"\nTM_MAD="fake"\nDISK_TYPE="BLOCK"\n'
-            f'SAFE_DIRS="{self.tmp}"', -1)
+            f'SAFE_DIRS="{self.tmp}"\nRESTRICTED_DIRS="/"', -1)
         system_ds = self.srv.datastore.allocate(
             'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="fake"', -1)
         self.frontend.sp.volume_template_create(f"one-ds-{image_ds}")
