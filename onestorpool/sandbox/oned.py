@@ -105,13 +105,6 @@ ADDON_VMM_LOCAL = ("deploy=deploy-tweaks,attach_disk=attach_disk.storpool,save=t
                    "restore=tmrestore")
 
 
-def addon_remotes() -> Path:
-    """The add-on's own driver executables (``drivers/remotes``)."""
-    import onestorpool.drivers
-
-    return Path(onestorpool.drivers.__file__).resolve().parent / "remotes"
-
-
 class I8(int):
     """An XML-RPC ``<i8>`` (oned's replication index in error replies)."""
 
@@ -126,15 +119,15 @@ xmlrpc.client.Marshaller.dispatch[I8] = _dump_i8  # the stdlib marshaller has no
 def install_remotes(directory: Path, remotes: Path | None, version: Version) -> Path:
     """oned's remotes directory with ``VERSION`` in it, as each release's ``install.sh``
     puts it there (drivers read it to know how oned shows their errors). Without
-    ``remotes``: ``<directory>/remotes`` linking to the add-on's own driver directories."""
+    ``remotes``: ``<directory>/remotes`` with the add-on's drivers installed as the
+    installer does (their interpreter: this one)."""
     if remotes is None:
+        from onestorpool.drivers.install import install_remotes as install_drivers
+
         remotes = directory / "remotes"
-        remotes.mkdir(exist_ok=True)
-        for source in addon_remotes().iterdir():
-            link = remotes / source.name
-            if not link.is_symlink():
-                link.symlink_to(source)
+        install_drivers(remotes)
     remotes = Path(remotes).resolve()
+    remotes.mkdir(parents=True, exist_ok=True)
     (remotes / "VERSION").write_text(f"{version}.0\n")
     return remotes
 
@@ -146,6 +139,29 @@ def parse_local_actions(text: str) -> dict[str, str]:
         name, _, script = item.partition("=")
         actions[name.strip().upper()] = script.strip()
     return actions
+
+
+XMLRPC_TYPES = {"int": (int, "integer"), "bool": (bool, "boolean"), "str": (str, "a string")}
+
+
+def read_parameters(handler: Any, params: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The parameters as the method's ``paramList::get*`` calls read them: each declared
+    one must be there (unless optional) with its XML-RPC type, extra ones are ignored."""
+    taken: list[Any] = []
+    for position, parameter in enumerate(inspect.signature(handler).parameters.values()):
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*taken, *params[position:])
+        if position >= len(params):
+            if parameter.default is inspect.Parameter.empty:
+                raise xmlrpc.client.Fault(-501, "Not enough parameters")
+            break
+        value = params[position]
+        expected = XMLRPC_TYPES.get(str(parameter.annotation).split(" ")[0])
+        if expected is not None and type(value) is not expected[0]:
+            raise xmlrpc.client.Fault(
+                -501, f"Parameter that is supposed to be {expected[1]} is not")
+        taken.append(value)
+    return tuple(taken)
 
 
 class _Server(ThreadingMixIn, SimpleXMLRPCServer):
@@ -354,21 +370,26 @@ class OnedSandbox(VmOperations):
         since = self.NOT_EMULATED.get(method)
         if handler is None and (since is None or self.version < since):
             raise xmlrpc.client.Fault(-506, f"Method '{method}' not defined")
-        if not params or not isinstance(params[0], str):
-            raise xmlrpc.client.Fault(-501, "Parameter 0 must be the session string")
+        # Request::execute reads the session first (paramList::getString(0)), then
+        # authenticates; the handler reads its parameters after that, and xmlrpc-c's
+        # paramList answers a missing or mistyped one with a type fault (-501), which
+        # leaves Request::execute before the API event (xmlrpc-c src/cpp/param_list.cpp;
+        # release-6.10.5 src/rm/Request.cc:374,396,457). Extra parameters are not read.
+        if not params:
+            raise xmlrpc.client.Fault(-501, "Not enough parameters")
+        if not isinstance(params[0], str):
+            raise xmlrpc.client.Fault(-501, "Parameter that is supposed to be a string is not")
         if params[0] != self.session:
             return [False, f"[{method}] User couldn't be authenticated, aborting call.",
                     AUTHENTICATION, -1, I8(-1)]
         extra = ""
+        arguments = params[1:]
         if handler is not None:
-            try:  # xmlrpc-c checks the signature before oned sees the call
-                inspect.signature(handler).bind(*params[1:])
-            except TypeError as error:
-                raise xmlrpc.client.Fault(-501, f"Parameter count mismatch: {error}") from None
+            arguments = read_parameters(handler, arguments)
         try:
             if handler is None:
                 raise OneFailure(0x800, f"[{method}] not emulated by the oned sandbox")
-            value = handler(*params[1:])
+            value = handler(*arguments)
             if isinstance(value, tuple):  # (value, EXTRA body for the API event)
                 value, extra = value
             reply: list[Any] = [True, value, 0]

@@ -41,7 +41,8 @@ def parse_template(text: str) -> Template:
         try:
             root = etree.fromstring(text.encode(), parser)
         except etree.XMLSyntaxError as error:
-            raise ValueError(f"malformed XML template: {error}") from None
+            # Template::parse_str_or_xml (release-6.10.5 src/template/Template.cc:125)
+            raise ValueError("XML Template malformed.") from error
         result: Template = {}
         for child in root:
             if len(child):

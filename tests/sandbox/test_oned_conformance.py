@@ -403,3 +403,38 @@ def test_image_capacity_check(world):
     world.srv.datastore.update(image_ds, 'DATASTORE_CAPACITY_CHECK="YES"', 1)
     assert world.srv.image.allocate('NAME="three"\nSIZE="2"', image_ds, True) >= 0
     world.oned.wait_idle()
+
+
+def test_xml_rpc_failures_as_oned(world):
+    """Request::execute (release-6.10.5 src/rm/Request.cc:374,396,457): the session is
+    read first, a failed authentication answers [false, msg, 0x100, -1] and publishes no
+    API event; parameters are read by xmlrpc-c's paramList (src/cpp/param_list.cpp): a
+    missing or mistyped one is a -501 fault (no API event), extra ones are ignored; an
+    unknown method is xmlrpc-c's -506 "Method '...' not defined"; a malformed XML template
+    is "Parse error: XML Template malformed." (src/template/Template.cc:125) with INTERNAL."""
+    import xmlrpc.client
+
+    raw = xmlrpc.client.ServerProxy(world.oned.endpoint)
+    session = world.oned.session
+    sent = len(world.oned.hooks.sent)
+    assert raw.one.vm.deploy("oneadmin:wrong", 0, 0) == [
+        False, "[one.vm.deploy] User couldn't be authenticated, aborting call.", 0x100, -1,
+        -1]
+    for call, message in ((lambda: raw.one.vm.deploy(session, 0), "Not enough parameters"),
+                          (lambda: raw.one.vm.deploy(session, "0", 0),
+                           "Parameter that is supposed to be integer is not"),
+                          (lambda: raw.one.vm.allocate(session, "NAME=x", 1),
+                           "Parameter that is supposed to be boolean is not"),
+                          (lambda: raw.one.vm.info(), "Not enough parameters")):
+        with pytest.raises(xmlrpc.client.Fault) as fault:
+            call()
+        assert (fault.value.faultCode, fault.value.faultString) == (-501, message)
+    assert world.oned.hooks.sent[sent:] == []  # none of these reached the API hook
+    assert raw.one.image.info(session, 7, False, "ignored", 1)[:3] == [
+        False, "[one.image.info] Error getting image [7].", 0x400]
+    with pytest.raises(xmlrpc.client.Fault) as fault:
+        raw.one.vm.nosuchcall(session)
+    assert (fault.value.faultCode, fault.value.faultString) == (
+        -506, "Method 'one.vm.nosuchcall' not defined")
+    assert raw.one.vm.allocate(session, "<TEMPLATE><NAME>x</TEMPLATE>", False)[:3] == [
+        False, "[one.vm.allocate] Parse error: XML Template malformed.", 0x2000]
