@@ -160,4 +160,4 @@ def test_log_tail_follow_ends_quietly_on_ctrl_c(event_log):
 
 def test_log_stats_dates_say_utc(event_log):
     out = run("log", "stats", "--log", str(event_log)).stdout
-    assert [line for line in out.splitlines() if "ds.cp" in line][0].endswith(" (UTC)")
+    assert next(line for line in out.splitlines() if "ds.cp" in line).endswith(" (UTC)")
