@@ -23,8 +23,6 @@ def _block(heading: str) -> str:
 
 @pytest.mark.skipif(not (REPO / ".venv/bin/onestorpool").exists(),
                     reason="the README's commands use the clone's .venv")
-@pytest.mark.xfail(strict=True, reason="the oned sandbox does not yet create a new StorPool "
-                                       "datastore's template (one-ds-<ID>) as the admin would")
 def test_try_it_runs_as_written(tmp_path):
     script = _block("Try it before a real cloud").replace("/tmp/cloud", str(tmp_path / "cloud"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "ONESTORPOOL_"))}

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import onestorpool.drivers
+from onestorpool.drivers.install import shipped_remotes
 from onestorpool.eventlog import EventLog
 from onestorpool.sandbox.storpool import StorPoolSandbox
 from onestorpool.storpool import StorPoolClient
 
-REMOTES = Path(onestorpool.drivers.__file__).resolve().parent / "remotes"
+REMOTES = shipped_remotes()
 HOSTS = {"localhost": 1, "bridge1": 2, "node1": 3}
 
 

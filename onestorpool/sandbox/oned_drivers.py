@@ -22,8 +22,10 @@ import os
 import re
 import subprocess
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from onestorpool.sandbox.oned_objects import Version
 
@@ -94,6 +96,28 @@ class DriverRun:
         return asdict(self)
 
 
+_LOG_MODULES = {"datastore": "ImM", "tm": "TrM", "vmm": "VMM"}
+_LOG_LEVELS = {"ERROR": "E", "WARN": "W", "INFO": "I", "DEBUG": "D"}
+
+
+def write_oned_log(run: DriverRun, stream: TextIO | None) -> None:
+    """The lines oned writes to oned.log for a driver run: the outcome, then the driver's
+    stderr (``ERROR:``/``WARN:``/``INFO:``/``DEBUG:`` lines at their level)."""
+    if stream is None:
+        return
+    stamp = time.strftime("%a %b %d %H:%M:%S %Y")
+    module = _LOG_MODULES.get(run.kind, "ReM")
+    outcome = "success" if run.ok else f"failure (exit {run.exit})"
+    lines = [f"{stamp} [Z0][{module}][{'I' if run.ok else 'E'}]: {run.kind}/{run.driver}/"
+             f"{run.action} {run.object_id}: {outcome}"]
+    for line in run.stderr.splitlines():
+        prefix, sep, text = line.partition(": ")
+        level = _LOG_LEVELS.get(prefix) if sep else None
+        lines.append(f"{stamp} [Z0][{module}][{level or 'I'}]: {text if level else line}")
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
+
+
 class DriverRunner:
     """Executes the scripts under ``remotes`` with oned's conventions for ``version``."""
 
@@ -108,6 +132,8 @@ class DriverRunner:
         self.cwd = cwd
         # VM_MAD ARGUMENTS "-l deploy=deploy-tweaks,attach_disk,..." (upper-cased keys).
         self.vmm_local = {k.upper(): v for k, v in (vmm_local or {}).items()}
+        # where oned.log goes: the oned sandbox process's stderr ('sandbox up': oned.log)
+        self.log_stream: TextIO | None = None
 
     # -- datastore driver -------------------------------------------------------------------
 
@@ -235,3 +261,4 @@ class DriverRunner:
     def _record(self, run: DriverRun) -> None:
         with self.lock:
             self.log.append(run)
+            write_oned_log(run, self.log_stream)

@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import re
+import urllib.error
 import urllib.request
 from typing import Any
 from xml.sax.saxutils import escape
@@ -84,7 +85,23 @@ class StorageApi(SandboxCore):
                                            f"{error}") from None
             self._new_id("datastore")
             self.datastores[ds_id] = ds
-            return ds_id, X.datastore_body(ds, self.version)
+            body = X.datastore_body(ds, self.version)
+        if self.storpool_admin is not None and "storpool" in (ds.ds_mad, ds.tm_mad):
+            # as an admin does when adding a StorPool datastore (and as host_allocate
+            # registers the host's StorPool client): its template, one per datastore
+            create_storpool_template(self.storpool_admin, self._storpool_prefix(), ds_id)
+        return ds_id, body
+
+    def _storpool_prefix(self) -> str:
+        """``ONE_PX`` of the add-on's configuration in the sandbox's root."""
+        if self.storpool_conf is None:
+            return "one"
+        from onestorpool import config
+
+        root = self.storpool_conf.parent.parent
+        return config.load(rc_paths=[root / "var/lib/one/remotes/addon-storpoolrc"],
+                           override_path=root / "etc/storpool/addon-storpool.conf",
+                           storpool_paths=[], environ={}).prefix
 
     def _new_datastore(self, ds_id: int, template: Template) -> Datastore:
         """``Datastore::insert``: DS_MAD_CONF and TM_MAD_CONF checked and copied."""
@@ -740,6 +757,23 @@ def _conf_sections(path: Any) -> dict[str, int]:
             if value.isdigit():
                 sections[current] = int(value)
     return sections
+
+
+def create_storpool_template(admin: tuple[str, str], prefix: str, ds_id: int) -> None:
+    """``<prefix>-ds-<ds_id>``, the datastore's StorPool template (``VolumeTemplateCreate``);
+    one that exists already is kept."""
+    url, token = admin
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/ctrl/1.0/VolumeTemplateCreate", method="POST",
+        data=json.dumps({"name": f"{prefix}-ds-{ds_id}", "replication": 3}).encode(),
+        headers={"Authorization": f"Storpool v1:{token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    except urllib.error.HTTPError as error:
+        reply = json.loads(error.read() or b"{}")
+        if (reply.get("error") or {}).get("name") != "objectExists":
+            raise
 
 
 def register_storpool_client(admin: tuple[str, str], client_id: int, directory: str) -> None:

@@ -136,7 +136,7 @@ def up(directory: Path, one_version: str) -> int:
     for leak in ("ONE_XMLRPC", "ONE_AUTH"):  # the sandbox's, not a real cloud's
         env.pop(leak, None)
     cli = [sys.executable, "-m", "onestorpool.cli", "sandbox"]
-    from onestorpool.sandbox.oned import addon_remotes
+    from onestorpool.drivers.install import shipped_remotes
 
     started: dict[str, subprocess.Popen] = {}
     try:
@@ -153,7 +153,7 @@ def up(directory: Path, one_version: str) -> int:
              "--hook-endpoint", f"tcp://127.0.0.1:{hook_port}", "--one-version", one_version,
              "--storpool-admin", f"http://127.0.0.1:{sp_port}", "--session", SESSION,
              "--hosts", str(directory / "hosts"), "--scheduler", "--monitor-interval", "60",
-             "--vmm-local", local_actions(addon_remotes())], log, env)
+             "--vmm-local", local_actions(shipped_remotes())], log, env)
         wait_until(lambda: oned_answers(oned_port), "oned sandbox", started["oned"], log)
         subscriber = _subscriber_command(directory)
         if subscriber is not None:

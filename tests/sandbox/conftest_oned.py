@@ -90,8 +90,8 @@ class World:
             'NAME="storpool"\nDS_MAD="storpool"\nTM_MAD="fake"\nDISK_TYPE="BLOCK"\n'
             f'SAFE_DIRS="{self.tmp}"\nRESTRICTED_DIRS="/"', -1)
         system_ds = self.srv.datastore.allocate(
-            'NAME="system"\nTYPE="SYSTEM_DS"\nTM_MAD="fake"', -1)
-        self.frontend.sp.volume_template_create(f"one-ds-{image_ds}")
+            'NAME="fake-system"\nTYPE="SYSTEM_DS"\nTM_MAD="fake"', -1)
+        # the sandbox made its StorPool template one-ds-<ID>, as an admin would
         return image_ds, system_ds
 
 

@@ -38,8 +38,10 @@ def test_sandbox_up_and_down(tmp_path):
         ds = srv.datastore.allocate('NAME="sp"\nDS_MAD="storpool"\nTM_MAD="storpool"\n'
                                     'DISK_TYPE="BLOCK"', -1)
         settings = dict(line.split("=", 1) for line in conf.splitlines() if "=" in line)
-        StorPoolClient("127.0.0.1", int(settings["SP_API_HTTP_PORT"]),
-                       settings["SP_AUTH_TOKEN"]).volume_template_create(f"one-ds-{ds}")
+        # the datastore's StorPool template was made with it, as an admin would
+        assert StorPoolClient("127.0.0.1", int(settings["SP_API_HTTP_PORT"]),
+                              settings["SP_AUTH_TOKEN"]).volume_template_describe(
+            f"one-ds-{ds}")
         image_id = srv.image.allocate('NAME="blank"\nSIZE="2"', ds)
         deadline = time.monotonic() + 30
         while srv.image.info(image_id).STATE not in (1, 5):  # READY or ERROR

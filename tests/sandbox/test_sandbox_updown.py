@@ -92,8 +92,6 @@ def test_up_in_a_relative_directory_over_a_stale_pid_file_then_down(tmp_path):
         assert not Path(f"/proc/{entry['pid']}").exists() or not up._alive(entry["pid"])
 
 
-@pytest.mark.xfail(strict=True, reason="the oned sandbox does not write its driver runs to "
-                                       "its log yet")
 def test_driver_runs_go_to_oned_log(tmp_path):
     import time
 
