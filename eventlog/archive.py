@@ -88,7 +88,8 @@ def _archive(log: EventLog, directory: Path, older_than: float | None,
         # The chain itself testifies to the cut, and the triggers want it first.
         tx.append(Event(ARCHIVED, f"archive@{HOST}:{os.getpid()}",
                         {"first": anchor_seq + 1, "through": through, "file": path.name,
-                         "head_hash": head_hash.hex(), "sha256": digest}))
+                         "dir": str(path.parent.resolve()), "head_hash": head_hash.hex(),
+                         "sha256": digest}))
         log.db.execute("UPDATE meta SET value = ? WHERE key = 'archived_through'",
                        (str(through),))
         log.db.execute("UPDATE meta SET value = ? WHERE key = 'anchor_hash'",

@@ -131,7 +131,8 @@ def cmd_verify(log: EventLog, args: argparse.Namespace) -> int:
     for path in args.anchors or ():
         anchors.extend(read_anchors(Path(path)))
     archives = None if args.archive is None else [Path(a) for a in args.archive]
-    result = verify(log, anchors=anchors, archives=archives)
+    result = verify(log, anchors=anchors, archives=archives,
+                    find_archives=not args.no_archives)
     for note in result.notes:
         print(note)
     if result.ok:
@@ -279,6 +280,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--archives", "--archive", action="append", dest="archive",
                         metavar="PATH", help="the archives (a directory, or files): they must "
                                              "be one chain from record 1 to the live log")
+    verify.add_argument("--no-archives", action="store_true",
+                        help="do not look for the archives where the log says they are")
     verify.add_argument("--expect-head", "--anchor", action="append", dest="anchor",
                         type=parse_anchor, metavar="SEQ:HASH",
                         help="a chain head recorded earlier (checkpoint, stats); repeatable")

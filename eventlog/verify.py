@@ -42,11 +42,12 @@ class _Bad(Exception):
 
 
 def verify(log: EventLog, *, anchors: Sequence[tuple[int, bytes]] = (),
-           archives: Sequence[Path] | None = None, integrity: bool = True,
-           batch: int = 5000) -> VerifyResult:
+           archives: Sequence[Path] | None = None, find_archives: bool = True,
+           integrity: bool = True, batch: int = 5000) -> VerifyResult:
     """Check the database, the chain from the archive anchor to the head witness, the
-    tracking rows, and with ``archives`` (files or directories) the archived records as one
-    chain from the genesis to the anchor.
+    tracking rows, and the archived records as one chain from the genesis to the anchor:
+    those in ``archives`` (files or directories), else (``find_archives``) those in the
+    directory the last ``log.archived`` record names.
 
     ``anchors``: (seq, hash) pairs recorded outside the log; each must still be in the chain.
     """
@@ -92,6 +93,8 @@ def verify(log: EventLog, *, anchors: Sequence[tuple[int, bytes]] = (),
         tracking = log.db.execute(f"SELECT consumer, key, seq, {position} FROM tracking "
                                   "ORDER BY seq").fetchall()
         archived: dict[int, Record] = {}
+        if archives is None and find_archives and last_cut is not None:
+            archives = _recorded_archives(last_cut, anchor_seq)
         if archives is not None:
             archived = _check_archives(log, archives, notes, wanted, tracking, anchor_seq)
         elif wanted:  # anchors at or below the archive anchor
@@ -139,6 +142,17 @@ def _check_head(witness: str | None, last_seq: int, last_hash: bytes) -> None:
         raise _Bad(head_seq + 1, f"record {head_seq + 1} was added bypassing the log")
     if hash_hex != last_hash.hex():
         raise _Bad(last_seq, f"record {last_seq} was replaced (the head witness differs)")
+
+
+def _recorded_archives(last_cut: tuple, anchor_seq: int) -> list[Path] | None:
+    """The archive directory the chain names (older cut records name none)."""
+    directory = msgpack.unpackb(last_cut[13], raw=False, strict_map_key=False).get("dir")
+    if not isinstance(directory, str):
+        return None
+    if not Path(directory).is_dir():
+        raise _Bad(None, f"records 1..{anchor_seq} were archived to {directory}, which is "
+                         "missing (--archives DIR where they are now, or --no-archives)")
+    return [Path(directory)]
 
 
 def _check_archives(log: EventLog, archives: Sequence[Path], notes: list[str],

@@ -88,22 +88,30 @@ def test_the_anchor_cannot_be_moved_to_drop_old_records(pending_log, sql):
         assert verify(log).ok
 
 
-def test_a_forged_cut_moves_the_head_and_has_no_archive(pending_log, tmp_path):
+@pytest.mark.parametrize("named_dir", [False, True])
+def test_a_forged_cut_moves_the_head_and_has_no_archive(pending_log, tmp_path, named_dir):
     with EventLog(pending_log, readonly=True) as log:
         head = (3, log.get(3).hash)  # published by a checkpoint at the time
     # Forge the archive path: a log.archived record, then the anchor, then the deletion.
     hash4 = shell(pending_log, "SELECT lower(hex(hash)) FROM events WHERE seq = 4").stdout
-    forge(pending_log, "log.archived", msgpack.packb(
-        {"first": 1, "through": 4, "file": "events-000000000001-000000000004.jsonl.gz",
-         "head_hash": hash4.strip()}))
+    cut = {"first": 1, "through": 4, "file": "events-000000000001-000000000004.jsonl.gz",
+           "head_hash": hash4.strip()}
+    if named_dir:
+        cut["dir"] = str(tmp_path / "archive")
+    forge(pending_log, "log.archived", msgpack.packb(cut))
     done = shell(pending_log, "UPDATE meta SET value = '4' WHERE key = 'archived_through'; "
                               f"UPDATE meta SET value = '{hash4.strip()}' "
                               "WHERE key = 'anchor_hash'; DELETE FROM events WHERE seq <= 4")
     assert done.returncode == 0, done.stderr
-    assert verified(pending_log).ok  # a cut the chain records: only the archives can tell
+    if named_dir:  # verify looks where the chain says the archives are
+        result = verified(pending_log)
+        assert not result.ok and "which is missing" in result.reason
+    else:  # a cut the chain records, with no directory: only the archives can tell
+        result = verified(pending_log)
+        assert result.ok and "records 1..4 are archived and were not checked" in result.notes[0]
     result = verified(pending_log, archives=[tmp_path / "archive"])
     assert not result.ok and "archive" in result.reason
-    result = verified(pending_log, anchors=[head])  # an anchored record went with the cut
+    result = verified(pending_log, anchors=[head], find_archives=False)  # went with the cut
     assert not result.ok and result.first_bad == 3 and "archived" in result.reason
 
 
@@ -222,9 +230,15 @@ def test_real_outcomes_verify_live_and_archived(pending_log, tmp_path):
         assert [o.status for o in replay(log, dry_run=False)] == ["done"]
         assert verify(log).ok
         archive(log, tmp_path / "archive", through_seq=11)  # the effect.done is archived
-        result = verify(log)
+        result = verify(log)  # in the directory the chain names
+        assert result.ok and result.notes == (
+            "archive events-000000000001-000000000011.jsonl.gz: records 1..11 ok",)
+        result = verify(log, find_archives=False)
         assert result.ok and "1 tracking rows name archived records" in result.notes[-1]
-        assert verify(log, archives=[tmp_path / "archive"]).ok
+        (tmp_path / "archive").rename(tmp_path / "moved")
+        result = verify(log)
+        assert not result.ok and "which is missing" in result.reason
+        assert verify(log, archives=[tmp_path / "moved"]).ok
 
 
 # 6. Archives are checked as one sequence from the genesis, against the chain's digests.
@@ -329,3 +343,23 @@ def test_a_foreign_database_is_a_clear_message(tmp_path):
         assert done.returncode == 1 and "is not an event log" in done.stderr, done
     done = cli("--log", str(path), "replay", "--execute")
     assert "is not an event log" in done.stderr and "internal error" not in done.stderr
+
+
+# 3, 4. Payloads the rules refuse, written by an older release: the rest stays readable.
+
+def test_records_from_before_the_payload_rules_stay_readable(filled_log, capsys):
+    from onestorpool.eventlog.cli import main
+
+    forge(filled_log, "old", msgpack.packb({1: "int key", "x": float("nan"), "b": b"\0"},
+                                           use_bin_type=True))
+    with EventLog(filled_log) as log:
+        log.append(Event("after", "t", {"n": 12}))
+        assert verify(log).ok
+    for command in ("show", "export"):
+        assert main(["--log", str(filled_log), command]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 12 and "after" in out[-1]
+    def refuse(constant: str):
+        raise ValueError(constant)
+    old = json.loads(out[10], parse_constant=refuse)
+    assert old["payload"] == {"1": "int key", "x": "nan", "b": {"$bytes": "AA=="}}
