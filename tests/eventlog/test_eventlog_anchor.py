@@ -111,3 +111,25 @@ def test_the_configured_target(setting, target):
 def test_a_bad_configured_target_is_refused(setting):
     with pytest.raises(EventLogError, match="EVENT_LOG_ANCHOR"):
         configured_target(setting)
+
+
+@pytest.mark.parametrize("kind", ["file", "volume"])
+def test_the_checkpoint_command_publishes_where_the_configuration_says(
+        filled_log, tmp_path, capsys, monkeypatch, kind):
+    from onestorpool import config
+    from onestorpool.storpool import StorPoolClient
+
+    rc = tmp_path / "rc"
+    rc.write_text(f"EVENT_LOG_ANCHOR={kind}:{tmp_path / 'anchors' if kind == 'file' else 'v1'}\n")
+    loaded = config.load(rc_paths=[rc], override_path=tmp_path / "none", storpool_paths=[],
+                         environ={})
+    storpool = FakeStorPool()
+    monkeypatch.setattr(config, "load", lambda *args, **kwargs: loaded)
+    monkeypatch.setattr(StorPoolClient, "from_config", classmethod(lambda cls, c: storpool))
+    monkeypatch.setattr(anchor_module, "_to_syslog", lambda line: None)
+    assert main(["--log", str(filled_log), "checkpoint"]) == 0
+    anchor = capsys.readouterr().out.split()[-1]
+    if kind == "file":
+        assert (tmp_path / "anchors").read_text().split()[-1] == anchor
+    else:
+        assert storpool.tags == {"v1": {TAG: anchor}}
