@@ -73,6 +73,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.oned_cluster import DEFAULT_DATASTORES, ClusterPool
 from onestorpool.sandbox.oned_core import ONEADMIN_HOME
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
 from onestorpool.sandbox.oned_hooks import HookManager
@@ -273,6 +274,10 @@ class OnedSandbox(VmOperations):
         self.handlers.update(self.hook_manager.methods())
         self.vm_templates = TemplatePool(self.vm_allocate)
         self.handlers.update(self.vm_templates.methods())
+        self.clusters = ClusterPool(self.lock, self.hosts, self.datastores)
+        self.handlers.update(self.clusters.methods())
+        for ds_id, template in DEFAULT_DATASTORES:  # what every oned has from the start
+            self.datastores[ds_id] = self._new_datastore(ds_id, dict(template))
         self.sched = Scheduler(self.lock, self.vms, self.hosts, self.datastores, self.version,
                                self.session, self.dispatch, self.vm_deploy)
         self._write_credentials()
@@ -566,7 +571,9 @@ def main(argv: list[str]) -> int:
                        hook_endpoint=args.hook_endpoint, session=args.session,
                        frontend=args.frontend, hosts_root=args.hosts,
                        vmm_local=args.vmm_local, scheduler=args.scheduler,
-                       monitor_interval=args.monitor_interval).start()
+                       monitor_interval=args.monitor_interval)
+    oned.drivers.log_stream = sys.stderr  # what oned writes to oned.log about driver runs
+    oned.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"oned sandbox {oned.system_version()} on {oned.endpoint}, hook bus on "

@@ -85,7 +85,10 @@ class Scheduler:
         return chosen
 
     def _system_ds(self) -> int:
-        systems = [d for d in self.datastores.values() if d.type == 1 and d.state == 0]
+        """A shared system datastore (a non-shared one needs the hosts to report its
+        capacity, which the sandbox's hosts do not), most free space first."""
+        systems = [d for d in self.datastores.values()
+                   if d.type == 1 and d.state == 0 and d.shared]
         if not systems:
             return -1
         return min(systems, key=lambda d: (-d.free_mb, d.id)).id

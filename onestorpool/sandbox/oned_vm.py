@@ -354,13 +354,19 @@ class VmApi(StorageApi):
             return vm_id
 
     def _deploy_datastore(self, vm: Vm, ds_id: int, method: str) -> Datastore:
-        if ds_id < 0 and vm.history and vm.state in (S.STOPPED, S.UNDEPLOYED):
+        # the last history record's action was stop/undeploy: its system datastore
+        # (release-6.10.5 src/rm/RequestManagerVirtualMachine.cc:824-831)
+        if ds_id < 0 and vm.history and vm.previous_action in (
+                "stop", "undeploy", "undeploy-hard"):
             ds_id = vm.last.ds_id
         if ds_id < 0:
-            system = next((d for d in self.datastores.values() if d.type == 1), None)
-            if system is None:
-                raise OneFailure(ACTION, f"[{method}] No system datastore found", vm.id)
-            return system
+            # get_default_ds_information: the cluster's first system datastore
+            # (release-6.10.5 src/rm/RequestManagerVirtualMachine.cc:214,229)
+            systems = sorted(d.id for d in self.datastores.values() if d.type == 1)
+            if not systems:
+                raise OneFailure(ACTION, f"[{method}] Cluster [0] does not have any "
+                                         "Datastore of type SYSTEM_DS.", vm.id)
+            return self.datastores[systems[0]]
         system = self._datastore(ds_id, method)
         if system.type != 1:
             raise OneFailure(ACTION, f"[{method}] Datastore [{ds_id}] is not a system "

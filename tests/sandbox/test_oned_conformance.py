@@ -438,3 +438,27 @@ def test_xml_rpc_failures_as_oned(world):
         -506, "Method 'one.vm.nosuchcall' not defined")
     assert raw.one.vm.allocate(session, "<TEMPLATE><NAME>x</TEMPLATE>", False)[:3] == [
         False, "[one.vm.allocate] Parse error: XML Template malformed.", 0x2000]
+
+
+def test_default_objects(world):
+    """What a fresh oned has: datastores 0 system (ssh), 1 default and 2 files (fs/ssh)
+    (release-6.10.5 src/datastore/DatastorePool.cc:72-140), all in cluster 0 "default";
+    a deploy without a system datastore takes the cluster's first one
+    (src/rm/RequestManagerVirtualMachine.cc:214)."""
+    pool = world.srv.datastorepool.info().DATASTORE
+    assert [(d.ID, d.NAME, d.TYPE, d.DS_MAD, d.TM_MAD) for d in pool] == [
+        (0, "system", 1, "-", "ssh"), (1, "default", 0, "fs", "ssh"),
+        (2, "files", 2, "fs", "ssh")]
+    world.validate("datastore_pool.xsd", world.oned.datastorepool_info())
+    host_id = world.oned.create_host("node1")
+    cluster = world.srv.cluster.info(0)
+    assert cluster.NAME == "default"
+    assert ([host_id], [0, 1, 2]) == (cluster.HOSTS.ID, cluster.DATASTORES.ID)
+    world.validate("cluster.xsd", world.oned.call("one.cluster.info", 0))
+    world.validate("cluster_pool.xsd", world.oned.call("one.clusterpool.info"))
+    with pytest.raises(pyone.OneNoExistsException, match=r"Error getting cluster \[3\]"):
+        world.srv.cluster.info(3)
+    vm_id = world.srv.vm.allocate(world.vm_template("v"), False)
+    world.srv.vm.deploy(vm_id, host_id, False, -1)
+    assert world.oned.vms[vm_id].history[0].ds_id == 0
+    world.oned.wait_idle()
