@@ -24,20 +24,15 @@ hooks as OpenNebula's Hook Execution Manager does it.
 
 from __future__ import annotations
 
-import base64
-import functools
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
 from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.oned_hem import Hook, HookExecutionManager, encode64
 from onestorpool.sandbox.oned_hookbus import HookBus, publishes_api_event
 from onestorpool.sandbox.oned_objects import (
     ALLOCATE,
@@ -52,7 +47,6 @@ from onestorpool.sandbox.oned_objects import (
 )
 
 LOG_RETENTION = 20  # oned.conf HOOK_LOG_CONF
-HOOK_TIMEOUT = 60.0  # a hook without TIMEOUT is not bounded by onehem; the sandbox is
 # ON of VM state hooks (HookStateVM::parse_template)
 VM_ON = {"PROLOG": ("ACTIVE", "PROLOG"), "RUNNING": ("ACTIVE", "RUNNING"),
          "SHUTDOWN": ("ACTIVE", "EPILOG"), "STOP": ("STOPPED", "LCM_INIT"),
@@ -61,35 +55,6 @@ IMAGE_HOOK_STATES = ("READY", "USED", "DISABLED", "LOCKED", "ERROR", "CLONE", "D
                      "USED_PERS", "LOCKED_USED", "LOCKED_USED_PERS")
 HOST_HOOK_STATES = ("INIT", "MONITORING_MONITORED", "MONITORED", "ERROR", "DISABLED",
                     "MONITORING_ERROR", "MONITORING_INIT", "MONITORING_DISABLED", "OFFLINE")
-
-
-def encode64(data: str) -> str:
-    """Ruby's ``Base64.encode64``: lines of 60 characters, each ending in a newline."""
-    text = base64.b64encode(data.encode()).decode()
-    return "".join(text[i:i + 60] + "\n" for i in range(0, len(text), 60))
-
-
-@dataclass
-class Hook:
-    id: int
-    name: str
-    type: str  # "api" or "state"
-    template: Template
-    lock: int = 0
-    log: list[str] = field(default_factory=list)  # HOOK_EXECUTION_RECORD bodies
-    records: list[tuple[int, int, int]] = field(default_factory=list)  # (exec id, ts, rc)
-    next_execution: int = 0
-
-    @property
-    def remote(self) -> bool:
-        return str(self.template.get("REMOTE", "NO")).upper() == "YES"
-
-    def key(self) -> str:
-        """onehem's ``Hook#key``: the CALL, or RESOURCE/STATE/LCM_STATE."""
-        if self.type == "api":
-            return str(self.template.get("CALL", ""))
-        return (f"{self.template.get('RESOURCE', '')}/{self.template.get('STATE', '')}/"
-                f"{self.template.get('LCM_STATE', '')}")
 
 
 class HookManager:
@@ -108,10 +73,8 @@ class HookManager:
         self.changed = threading.Condition(self.lock)
         self.hooks: dict[int, Hook] = {}
         self._next_id = 0
-        self._pool = ThreadPoolExecutor(max_workers=concurrency,
-                                        thread_name_prefix="onehem")
-        self._running = 0
-        bus.listeners.append(self._on_event)
+        self.hem = HookExecutionManager(self, remotes, host_path, env, concurrency)
+        bus.listeners.append(self.hem.on_event)
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         calls: dict[str, Callable[..., Any]] = {
@@ -124,7 +87,10 @@ class HookManager:
         return calls
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.hem.close()
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        self.hem.wait_idle(timeout)
 
     # -- the pool ----------------------------------------------------------------------------
 
@@ -299,7 +265,7 @@ class HookManager:
             hooks = [h for h in self.hooks.values() if hook_id < 0 or h.id == hook_id]
             return self._log_xml(hooks, keep)
 
-    def _add_record(self, hook_id: int, rc: int, result: str) -> None:
+    def add_record(self, hook_id: int, rc: int, result: str) -> None:
         """``HookLog::add``: a record unless the XML is broken; LOG_RETENTION kept."""
         from lxml import etree
 
@@ -338,143 +304,6 @@ class HookManager:
         self.bus.publish_retry(hook_id, record.findtext("ARGUMENTS") or "",
                                record.findtext("REMOTE_HOST") or "")
         return hook_id
-
-    # -- the execution manager --------------------------------------------------------------------
-
-    def _on_event(self, key: str, payload: str) -> None:
-        """onehem's loop: ``EVENT <type> <key>`` or ``RETRY``."""
-        words = key.split(" ")
-        if words[0] == "RETRY":
-            body = X.parse_recovering(base64.b64decode(payload.split(" ")[0]).decode())
-            with self.lock:
-                hook = self.hooks.get(int(body.findtext(".//HOOK_ID") or -1))
-            if hook is not None:
-                self._start(lambda: self._retry(hook, body))
-            return
-        if words[0] != "EVENT" or len(words) < 3 or words[1] not in ("API", "STATE"):
-            return
-        kind, event_key = words[1], words[2]
-        if kind == "STATE":
-            event_key = event_key.rsplit("/", 1)[0]
-        with self.lock:
-            hooks = [h for h in self.hooks.values()
-                     if h.type == kind.lower() and h.key() == event_key]
-        if not hooks:
-            return
-        event = X.parse_recovering(base64.b64decode(payload).decode())
-        for hook in hooks:
-            self._start(functools.partial(self._execute, hook, event))
-
-    def _start(self, job: Callable[[], None]) -> None:
-        with self.lock:
-            self._running += 1
-
-        def run() -> None:
-            try:
-                job()
-            finally:
-                with self.lock:
-                    self._running -= 1
-                    self.changed.notify_all()
-
-        self._pool.submit(run)
-
-    def wait_idle(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while self._running:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("oned sandbox: hooks still running")
-                self.changed.wait(min(remaining, 0.2))
-
-    def _execute(self, hook: Hook, event: Any) -> None:
-        """``execute_action``: arguments, host, run, report."""
-        arguments = _arguments(hook, event)
-        host = "" if (event.findtext(".//HOOK_TYPE") or "") == "API" else \
-            (event.findtext(".//REMOTE_HOST") or "")
-        result = self._run(hook, arguments, host)
-        if result is None:
-            return  # a remote hook without a host: onehem logs and reports nothing
-        code, xml = result
-        extra = f"<REMOTE_HOST>{host}</REMOTE_HOST>" if host and hook.remote else ""
-        self._add_record(hook.id, code, f"<ARGUMENTS>{arguments}</ARGUMENTS>{xml}{extra}")
-
-    def _retry(self, hook: Hook, body: Any) -> None:
-        """``retry_action``: the stored arguments again, RETRY=yes in the record."""
-        arguments = base64.b64decode(body.findtext(".//ARGUMENTS") or "").decode()
-        host = body.findtext(".//REMOTE_HOST") or ""
-        result = self._run(hook, arguments, host)
-        if result is None:
-            return
-        code, xml = result
-        extra = f"<REMOTE_HOST>{host}</REMOTE_HOST>" if host else ""
-        self._add_record(hook.id, code, f"<ARGUMENTS>{arguments}</ARGUMENTS>{xml}{extra}"
-                                        "<RETRY>yes</RETRY>")
-
-    def _run(self, hook: Hook, arguments: str, host: str) -> tuple[int, str] | None:
-        """``Hook#execute`` through LocalCommand (or SSHCommand on the host's directory):
-        the command line is run by the shell; the result as ``GenericCommand#to_xml``."""
-        command = str(hook.template.get("COMMAND", ""))
-        env = dict(self.env)
-        cwd = "/"
-        if hook.remote:
-            if not host:
-                return None
-            base = self.host_path(host, "/var/tmp/one/hooks")
-            if not base.is_dir():
-                base = self.remotes / "hooks"  # what `onehost sync` copies there
-            cwd = str(self.host_path(host, "/"))
-            env["ONESTORPOOL_SANDBOX_HOST"] = host
-        else:
-            base = self.remotes / "hooks"
-        if not command.startswith("/"):
-            command = f"{base}/{command}"
-        stdin = ""
-        as_stdin = str(hook.template.get("ARGUMENTS_STDIN", "")).lower() in ("yes", "true")
-        if as_stdin:
-            stdin = arguments
-        elif arguments:
-            command = f"{command} {arguments}"
-        timeout = hook.template.get("TIMEOUT")
-        try:
-            limit = float(timeout) if timeout else HOOK_TIMEOUT
-        except ValueError:
-            limit = HOOK_TIMEOUT
-        try:
-            done = subprocess.run(["/bin/sh", "-c", command], input=stdin, text=True,
-                                  capture_output=True, env=env, cwd=cwd, timeout=limit)
-            code, out, err = done.returncode, done.stdout, done.stderr
-        except subprocess.TimeoutExpired:
-            code, out, err = 255, "", f"Timeout executing {command}"
-        except OSError as exc:
-            code, out, err = 255, "", f"Internal error {os.strerror(exc.errno or 0)}"
-        return code, (f"<EXECUTION_RESULT><COMMAND>{command}</COMMAND>"
-                      f"<STDOUT>{encode64(out)}</STDOUT><STDERR>{encode64(err)}</STDERR>"
-                      f"<CODE>{code}</CODE></EXECUTION_RESULT>")
-
-
-def _arguments(hook: Hook, event: Any) -> str:
-    """``Hook#arguments``: ``$API``/``$TEMPLATE`` substituted, blanks normalised."""
-    text = hook.template.get("ARGUMENTS")
-    if not text:
-        return ""
-    from lxml import etree
-
-    kind = (event.findtext(".//HOOK_TYPE") or "").upper()
-    api = template = ""
-    if kind == "API":
-        info = event.find(".//CALL_INFO")
-        if info is not None:
-            api = base64.b64encode(etree.tostring(info, with_tail=False)).decode()
-    elif kind == "STATE":
-        obj = (event.findtext(".//HOOK_OBJECT") or "").upper()
-        element = event.find(f".//{'VNET' if obj == 'NET' else obj}")
-        if element is not None:
-            template = base64.b64encode(etree.tostring(element, with_tail=False)).decode()
-    words = [{"$API": api, "$TEMPLATE": template}.get(w, w) for w in str(text).split()]
-    return " ".join(words).strip()
-
 
 def _parse(text: str, method: str) -> Template:
     try:
