@@ -7,8 +7,9 @@ checkpoint appends a ``log.checkpoint`` record and publishes its ``SEQ:HASH`` to
 --expect-head SEQ:HASH`` or ``--anchors FILE`` (any text with such tokens, e.g. that file
 or a journal excerpt) fails when the record is missing or different.
 
-Run ``onestorpool log checkpoint`` periodically (the subscriber, a timer); its interval is
-the window in which a rewrite of the latest records goes unseen.
+Run ``onestorpool log checkpoint`` periodically (a timer; the subscriber can ask
+:func:`checkpoint_due`): the interval is the window in which a rewrite of the latest
+records goes unseen.
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def checkpoint(log: EventLog, *, file: Path | None = None, volume: str | None = 
             raise EventLogError("checkpoint: a StorPool client is needed for a volume tag")
         client.volume_update(volume, tags={TAG: point.anchor})
     return point
+
+
+def checkpoint_due(log: EventLog, every: float, *, now: float | None = None) -> bool:
+    """Whether a periodic runner (the subscriber, a timer) should checkpoint: records were
+    appended since the last checkpoint, and it is ``every`` seconds old (or there is none)."""
+    row = log.db.execute("SELECT seq, time FROM events WHERE type = ? ORDER BY seq DESC "
+                         "LIMIT 1", (CHECKPOINT,)).fetchone()
+    head = log.head()[0]
+    if row is None:
+        return head > 0
+    return head > row[0] and (time.time() if now is None else now) - row[1] >= every
 
 
 def configured_target(setting: str) -> tuple[str | None, str | None]:

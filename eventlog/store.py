@@ -35,6 +35,8 @@ from onestorpool.eventlog.record import (
 DEFAULT_PATH = "/var/lib/one/onestorpool/events.db"
 ARCHIVED = "log.archived"  # the record that names an archive cut (archive.py, verify.py)
 BUSY_TIMEOUT_MS = 30_000
+# Records one transaction may append: every other writer waits for it (1000 take ~20 ms).
+MAX_TRANSACTION_RECORDS = 10_000
 PAGE_SIZE = 1024  # new logs: here reads are as fast as with 4096, appends cheaper
 
 # Database schema, one step per version (PRAGMA user_version). A database is created by
@@ -555,10 +557,15 @@ class Transaction:
         self.log = log
         self._head: tuple[int, bytes] | None = None
         self._appended = False
+        self._count = 0
 
     def append(self, event: Event, *, now: float | None = None) -> int:
         db = self.log.db
         seq, prev = self.head[0] + 1, self.head[1]
+        self._count += 1
+        if self._count > MAX_TRANSACTION_RECORDS:
+            raise EventLogError(f"more than {MAX_TRANSACTION_RECORDS} records in one "
+                                "transaction would hold every other writer: split it")
         _check_fields(event)
         try:
             payload = pack_payload(event.payload)

@@ -10,7 +10,9 @@ from onestorpool.eventlog import Event, EventLog
 def fill(path: Path, count: int = 10) -> Path:
     """A log of ``count`` records, one per image 0..count-1."""
     with EventLog(path) as log:
-        log.append_batch([Event("ds.cp", "test", {"n": n}, image=n) for n in range(count)])
+        for start in range(0, count, 5000):  # a transaction holds at most 10,000
+            log.append_batch([Event("ds.cp", "test", {"n": n}, image=n)
+                              for n in range(start, min(count, start + 5000))])
     return path
 
 

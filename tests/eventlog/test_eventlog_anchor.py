@@ -133,3 +133,30 @@ def test_the_checkpoint_command_publishes_where_the_configuration_says(
         assert (tmp_path / "anchors").read_text().split()[-1] == anchor
     else:
         assert storpool.tags == {"v1": {TAG: anchor}}
+
+
+def test_a_checkpoint_is_due_after_new_records_and_the_interval(tmp_path):
+    from onestorpool.eventlog import Event
+    from onestorpool.eventlog.anchor import checkpoint_due
+
+    with EventLog(tmp_path / "events.db") as log:
+        assert not checkpoint_due(log, 60)  # an empty log has nothing to anchor
+        log.append(Event("x", "t"))
+        assert checkpoint_due(log, 60)
+        point = checkpoint(log, syslog=False)
+        when = log.get(point.seq).time
+        assert not checkpoint_due(log, 60, now=when + 3600)  # nothing new since
+        log.append(Event("y", "t"))
+        assert not checkpoint_due(log, 60, now=when + 59)
+        assert checkpoint_due(log, 60, now=when + 60)
+
+
+def test_a_transaction_is_kept_short_for_the_writers_behind_it(tmp_path, monkeypatch):
+    from onestorpool.eventlog import Event, store
+
+    monkeypatch.setattr(store, "MAX_TRANSACTION_RECORDS", 5)
+    with EventLog(tmp_path / "events.db") as log:
+        assert log.append_batch([Event("x", "t")] * 5) == [1, 2, 3, 4, 5]
+        with pytest.raises(EventLogError, match="more than 5 records in one transaction"):
+            log.append_batch([Event("x", "t")] * 6)
+        assert log.count() == 5 and verify(log).ok
