@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -400,3 +401,39 @@ def test_the_documented_example_runs(tmp_path, monkeypatch):
     with EventLog(tmp_path / "events.db", readonly=True) as log:
         assert [r.type for r in log.read()] == ["ds.rm", "hook.vm", "hook.vm", "vm.fixed"]
         assert log.position("fixer") == 1 and verify(log).ok
+
+
+def test_a_schema_2_log_with_an_archive_migrates_and_still_verifies(tmp_path):
+    """A log made by the previous release (schema steps 1 and 2): records 1..2 archived,
+    the anchor written into meta directly, then the cut record 4."""
+    path = tmp_path / "events.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    for step in store.SCHEMA_STEPS[:2]:
+        for statement in store._statements(step):
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 2")
+    prev, hashes = record.GENESIS, {}
+    for seq in range(1, 5):
+        payload = ({"first": 1, "through": 2, "file": "events-1-2.jsonl.gz"} if seq == 4
+                   else {"n": seq})
+        if seq == 4:
+            payload["head_hash"] = hashes[2].hex()
+        fields = (seq, 1.7e9 + seq, "t", "h", 1, "log.archived" if seq == 4 else "x", None,
+                  None, None, None, None, None, 1, msgpack.packb(payload), prev)
+        prev = hashes[seq] = record.chain_hash(*fields)
+        db.execute(store.INSERT_SQL, (*fields, prev))
+    db.execute("INSERT INTO meta VALUES ('archived_through', '2')")
+    db.execute("INSERT INTO meta VALUES ('anchor_hash', ?)", (hashes[2].hex(),))
+    db.execute("UPDATE meta SET value = ? WHERE key = 'head'", (f"4 {prev.hex()}",))
+    db.execute("DELETE FROM events WHERE seq <= 2")
+    db.close()
+    with EventLog(path) as log:  # the writer migrates; the anchor stays
+        assert log.db.execute("PRAGMA user_version").fetchone()[0] == store.DB_SCHEMA
+        assert log.anchor() == (2, hashes[2])
+        assert log.append(Event("new", "t")) == 5
+        result = verify(log)
+        assert result.ok and "records 1..2 are archived" in result.notes[0]
+    assert "append-only" in subprocess.run(
+        ["sqlite3", str(path), "UPDATE meta SET value = '3' WHERE key = 'archived_through'"],
+        capture_output=True, text=True).stderr
