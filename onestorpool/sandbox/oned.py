@@ -94,6 +94,7 @@ from onestorpool.sandbox.oned_storage import (
     TM_MAD_CONF,
 )
 from onestorpool.sandbox.oned_templates import TemplatePool
+from onestorpool.sandbox.oned_users import UserPool
 from onestorpool.sandbox.oned_vmops import LIVE_DISK_SNAPSHOTS, VmOperations
 
 # Environment a driver inherits from the sandbox's own (oned runs as a service: the rest
@@ -276,6 +277,8 @@ class OnedSandbox(VmOperations):
         self.handlers.update(self.vm_templates.methods())
         self.clusters = ClusterPool(self.lock, self.hosts, self.datastores)
         self.handlers.update(self.clusters.methods())
+        self.users = UserPool(self.session)
+        self.handlers.update(self.users.methods())
         for ds_id, template in DEFAULT_DATASTORES:  # what every oned has from the start
             self.datastores[ds_id] = self._new_datastore(ds_id, dict(template))
         self.sched = Scheduler(self.lock, self.vms, self.hosts, self.datastores, self.version,

@@ -462,3 +462,30 @@ def test_default_objects(world):
     world.srv.vm.deploy(vm_id, host_id, False, -1)
     assert world.oned.vms[vm_id].history[0].ds_id == 0
     world.oned.wait_idle()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_default_users_and_groups(version):
+    """Users 0 oneadmin and 1 serveradmin, groups 0 oneadmin and 1 users (release-6.10.5
+    src/um/UserPool.cc, src/group/GroupPool.cc), bodies as User/Group::to_xml_extended,
+    valid for every release."""
+    from onestorpool.sandbox.oned_users import UserPool
+
+    users = UserPool("oneadmin:secret")
+    for schema, xml in (("user.xsd", users.user_info(-1)),
+                        ("user_pool.xsd", users.userpool_info()),
+                        ("group.xsd", users.group_info(1)),
+                        ("group_pool.xsd", users.grouppool_info())):
+        assert_valid_for(version, schema, xml)
+    assert etree.fromstring(users.user_info(-1).encode()).findtext("NAME") == "oneadmin"
+    names = etree.fromstring(users.userpool_info().encode()).findall("USER/NAME")
+    assert [n.text for n in names] == ["oneadmin", "serveradmin"]
+    assert [g.text for g in etree.fromstring(users.grouppool_info().encode())
+            .findall("GROUP/NAME")] == ["oneadmin", "users"]
+
+
+def test_pyone_reads_users_and_groups(world):
+    assert world.srv.user.info(-1).NAME == "oneadmin"
+    assert [g.NAME for g in world.srv.grouppool.info().GROUP] == ["oneadmin", "users"]
+    with pytest.raises(pyone.OneNoExistsException, match=r"Error getting user \[5\]"):
+        world.srv.user.info(5)
