@@ -237,12 +237,15 @@ class _WriterQueue:
     _SETLKW = getattr(fcntl, "F_OFD_SETLKW", fcntl.F_SETLKW)
     _SLOTS = 1 << 40  # ticket bytes, after the 8-byte counter
 
-    def __init__(self, path: str):
-        self.fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o640)
+    def __init__(self, database: str):
+        self.fd = os.open(database + ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o640)
         self.ticket: int | None = None
-        if os.fstat(self.fd).st_size == 0:  # new: private to oneadmin, as the database
+        if os.fstat(self.fd).st_size == 0:  # new: the database's owner and mode
             os.fchmod(self.fd, 0o640)
-            _share_with_oneadmin(os.path.dirname(os.path.abspath(path)), path)
+            if os.geteuid() == 0:  # as SQLite does for -wal and -shm
+                owner = os.stat(database)
+                with contextlib.suppress(OSError):
+                    os.fchown(self.fd, owner.st_uid, owner.st_gid)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -426,10 +429,11 @@ class EventLog:
         if self.readonly:
             raise EventLogError(f"event log {self.path} is open read-only")
         queue = self._queue()
-        try:
-            queue.enter(time.monotonic() + BUSY_TIMEOUT_MS / 1000)
-        except EventLogError as exc:
-            raise EventLogError(f"event log {self.path}: {exc}") from None
+        if queue is not None:
+            try:
+                queue.enter(time.monotonic() + BUSY_TIMEOUT_MS / 1000)
+            except EventLogError as exc:
+                raise EventLogError(f"event log {self.path}: {exc}") from None
         try:
             try:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -447,14 +451,15 @@ class EventLog:
                     raise EventLogError(f"event log {self.path}: {exc}") from None
                 raise
         finally:
-            queue.leave()
+            if queue is not None:
+                queue.leave()
 
-    def _queue(self) -> _WriterQueue:
+    def _queue(self) -> _WriterQueue | None:
         if self._writers is None:
             try:
-                self._writers = _WriterQueue(self.path + ".lock")
-            except OSError as exc:
-                raise EventLogError(f"event log {self.path}: {exc}") from None
+                self._writers = _WriterQueue(self.path)
+            except OSError:
+                return None  # e.g. a lock file this user may not write: SQLite's lock only
         return self._writers
 
     # -- reading --------------------------------------------------------------------------

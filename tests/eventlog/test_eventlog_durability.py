@@ -186,3 +186,19 @@ def test_the_worst_append_wait_under_eight_writers_is_bounded(tmp_path):
     for worker in workers:
         worker.join(timeout=60)
     assert worst < 1.0, f"an append waited {worst:.2f} s"
+
+
+def test_the_queue_file_belongs_to_the_log_owner_and_is_optional(tmp_path):
+    path = fill(tmp_path / "events.db", 1)
+    lock = tmp_path / "events.db.lock"
+    lock.unlink()
+    if os.geteuid() == 0:  # root (an admin command) creates it for the log's owner
+        os.chown(path, 4321, 4321)
+        with EventLog(path) as log:
+            log.append(Event("x", "t"))
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (4321, 4321)
+        lock.unlink()
+    lock.mkdir()  # a queue file that cannot be opened: appends still work, unqueued
+    with EventLog(path) as log:
+        log.append(Event("y", "t"))
+        assert log.count() == (3 if os.geteuid() == 0 else 2)
