@@ -394,10 +394,11 @@ def _verify_checksums(image: ImageInfo, digests: dict[str, str]) -> None:
 
 
 def _qemu_convert(host: hosts.Host, src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
-    # The format is always given (-f): qemu-img never probes a user's bytes again. No host
-    # cache on real devices (-t/-T none); sparse target (-S); -n: the target exists.
+    """Into a volume created for it. The format is always given (-f): qemu-img never probes
+    a user's bytes again. No host cache on real devices (-t/-T none); -n: the target exists;
+    a new StorPool volume reads as zeros, so zero areas are skipped, not written."""
     cache = [] if host.root is not None else ["-t", "none", "-T", "none"]
-    host.run(["qemu-img", "convert", "-n", "-q", *cache, "-S", "4k",
+    host.run(["qemu-img", "convert", "-n", "--target-is-zero", "-q", *cache, "-S", "4k",
               "-f", src_fmt, "-O", dst_fmt, src, dst], timeout=None)
 
 

@@ -169,6 +169,7 @@ class StorPoolClient:
 
     def _once(self, method: str, path: str, query: str, payload: bytes | None) -> JSON:
         import http.client
+        import socket
 
         conn = self._connection()
         fresh = conn.sock is None
@@ -176,6 +177,8 @@ class StorPoolClient:
         try:
             if fresh:
                 conn.connect()
+                # no Nagle: a request is one write, the reply must not wait for our ACK
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.sock.settimeout(self.timeout)
             headers = {"Authorization": f"Storpool v1:{self._token}"}
             if payload is not None:

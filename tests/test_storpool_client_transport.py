@@ -237,3 +237,19 @@ def test_http_1_0_server_gets_a_new_connection_per_call(server):
     for _ in range(3):
         client.volumes_list()
     assert server.connections == 3
+
+
+def test_no_nagle_on_either_side_of_a_kept_alive_connection(storpool_sandbox):
+    """Headers and body in separate writes met Nagle's algorithm and delayed ACKs: ~44 ms a
+    call on a kept-alive connection (issue 8 §6; bench/import_bench.py records the latency)."""
+    import socket
+
+    from onestorpool.storpool import StorPoolClient
+
+    with StorPoolClient(storpool_sandbox.host, storpool_sandbox.port,
+                        storpool_sandbox.token) as client:
+        client.volumes_list()
+        assert client._conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        served = list(storpool_sandbox._connections)
+        assert served and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                              for s in served)

@@ -172,6 +172,7 @@ class StorPoolSandbox:
                                client_count=client_count, allow_shared_rw=allow_shared_rw)
         self.token = token
         self.faults = Faults()
+        self.api_calls: list[str] = []  # query names of the /ctrl/1.0 calls, in order
         self.keep_alive = keep_alive
         self._routes = _routes(self.cluster)
         self._connections: set[socket.socket] = set()
@@ -649,6 +650,9 @@ def _handler_class(sandbox: StorPoolSandbox) -> type[BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
+            # headers and body leave in two writes: without this, Nagle's algorithm holds
+            # the body until the client's delayed ACK (~40 ms a call on a kept-alive link)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sandbox._track(self.connection, True)
 
         def finish(self) -> None:
@@ -714,6 +718,7 @@ def _handler_class(sandbox: StorPoolSandbox) -> type[BaseHTTPRequestHandler]:
             except SpError as exc:
                 self._error(exc)
                 return
+            sandbox.api_calls.append(query)
             faults = sandbox.faults
             if faults.latency and faults.applies(query):
                 time.sleep(faults.latency)
