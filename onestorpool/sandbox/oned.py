@@ -77,6 +77,7 @@ from onestorpool.sandbox.oned_cluster import DEFAULT_DATASTORES, ClusterPool
 from onestorpool.sandbox.oned_core import ONEADMIN_HOME
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
 from onestorpool.sandbox.oned_hooks import HookManager
+from onestorpool.sandbox.oned_methods import release_methods
 from onestorpool.sandbox.oned_objects import (
     AUTHENTICATION,
     IMAGE_STATES,
@@ -207,9 +208,6 @@ class OnedSandbox(VmOperations):
         "one.vm.snapshotrevert": "vm_snapshot_revert",
         "one.vm.snapshotdelete": "vm_snapshot_delete", "one.vm.recover": "vm_recover",
     }
-    # Calls oned has (in the releases that have them) which the sandbox does not emulate.
-    NOT_EMULATED = {"one.vm.backup": (6, 6), "one.vm.restore": (6, 10),
-                    "one.vm.backupcancel": (6, 6)}
 
     def __init__(self, directory: Path, remotes: Path | None = None, *,
                  one_version: str = "6.10", storpool_admin: tuple[str, str] | None = None,
@@ -273,6 +271,8 @@ class OnedSandbox(VmOperations):
         # XML-RPC method -> callable: this class's own, then its composed parts'
         self.handlers: dict[str, Any] = {m: getattr(self, n) for m, n in self.METHODS.items()}
         self.handlers.update(self.hook_manager.methods())
+        # what this release registers; its calls the sandbox lacks answer "not emulated"
+        self.methods = release_methods(self.version)
         self.vm_templates = TemplatePool(self.vm_allocate)
         self.handlers.update(self.vm_templates.methods())
         self.clusters = ClusterPool(self.lock, self.hosts, self.datastores)
@@ -375,8 +375,7 @@ class OnedSandbox(VmOperations):
     def dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
         """One XML-RPC call as ``Request::execute``: authenticate, run, reply, publish."""
         handler = self.handlers.get(method)
-        since = self.NOT_EMULATED.get(method)
-        if handler is None and (since is None or self.version < since):
+        if method not in self.methods:  # the release's registry (oned_methods)
             raise xmlrpc.client.Fault(-506, f"Method '{method}' not defined")
         # Request::execute reads the session first (paramList::getString(0)), then
         # authenticates; the handler reads its parameters after that, and xmlrpc-c's

@@ -34,6 +34,7 @@ from xml.sax.saxutils import escape
 from onestorpool.sandbox import oned_xml as X
 from onestorpool.sandbox.oned_hem import Hook, HookExecutionManager, encode64
 from onestorpool.sandbox.oned_hookbus import HookBus, publishes_api_event
+from onestorpool.sandbox.oned_methods import release_methods
 from onestorpool.sandbox.oned_objects import (
     ALLOCATE,
     INTERNAL,
@@ -138,7 +139,9 @@ class HookManager:
         """``HookStateVM/Host/Image::parse_template``, ``HookAPI::parse_template``."""
         if kind == "api":
             call = str(template.get("CALL", ""))
-            if not call.startswith("one.") or not publishes_api_event(call, self.version):
+            # HookAPI::call_exist: registered in this release and not read-only
+            if call not in release_methods(self.version) or \
+                    not publishes_api_event(call, self.version):
                 return f"API call does not exist or is not supported: {call}"
             return ""
         resource = str(template.get("RESOURCE", "")).upper()
@@ -206,7 +209,8 @@ class HookManager:
                     error = self._parse_hook("state", new)
                     if error:
                         raise OneFailure(INTERNAL, f"[{method}] {error}", hook_id)
-            elif not publishes_api_event(str(new.get("CALL", "")), self.version):
+            elif str(new.get("CALL", "")) not in release_methods(self.version) or \
+                    not publishes_api_event(str(new.get("CALL", "")), self.version):
                 raise OneFailure(INTERNAL, f"[{method}] The CALL attribute is not defined "
                                            "or it's invalid.", hook_id)
             hook.template = new

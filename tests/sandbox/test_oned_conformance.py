@@ -489,3 +489,34 @@ def test_pyone_reads_users_and_groups(world):
     assert [g.NAME for g in world.srv.grouppool.info().GROUP] == ["oneadmin", "users"]
     with pytest.raises(pyone.OneNoExistsException, match=r"Error getting user \[5\]"):
         world.srv.user.info(5)
+
+
+@pytest.mark.parametrize(("version", "method", "registered"), [
+    ("6.4", "one.vm.backup", False), ("6.6", "one.vm.backup", True),
+    ("5.12", "one.vmpool.infoset", False), ("6.0", "one.vmpool.infoset", True),
+    ("6.10", "one.cluster.optimize", False), ("7.0", "one.cluster.optimize", True)])
+def test_methods_per_release(make_world, version, method, registered):
+    """Each release's method registry (``addMethod`` in src/rm/RequestManager.cc at
+    release-<version>.0, kept in oned_methods): a method the release lacks is xmlrpc-c's
+    -506 fault; one it has that the sandbox does not emulate fails as an ACTION error;
+    an API hook can only be registered on a method of the release
+    (HookAPI::call_exist, release-6.10.5 src/hm/HookAPI.cc)."""
+    import xmlrpc.client
+
+    from onestorpool.sandbox.oned_methods import release_methods
+
+    w = make_world(one_version=version)
+    assert (method in release_methods(Version(version))) == registered
+    raw = xmlrpc.client.ServerProxy(w.oned.endpoint)
+    if registered:
+        reply = w.oned.dispatch(method, (w.oned.session, 0))
+        assert reply[:3] == [False, f"[{method}] not emulated by the oned sandbox", 0x800]
+    else:
+        with pytest.raises(xmlrpc.client.Fault, match=f"Method '{method}' not defined"):
+            getattr(raw, method)(w.oned.session, 0)
+    hook = f'NAME="h"\nTYPE="api"\nCALL="{method}"\nCOMMAND="true"'
+    if registered:
+        assert w.srv.hook.allocate(hook) == 0
+    else:
+        with pytest.raises(pyone.OneException, match="API call does not exist"):
+            w.srv.hook.allocate(hook)
