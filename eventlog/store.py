@@ -2,8 +2,10 @@
 
 SQLite gives atomic appends, locking between the many driver processes and the subscriber,
 crash recovery and an admin shell; this module adds the record format, the hash chain and
-the rules: triggers refuse every ``UPDATE`` and every ``DELETE`` except of records already
-archived (:mod:`onestorpool.eventlog.archive`), and the code has no other write path.
+the rules. Triggers refuse every ``UPDATE`` and every ``DELETE`` except of records already
+archived (:mod:`onestorpool.eventlog.archive`), every insert that does not extend the chain
+(REPLACE and upserts included), changes to ``meta`` other than the chain's own, and tracking
+rows that do not name the record just appended; the code has no other write path.
 
 Appends take SQLite's write lock (``BEGIN IMMEDIATE``), read the chain head, insert and
 commit: concurrent writers serialise, nothing interleaves, and the record is on disk when
@@ -250,10 +252,12 @@ class _WriterQueue:
     def close(self) -> None:
         os.close(self.fd)
 
-    def _byte(self, kind: int, ticket: int, wait: bool = False) -> bool:
+    def _byte(self, kind: int, ticket: int, wait: bool = False, fd: int | None = None
+              ) -> bool:
         spec = struct.pack(self._FLOCK, kind, os.SEEK_SET, 8 + ticket % self._SLOTS, 1, 0)
         try:
-            fcntl.fcntl(self.fd, self._SETLKW if wait else self._SETLK, spec)
+            fcntl.fcntl(self.fd if fd is None else fd, self._SETLKW if wait else self._SETLK,
+                        spec)
         except (BlockingIOError, PermissionError):  # EAGAIN, or EACCES on some systems
             return False
         return True
@@ -267,6 +271,8 @@ class _WriterQueue:
             ticket = int.from_bytes(raw, "little") + 1 if len(raw) == 8 else 1
             os.pwrite(self.fd, ticket.to_bytes(8, "little"), 0)
             while not self._byte(fcntl.F_WRLCK, ticket):  # held 2**40 tickets ago: never
+                if time.monotonic() > deadline:
+                    raise EventLogError("the writers' queue is stuck")
                 time.sleep(0.001)
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -278,24 +284,29 @@ class _WriterQueue:
             raise
 
     def _wait_turn(self, before: int, deadline: float) -> None:
-        for delay in (0.0,):  # the usual case: no wait
-            if self._byte(fcntl.F_RDLCK, before):
-                self._byte(fcntl.F_UNLCK, before)
-                return
-            time.sleep(delay)
-        # Then block in the kernel (woken the moment it is free), in a helper thread so
-        # that a writer that never finishes costs a timeout, not a hang.
+        if self._byte(fcntl.F_RDLCK, before):  # the usual case: no one before us
+            self._byte(fcntl.F_UNLCK, before)
+            return
+        # Else block in the kernel (woken the moment it is free), in a helper thread so
+        # that a writer that never finishes costs a timeout, not a hang. The helper has its
+        # own descriptor of the same open file (same locks), which outlives a close().
         import threading
 
         turn, lock = threading.Event(), threading.Lock()
-        gave_up = False
+        gave_up, fd = False, os.dup(self.fd)
 
         def wait() -> None:
-            self._byte(fcntl.F_RDLCK, before, wait=True)
-            with lock:
-                self._byte(fcntl.F_UNLCK, before)
-                if not gave_up:
-                    turn.set()
+            try:
+                self._byte(fcntl.F_RDLCK, before, wait=True, fd=fd)
+                with lock:
+                    self._byte(fcntl.F_UNLCK, before, fd=fd)
+            except OSError:
+                pass  # no turn to wait for: SQLite's lock alone
+            finally:
+                os.close(fd)
+                with lock:
+                    if not gave_up:
+                        turn.set()
 
         threading.Thread(target=wait, daemon=True).start()
         if not turn.wait(max(0.0, deadline - time.monotonic())):

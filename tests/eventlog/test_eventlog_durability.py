@@ -202,3 +202,30 @@ def test_the_queue_file_belongs_to_the_log_owner_and_is_optional(tmp_path):
     with EventLog(path) as log:
         log.append(Event("y", "t"))
         assert log.count() == (3 if os.geteuid() == 0 else 2)
+
+
+def test_a_writer_that_never_finishes_costs_a_timeout_not_a_hang(tmp_path, monkeypatch):
+    from onestorpool.eventlog import EventLogError, store
+
+    path = str(tmp_path / "events.db")
+    EventLog(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 500)
+        started = time.monotonic()
+        with EventLog(path) as log:
+            try:
+                log.append(Event("late", "t"))
+            except EventLogError as exc:
+                assert "waited too long" in str(exc)
+            else:
+                raise AssertionError("the append did not wait for the holder")
+        assert 0.4 < time.monotonic() - started < 5
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    with EventLog(path) as log:  # the queue goes on after the holder
+        log.append(Event("after", "t"))
+        assert [r.type for r in log.read()] == ["holder", "after"]
