@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import lzma
 import os
 import random
 import re
@@ -29,6 +28,7 @@ from onestorpool.drivers.image_source import (
     CHUNK,
     HEAD_BYTES,
     AccessPolicy,
+    DecompressError,
     ImageFacts,
     ImageRefused,
     PeekableReader,
@@ -260,7 +260,7 @@ def _local_image(ctx: DsContext) -> Iterator[_LocalImage]:
             progress(f"cp: downloading {_redact_url(image.path)}")
             try:
                 copy_to_file(decompressing(reader, compression), handle)
-            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+            except (OSError, DecompressError) as exc:
                 raise InputError(f"cp: cannot read {_redact_url(image.path)}: {exc}") from None
             if source.length is not None and reader.read_bytes != source.length:
                 raise InputError(f"cp: download ended after {reader.read_bytes} of "
@@ -282,7 +282,7 @@ def _local_image(ctx: DsContext) -> Iterator[_LocalImage]:
             progress(f"cp: decompressing {compression} source")
             try:
                 copy_to_file(decompressing(reader, compression), scratch)
-            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+            except (OSError, DecompressError) as exc:
                 raise InputError(f"cp: cannot decompress {image.path}: {exc}") from None
             scratch.flush()
             yield _LocalImage(path, False, scratch.tell(), reader.hexdigests(), compression)
@@ -553,7 +553,7 @@ def _head_virtual_size(stream: BinaryIO, length: int | None, scratch_dir: str, p
             if length is not None:
                 return length
             return copied + decompressed_length(stream)
-        except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        except (OSError, DecompressError) as exc:
             raise InputError(f"stat: cannot read {_redact_url(path)}: {exc}") from None
 
 

@@ -21,17 +21,12 @@ Everything is refused with one line the user sees, before anything is created.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
-import gzip
-import hashlib
 import json
-import lzma
 import os
 import re
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -130,14 +125,42 @@ def compression_of(head: bytes) -> str | None:
                 None)
 
 
+class DecompressError(Exception):
+    """Compressed data that does not decompress (truncated, corrupt)."""
+
+
+class _Decompressed:
+    """A decompressing reader whose failures are one exception type."""
+
+    def __init__(self, inner: BinaryIO, errors: tuple[type[BaseException], ...]):
+        self.inner, self.errors = inner, errors
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.inner.read(size)
+        except self.errors as exc:
+            raise DecompressError(str(exc) or type(exc).__name__) from None
+
+
 def decompressing(stream: BinaryIO, compression: str | None) -> BinaryIO:
-    """A reader of the decompressed bytes (``stream`` itself when not compressed)."""
+    """A reader of the decompressed bytes (``stream`` itself when not compressed); the
+    decompressor is imported only when a source needs it (drivers start fast)."""
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        import gzip
+        import zlib
+
+        return _Decompressed(gzip.GzipFile(fileobj=stream, mode="rb"),  # type: ignore[return-value]
+                             (OSError, EOFError, zlib.error))
     if compression == "bzip2":
-        return bz2.BZ2File(stream, mode="rb")  # type: ignore[return-value]
+        import bz2
+
+        return _Decompressed(bz2.BZ2File(stream, mode="rb"),  # type: ignore[return-value]
+                             (OSError, EOFError, ValueError))
     if compression == "xz":
-        return lzma.LZMAFile(stream, mode="rb")  # type: ignore[return-value]
+        import lzma
+
+        return _Decompressed(lzma.LZMAFile(stream, mode="rb"),  # type: ignore[return-value]
+                             (lzma.LZMAError, EOFError))
     return stream
 
 
@@ -151,6 +174,8 @@ class PeekableReader:
 
     def __init__(self, stream: BinaryIO, hashes: tuple[str, ...] = ()):
         self.stream, self.read_bytes = stream, 0
+        import hashlib  # only when the image asks for a checksum
+
         self.digests = {name: hashlib.new(name) for name in hashes}
         self._head = b""
 
@@ -208,6 +233,8 @@ def decompressed_length(stream: BinaryIO) -> int:
 @contextlib.contextmanager
 def scratch_file(directory: str, prefix: str) -> Iterator[tuple[str, BinaryIO]]:
     """A private temporary file (mode 0600) removed when the block ends."""
+    import tempfile
+
     try:
         os.makedirs(directory, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix=prefix, dir=directory)
