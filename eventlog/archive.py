@@ -287,6 +287,20 @@ def _collect(contents: ArchiveContents, record: Record, wanted: Collection[int])
         contents.records[record.seq] = record
 
 
+def named_directories(directory: Path) -> set[str]:
+    """The directories that the cut records inside the archives of ``directory`` name."""
+    named = set()
+    for path in sorted(directory.glob(ARCHIVE_GLOB)):
+        # An unreadable archive is reported by verify_archive, not here.
+        with contextlib.suppress(OSError, EOFError, ValueError), gzip.open(path, "rt") as lines:
+            for line in lines:
+                if f'"type": "{ARCHIVED}"' in line:
+                    cut = json.loads(line).get("payload", {})
+                    if isinstance(cut.get("dir"), str):
+                        named.add(cut["dir"])
+    return named
+
+
 def archive_paths(paths: Iterable[Path]) -> list[Path]:
     """Archive files: the given files, and the archives inside the given directories."""
     found: list[Path] = []

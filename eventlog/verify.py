@@ -145,14 +145,25 @@ def _check_head(witness: str | None, last_seq: int, last_hash: bytes) -> None:
 
 
 def _recorded_archives(last_cut: tuple, anchor_seq: int) -> list[Path] | None:
-    """The archive directory the chain names (older cut records name none)."""
+    """The archive directories the chain names: the last cut's, and those the cuts in its
+    archives name, and so on (older cut records name none)."""
+    from onestorpool.eventlog.archive import named_directories
+
     directory = msgpack.unpackb(last_cut[13], raw=False, strict_map_key=False).get("dir")
     if not isinstance(directory, str):
         return None
-    if not Path(directory).is_dir():
-        raise _Bad(None, f"records 1..{anchor_seq} were archived to {directory}, which is "
-                         "missing (--archives DIR where they are now, or --no-archives)")
-    return [Path(directory)]
+    found: list[Path] = []
+    todo = [directory]
+    while todo:
+        path = Path(todo.pop())
+        if path in found:
+            continue
+        if not path.is_dir():
+            raise _Bad(None, f"records up to {anchor_seq} were archived to {path}, which is "
+                             "missing (--archives DIR where they are now, or --no-archives)")
+        found.append(path)
+        todo.extend(named_directories(path))
+    return found
 
 
 def _check_archives(log: EventLog, archives: Sequence[Path], notes: list[str],

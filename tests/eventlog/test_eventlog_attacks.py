@@ -363,3 +363,16 @@ def test_records_from_before_the_payload_rules_stay_readable(filled_log, capsys)
         raise ValueError(constant)
     old = json.loads(out[10], parse_constant=refuse)
     assert old["payload"] == {"1": "int key", "x": "nan", "b": {"$bytes": "AA=="}}
+
+
+def test_archives_in_several_directories_are_all_found(filled_log, tmp_path):
+    with EventLog(filled_log) as log:
+        archive(log, tmp_path / "old", through_seq=3)
+        archive(log, tmp_path / "new", through_seq=11)  # holds the cut naming "old"
+        result = verify(log)
+        assert result.ok and len(result.notes) == 2, result.notes
+        (tmp_path / "old").rename(tmp_path / "gone")
+        result = verify(log)
+        assert not result.ok and f"archived to {tmp_path / 'old'}, which is missing" in (
+            result.reason)
+        assert verify(log, archives=[tmp_path / "gone", tmp_path / "new"]).ok
