@@ -47,7 +47,7 @@ def verify(log: EventLog, *, anchors: Sequence[tuple[int, bytes]] = (),
     """Check the database, the chain from the archive anchor to the head witness, the
     tracking rows, and the archived records as one chain from the genesis to the anchor:
     those in ``archives`` (files or directories), else (``find_archives``) those in the
-    directory the last ``log.archived`` record names.
+    directories the ``log.archived`` records name.
 
     ``anchors``: (seq, hash) pairs recorded outside the log; each must still be in the chain.
     """

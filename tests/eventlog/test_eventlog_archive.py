@@ -212,3 +212,12 @@ def test_archive_stops_before_an_effect_not_done(tmp_path):
         assert [o.status for o in replay_module.replay(log, dry_run=False)] == ["done"]
         assert archive(log, tmp_path / "a", through_seq=8).through == 8
         assert verify(log).ok
+
+
+def test_verify_with_an_empty_archive_directory(filled_log, tmp_path):
+    (tmp_path / "archive").mkdir()
+    with EventLog(filled_log) as log:
+        assert verify(log, archives=[tmp_path / "archive"]).ok  # nothing archived yet
+        archive(log, tmp_path / "other", through_seq=3)
+        result = verify(log, archives=[tmp_path / "archive"])
+        assert not result.ok and "no archive found" in result.reason
