@@ -57,19 +57,14 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import inspect
 import os
 import signal
 import socket
 import sys
 import threading
-import traceback
-import xmlrpc.client
 import zlib
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox import oned_xml as X
@@ -77,9 +72,7 @@ from onestorpool.sandbox.oned_cluster import DEFAULT_DATASTORES, ClusterPool
 from onestorpool.sandbox.oned_core import ONEADMIN_HOME
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
 from onestorpool.sandbox.oned_hooks import HookManager
-from onestorpool.sandbox.oned_methods import release_methods
 from onestorpool.sandbox.oned_objects import (
-    AUTHENTICATION,
     IMAGE_STATES,
     LCM_STATES,
     VM_STATES,
@@ -87,6 +80,7 @@ from onestorpool.sandbox.oned_objects import (
     Template,
     Version,
 )
+from onestorpool.sandbox.oned_rpc import I8, RpcServer
 from onestorpool.sandbox.oned_sched import Scheduler
 from onestorpool.sandbox.oned_storage import (
     DEFAULT_DEVICE_PREFIX,
@@ -106,17 +100,6 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPA
 # addon-storpool.md §6.2). Scripts missing under remotes/vmm/kvm fail as oned's would.
 ADDON_VMM_LOCAL = ("deploy=deploy-tweaks,attach_disk=attach_disk.storpool,save=tmsave,"
                    "restore=tmrestore")
-
-
-class I8(int):
-    """An XML-RPC ``<i8>`` (oned's replication index in error replies)."""
-
-
-def _dump_i8(marshaller: Any, value: int, write: Any) -> None:
-    write(f"<value><i8>{int(value)}</i8></value>\n")
-
-
-xmlrpc.client.Marshaller.dispatch[I8] = _dump_i8  # the stdlib marshaller has no i8 writer
 
 
 def install_remotes(directory: Path, remotes: Path | None, version: Version) -> Path:
@@ -142,40 +125,6 @@ def parse_local_actions(text: str) -> dict[str, str]:
         name, _, script = item.partition("=")
         actions[name.strip().upper()] = script.strip()
     return actions
-
-
-XMLRPC_TYPES = {"int": (int, "integer"), "bool": (bool, "boolean"), "str": (str, "a string")}
-
-
-def read_parameters(handler: Any, params: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The parameters as the method's ``paramList::get*`` calls read them: each declared
-    one must be there (unless optional) with its XML-RPC type, extra ones are ignored."""
-    taken: list[Any] = []
-    for position, parameter in enumerate(inspect.signature(handler).parameters.values()):
-        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            return (*taken, *params[position:])
-        if position >= len(params):
-            if parameter.default is inspect.Parameter.empty:
-                raise xmlrpc.client.Fault(-501, "Not enough parameters")
-            break
-        value = params[position]
-        expected = XMLRPC_TYPES.get(str(parameter.annotation).split(" ")[0])
-        if expected is not None and type(value) is not expected[0]:
-            raise xmlrpc.client.Fault(
-                -501, f"Parameter that is supposed to be {expected[1]} is not")
-        taken.append(value)
-    return tuple(taken)
-
-
-class _Server(ThreadingMixIn, SimpleXMLRPCServer):
-    """Every call goes through one dispatcher: authentication, errors, API events."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    dispatcher: Any = None
-
-    def _dispatch(self, method: str, params: tuple[Any, ...]) -> Any:
-        return self.dispatcher(method, params)
 
 
 class OnedSandbox(VmOperations):
@@ -242,10 +191,10 @@ class OnedSandbox(VmOperations):
         self.storpool_conf = Path(root) / "etc" / "storpool.conf" if root else None
 
         self.hooks = hookbus.HookBus(hook_endpoint)
-        self.server = _Server(("127.0.0.1", port), requestHandler=SimpleXMLRPCRequestHandler,
-                              logRequests=False, allow_none=False)
-        self.server.dispatcher = self.dispatch
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/RPC2"
+        self.rpc = RpcServer(port, self.version, self.session, self.hooks, self.lock,
+                             self.internal_errors)
+        self.server = self.rpc.server
+        self.endpoint = self.rpc.endpoint
 
         self.monitord: socket.socket | None = None
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
@@ -268,17 +217,14 @@ class OnedSandbox(VmOperations):
                                     self.lock, cwd="/", vmm_local=local)
         self.hook_manager = HookManager(self.hooks, self.version, self.remotes,
                                         self.host_path, env)
-        # XML-RPC method -> callable: this class's own, then its composed parts'
-        self.handlers: dict[str, Any] = {m: getattr(self, n) for m, n in self.METHODS.items()}
-        self.handlers.update(self.hook_manager.methods())
-        # what this release registers; its calls the sandbox lacks answer "not emulated"
-        self.methods = release_methods(self.version)
         self.vm_templates = TemplatePool(self.vm_allocate)
-        self.handlers.update(self.vm_templates.methods())
         self.clusters = ClusterPool(self.lock, self.hosts, self.datastores)
-        self.handlers.update(self.clusters.methods())
         self.users = UserPool(self.session)
-        self.handlers.update(self.users.methods())
+        # XML-RPC method -> callable: this class's own, then its composed parts'
+        self.handlers = self.rpc.handlers
+        self.handlers.update({m: getattr(self, n) for m, n in self.METHODS.items()})
+        for part in (self.hook_manager, self.vm_templates, self.clusters, self.users):
+            self.handlers.update(part.methods())
         for ds_id, template in DEFAULT_DATASTORES:  # what every oned has from the start
             self.datastores[ds_id] = self._new_datastore(ds_id, dict(template))
         self.sched = Scheduler(self.lock, self.vms, self.hosts, self.datastores, self.version,
@@ -373,46 +319,8 @@ class OnedSandbox(VmOperations):
     # -- XML-RPC ---------------------------------------------------------------------------
 
     def dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
-        """One XML-RPC call as ``Request::execute``: authenticate, run, reply, publish."""
-        handler = self.handlers.get(method)
-        if method not in self.methods:  # the release's registry (oned_methods)
-            raise xmlrpc.client.Fault(-506, f"Method '{method}' not defined")
-        # Request::execute reads the session first (paramList::getString(0)), then
-        # authenticates; the handler reads its parameters after that, and xmlrpc-c's
-        # paramList answers a missing or mistyped one with a type fault (-501), which
-        # leaves Request::execute before the API event (xmlrpc-c src/cpp/param_list.cpp;
-        # release-6.10.5 src/rm/Request.cc:374,396,457). Extra parameters are not read.
-        if not params:
-            raise xmlrpc.client.Fault(-501, "Not enough parameters")
-        if not isinstance(params[0], str):
-            raise xmlrpc.client.Fault(-501, "Parameter that is supposed to be a string is not")
-        if params[0] != self.session:
-            return [False, f"[{method}] User couldn't be authenticated, aborting call.",
-                    AUTHENTICATION, -1, I8(-1)]
-        extra = ""
-        arguments = params[1:]
-        if handler is not None:
-            arguments = read_parameters(handler, arguments)
-        try:
-            if handler is None:
-                raise OneFailure(0x800, f"[{method}] not emulated by the oned sandbox")
-            value = handler(*arguments)
-            if isinstance(value, tuple):  # (value, EXTRA body for the API event)
-                value, extra = value
-            reply: list[Any] = [True, value, 0]
-        except OneFailure as failure:
-            reply = [False, failure.message, failure.code, failure.object_id, I8(-1)]
-        except Exception:  # a bug of the emulator: visible, and an INTERNAL error reply
-            text = traceback.format_exc()
-            sys.stderr.write(f"oned sandbox: internal error in {method}\n{text}")
-            with self.lock:
-                self.internal_errors.append(text)
-            reply = [False, f"[{method}] oned sandbox internal error: "
-                            f"{text.strip().splitlines()[-1]}", 0x2000, -1, I8(-1)]
-        if hookbus.publishes_api_event(method, self.version):
-            self.hooks.publish([f"EVENT API {method} {int(bool(reply[0]))}"],
-                               hookbus.api_message(method, list(params), reply, extra))
-        return reply
+        """One XML-RPC call, as a client's would be handled (``oned_rpc``)."""
+        return self.rpc.dispatch(method, params)
 
     def system_version(self) -> str:
         return f"{self.version}.0"
