@@ -219,7 +219,7 @@ class HookManager:
     def delete(self, hook_id: int) -> tuple[int, str]:
         with self.lock:
             hook = self._hook(hook_id, "one.hook.delete")
-            body = self._body(hook)
+            body = self._body(hook)  # RequestManagerDelete saves it first
             del self.hooks[hook_id]
             return hook_id, body
 

@@ -95,9 +95,10 @@ HOST_STATES = {0: "INIT", 2: "MONITORED", 3: "ERROR", 4: "DISABLED", 8: "OFFLINE
 class OneFailure(Exception):
     """An oned error answer: ``[false, message, code, object id]``."""
 
-    def __init__(self, code: int, message: str, object_id: int = -1):
+    def __init__(self, code: int, message: str, object_id: int = -1, extra: str = ""):
         super().__init__(message)
         self.code, self.message, self.object_id = code, message, object_id
+        self.extra = extra  # EXTRA of the API event (a delete saves the body first)
 
 
 class Version(tuple):

@@ -115,6 +115,7 @@ class RpcServer:
             reply: list[Any] = [True, value, 0]
         except OneFailure as failure:
             reply = [False, failure.message, failure.code, failure.object_id, I8(-1)]
+            extra = failure.extra
         except Exception:  # a bug of the emulator: visible, and an INTERNAL error reply
             text = traceback.format_exc()
             sys.stderr.write(f"oned sandbox: internal error in {method}\n{text}")

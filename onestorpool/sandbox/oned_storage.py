@@ -533,7 +533,10 @@ class StorageApi(SandboxCore):
         method = "one.image.delete"
         with self.lock:
             image = self._image(image_id, method)
-            # EXTRA of the API event: the body before deleting
+            if force:
+                image.template["FORCE_DELETE"] = "YES"
+            # EXTRA of the API event, failed or not: the body before deleting
+            # (release-6.10.5 src/rm/RequestManagerDelete.cc:421,428)
             body = X.image_body(image, self.version)
             state = ImageState(image.state)
             error = ""
@@ -543,9 +546,8 @@ class StorageApi(SandboxCore):
             elif state == ImageState.CLONE:
                 error = f"There are {image.cloning_ops} active clone operations."
             if error:
-                raise OneFailure(ACTION, f"[{method}] Cannot delete image. {error}", image_id)
-            if force:
-                image.template["FORCE_DELETE"] = "YES"
+                raise OneFailure(ACTION, f"[{method}] Cannot delete image. {error}", image_id,
+                                 extra=body)
             ds = self.datastores[image.ds_id]
             if not image.source:  # nothing in the datastore: dropped at once
                 self._drop_image(image)

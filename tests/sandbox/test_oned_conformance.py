@@ -520,3 +520,19 @@ def test_methods_per_release(make_world, version, method, registered):
     else:
         with pytest.raises(pyone.OneException, match="API call does not exist"):
             w.srv.hook.allocate(hook)
+
+
+def test_delete_publishes_the_body_even_when_it_fails(world):
+    """ImageDelete saves the body (FORCE_DELETE already set) for the API hook before the
+    deletion is attempted (release-6.10.5 src/rm/RequestManagerDelete.cc:421,428), so a
+    refused delete's API event still carries the IMAGE in EXTRA."""
+    image_ds, _ = world.datastores()
+    image_id = world.oned.create_image(image_ds, "used", size_mb=1)
+    world.srv.vm.allocate(world.vm_template("v", f'IMAGE_ID="{image_id}"'), False)
+    with pytest.raises(pyone.OneActionException, match="There are 1 VMs using it"):
+        world.srv.image.delete(image_id, True)
+    [(_, payload)] = [(k, p) for k, p in world.oned.hooks.sent
+                      if k == "EVENT API one.image.delete 0"]
+    extra = X.parse_recovering(base64.b64decode(payload).decode()).find(".//EXTRA/IMAGE")
+    assert extra is not None and extra.findtext("ID") == str(image_id)
+    assert extra.findtext("TEMPLATE/FORCE_DELETE") == "YES"
