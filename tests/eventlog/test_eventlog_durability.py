@@ -139,6 +139,18 @@ print(time.monotonic() - started, flush=True)
 """
 
 
+def _until_tickets_drawn(path: str, count: int) -> None:
+    """Wait until ``count`` writers have queued (the counter at the start of the queue
+    file)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(path + ".lock", "rb") as handle:
+            if int.from_bytes(handle.read(8), "little") >= count:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"{count} writers did not queue within 30 s")
+
+
 def test_writers_are_served_in_the_order_they_arrive(tmp_path):
     """SQLite's busy handler lets a newcomer overtake a writer that waits; the log's queue
     does not: behind a slow writer, the ones that came first go first."""
@@ -148,10 +160,10 @@ def test_writers_are_served_in_the_order_they_arrive(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "holding\n"
     waiters = []
-    for name in ("first", "second", "third", "fourth"):
+    for drawn, name in enumerate(("first", "second", "third", "fourth"), start=2):
         waiters.append(subprocess.Popen([sys.executable, "-c", ONE_APPEND, path, name],
                                         stdout=subprocess.PIPE, text=True))
-        time.sleep(0.6)  # started, and waiting
+        _until_tickets_drawn(path, drawn)  # it waits in the queue before the next starts
     holder.stdin.close()
     assert holder.wait(timeout=60) == 0
     for waiter in waiters:
