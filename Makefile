@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := qemu-utils libvirt-clients sqlite3
+APT_PACKAGES := qemu-utils libvirt-clients sqlite3 genisoimage
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint system-packages venv bench clean

@@ -13,9 +13,7 @@ import logging
 import os
 import random
 import re
-import secrets
 import shlex
-import string
 import subprocess
 import time
 from collections.abc import Iterator
@@ -52,6 +50,8 @@ from onestorpool.drivers.storage import (
     delete_volume,
     mib,
     qos_class,
+    random_suffix,
+    revert_volume,
     round_up,
     snapshots_with_prefix,
 )
@@ -657,20 +657,8 @@ def snap_revert(ctx: DsContext) -> str:
 
 
 def revert_to_snapshot(ctx: DsContext, volume: str, snapshot: str) -> None:
-    """Replace ``volume`` by a copy of ``snapshot``, keeping the old volume until the new one
-    exists: rename aside, create from the snapshot, then delete the old one (delayed)."""
-    sp = ctx.sp
-    current = sp.volume(volume)
-    sp.snapshot(snapshot)  # NotFound before anything changes
-    aside = ctx.naming.revert_temp(volume, int(time.time()), _random_suffix(8))
-    tags = {**current.get("tags", {}), **ctx.tags.base(ctx.qos())}
-    with Rollback() as undo:
-        sp.volume_update(volume, rename=aside)
-        undo.push(f"rename {aside} back to {volume}", sp.volume_update, aside, rename=volume)
-        create_volume(sp, volume, parent=snapshot,
-                      template=current.get("templateName") or None, tags=tags)
-        undo.push(f"delete {volume}", delete_volume, sp, volume)
-    delete_volume(sp, aside, delay=ctx.config["DELAY_DELETE"])
+    aside = revert_volume(ctx.sp, ctx.naming, volume, snapshot,
+                          delay=ctx.config["DELAY_DELETE"], tags=ctx.tags.base(ctx.qos()))
     ctx.event.update(reverted_from=snapshot, old_volume=aside)
 
 
@@ -690,13 +678,6 @@ def _is_disk_snapshot_of(naming: Naming, name: str, volume: str) -> bool:
     parsed = naming.parse(name)
     return parsed is not None and parsed.kind == "disk_snapshot" and name.rsplit(
         "-snap", 1)[0] == volume
-
-
-def _random_suffix(length: int) -> str:
-    # Always one letter: an all-digit suffix would read as a clone name (docs/naming.md).
-    alphabet = string.ascii_lowercase + string.digits
-    body = "".join(secrets.choice(alphabet) for _ in range(length - 1))
-    return secrets.choice(string.ascii_lowercase) + body
 
 
 # -- monitor ----------------------------------------------------------------------
@@ -738,7 +719,7 @@ def monitor(ctx: DsContext) -> str:
 def export(ctx: DsContext) -> str:
     volume = ctx.image_volume()
     size_mb = mib(int(ctx.sp.volume(volume).get("size") or 0))
-    snapshot = ctx.naming.export_snapshot(volume, _random_suffix(6))
+    snapshot = ctx.naming.export_snapshot(volume, random_suffix(6))
     host, client = ctx.block_host(export=True)
     fmt = ctx.config["EXPORT_FILE_FORMAT"]
     ctx.event.update(volume=volume, snapshot=snapshot, host=host.name)

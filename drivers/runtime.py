@@ -132,6 +132,41 @@ def _datastore_main(action: str, argv: list[str]) -> int:
     return 0
 
 
+def run_tm_action(action: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``drivers/remotes/tm/storpool/<action>``."""
+    return run_driver(f"onestorpool-tm-{action}", lambda args: _tm_main(action, args), argv)
+
+
+def _tm_main(action: str, argv: list[str]) -> int:
+    from onestorpool import config as config_module
+    from onestorpool import oneapi
+    from onestorpool.drivers import tm
+    from onestorpool.storpool import StorPoolClient
+
+    with ActionRecord("tm", action) as record:
+        record.payload = {"args": list(argv)}
+        func = tm.ACTIONS.get(action)
+        if func is None:
+            raise InputError(f"{action}: not an action of the StorPool transfer manager")
+        # migrate actions get the VM on stdin; the others an empty, closed one
+        stdin = sys.stdin.read() if action.endswith("migrate") else ""
+        ds_id = tm.datastore_id_of(action, argv)
+        datastore = oneapi.datastore_info(ds_id)
+        config = config_module.load().for_datastore(datastore.template, f"datastore {ds_id}")
+        with StorPoolClient.from_config(config) as sp:
+            ctx = tm.TmContext(action, list(argv), datastore, config, config.naming(), sp,
+                               oneapi.vm_info, stdin)
+            record.subjects = {"datastore": ds_id}
+            try:
+                stdout = func(ctx)
+            finally:
+                record.payload.update(ctx.event)
+                if ctx.vm_ids:
+                    record.subjects["vm"] = ctx.vm_ids[0]
+    emit(stdout)
+    return 0
+
+
 def run_export_delete(argv: list[str] | None = None) -> int:
     """``export.delete <bridge> <file>``: the marketplace's DISPOSE_CMD after an export."""
     return run_driver("onestorpool-ds-export.delete", _export_delete_main, argv)

@@ -172,6 +172,40 @@ def attached(sp: StorPoolClient, name: str, host: Host, client: int, *, mode: st
             sp.detach(name, [client], snapshot=snapshot, force=False)
 
 
+def random_suffix(length: int) -> str:
+    """Random ``[a-z0-9]`` with a letter first: an all-digit suffix would read as a clone
+    name (docs/naming.md)."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return secrets.choice(string.ascii_lowercase) + "".join(
+        secrets.choice(alphabet) for _ in range(length - 1))
+
+
+def revert_volume(sp: StorPoolClient, naming: Any, volume: str, snapshot: str, *,
+                  delay: int, tags: Mapping[str, str] | None = None) -> str:
+    """Replace ``volume`` by a copy of ``snapshot``, keeping the old volume until the new one
+    exists: rename aside, create from the snapshot, then delete the old one (``delay``).
+    An interruption at any point leaves the data under one of the two names; returns the
+    name the old volume had aside."""
+    current = sp.volume(volume)
+    sp.snapshot(snapshot)  # NotFound before anything changes
+    aside = naming.revert_temp(volume, int(time.time()), random_suffix(8))
+    merged = {**current.get("tags", {}), **(tags or {})}
+    detach_all(sp, volume)
+    with Rollback() as undo:
+        sp.volume_update(volume, rename=aside)
+        undo.push(f"rename {aside} back to {volume}", sp.volume_update, aside, rename=volume)
+        create_volume(sp, volume, parent=snapshot,
+                      template=current.get("templateName") or None, tags=merged)
+        undo.push(f"delete {volume}", delete_volume, sp, volume)
+        if int(current.get("size") or 0) > int(sp.volume(volume).get("size") or 0):
+            sp.volume_update(volume, size=int(current["size"]))
+    delete_volume(sp, aside, delay=delay)
+    return aside
+
+
 class Rollback:
     """Undo steps registered as an action creates things, run in reverse if it fails.
 

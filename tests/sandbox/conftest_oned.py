@@ -113,7 +113,8 @@ def make_world(tmp_path: Path, storpool_sandbox: Any) -> Iterator[Callable[..., 
         options.setdefault("tm_mad_conf", FAKE_TM_CONF)
         options.setdefault("ds_mad_conf", FAKE_DS_CONF)
         options.setdefault("live_disk_snapshots", {"kvm-fake"})
-        oned = OnedSandbox(base / "oned", make_remotes(base), driver_env=env,
+        remotes = options.pop("remotes", None) or make_remotes(base)
+        oned = OnedSandbox(base / "oned", remotes, driver_env=env,
                            storpool_admin=(storpool_sandbox.url, storpool_sandbox.token),
                            **options).start()
         started.append(oned)

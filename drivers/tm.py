@@ -1,0 +1,682 @@
+"""Transfer manager actions (``TM_MAD=storpool``): one function per action.
+
+oned calls them with ``host:path`` arguments (reference opennebula-interfaces.md §2.7; the
+argument order of ``src/tm/TransferManager.cc``); the VM comes from oned's XML-RPC
+(``one.vm.info``) or, for the migrate actions, from stdin. A disk lives in one StorPool
+volume named as the Bash add-on names it (reference addon-storpool.md §4, §5), is attached to
+the host's StorPool client and linked from the VM folder (``disk.N -> /dev/storpool/<vol>``).
+
+Each action records what it did in ``ctx.event`` and undoes what it created when it fails.
+The Bash add-on's data-loss bugs are not inherited: a volatile disk is deleted by its exact
+name (never by a name prefix that also matches disks 10-19), and snapshots are chosen by
+parsing their names with this instance's ``ONE_PX``, never by substring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from onestorpool import hosts
+from onestorpool.config import Config
+from onestorpool.drivers.storage import (
+    MIB,
+    Rollback,
+    StorageError,
+    Tags,
+    create_volume,
+    delete_snapshot,
+    delete_volume,
+    detach_all,
+    qos_class,
+    revert_volume,
+    round_up,
+)
+from onestorpool.drivers.vm_volumes import disk_volume
+from onestorpool.errors import InputError
+from onestorpool.naming import Naming, volume_from_source
+from onestorpool.one import Datastore, DatastoreType, Disk, LcmState, Vm
+from onestorpool.storpool import NotFound, StorPoolClient
+
+log = logging.getLogger("onestorpool.drivers")
+
+
+# -- the request ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    """A ``host:path`` argument; ``disk_id`` when the path is a disk (``.../disk.N``)."""
+
+    host: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str, what: str = "path") -> Location:
+        host, sep, path = text.partition(":")
+        if not sep or not host or not path.startswith("/") or "\0" in text:
+            raise InputError(f"{what}: expected host:/absolute/path, got {text!r}")
+        return cls(host, path)
+
+    @staticmethod
+    def source_volume(text: str) -> str:
+        """The image volume of a ``fe:SOURCE`` argument (``one-ds-1/one-img-0``)."""
+        _host, sep, source = text.partition(":")
+        if not sep or not source:
+            raise InputError(f"source: expected host:SOURCE, got {text!r}")
+        return volume_from_source(source)
+
+    @property
+    def disk_id(self) -> int | None:
+        name = os.path.basename(self.path.rstrip("/"))
+        stem, dot, suffix = name.rpartition(".")
+        if dot and stem == "disk" and suffix.isdigit():
+            return int(suffix)
+        return None
+
+    def require_disk(self) -> int:
+        if self.disk_id is None:
+            raise InputError(f"{self.path}: expected a disk path (.../disk.N)")
+        return self.disk_id
+
+
+@dataclass
+class TmContext:
+    action: str
+    args: list[str]
+    datastore: Datastore
+    config: Config
+    naming: Naming
+    sp: StorPoolClient
+    load_vm: Callable[[int], Vm]
+    stdin: str = ""
+    event: dict[str, Any] = field(default_factory=dict)
+    _vms: dict[int, Vm] = field(default_factory=dict)
+
+    def vm(self, vm_id: int) -> Vm:
+        if vm_id not in self._vms:
+            self._vms[vm_id] = self.load_vm(vm_id)
+        return self._vms[vm_id]
+
+    @property
+    def vm_ids(self) -> list[int]:
+        """The VMs the action looked at (the event's subject)."""
+        return list(self._vms)
+
+    @property
+    def tags(self) -> Tags:
+        return Tags.from_config(self.config)
+
+    @property
+    def is_system_ds(self) -> bool:
+        return self.datastore.type == DatastoreType.SYSTEM
+
+    def host(self, name: str) -> tuple[hosts.Host, int]:
+        host = hosts.get(name)
+        return host, hosts.client_id(host, self.config)
+
+    def expect(self, count: int, usage: str) -> list[str]:
+        if len(self.args) != count:
+            raise InputError(f"{self.action}: expected {usage}, got {len(self.args)} "
+                             "arguments")
+        return self.args
+
+
+def parse_id(text: str, what: str) -> int:
+    if not text.lstrip("-").isdigit():
+        raise InputError(f"{what} must be an integer, got {text!r}")
+    return int(text)
+
+
+# -- shared steps ----------------------------------------------------------------------
+
+
+def link_disk(host: hosts.Host, volume: str, path: str) -> None:
+    """``<path> -> /dev/storpool/<volume>`` on the host (its folder made first)."""
+    target = host.path(path)
+    host.run(["mkdir", "-p", os.path.dirname(target)])
+    host.run(["ln", "-sfn", host.device(volume), target])
+
+
+def unlink_disk(host: hosts.Host, path: str) -> None:
+    host.run(["rm", "-f", host.path(path)])
+
+
+def attach_exclusively(sp: StorPoolClient, volume: str, client: int, mode: str,
+                       timeout: int) -> None:
+    """Attached to ``client`` only: any other client (a host the VM left) is forced off in
+    the same call."""
+    sp.volumes_reassign_wait([{"volume": volume, "detach": "all", "force": True},
+                              {"volume": volume, mode: [client]}], attach_timeout=timeout)
+
+
+def disk_kind(disk: Disk, persistent: bool) -> str:
+    """The ``type`` tag the Bash add-on writes."""
+    if disk.is_cdrom:
+        return "CDROM"
+    base = "PERS" if persistent else "NPERS"
+    return base + ("RO" if disk.readonly else "")
+
+
+def disk_qos(ctx: TmContext, disk: Disk) -> str:
+    return qos_class(disk.get("SP_QOSCLASS"), ctx.config["SP_QOSCLASS"],
+                     ctx.config["DEFAULT_QOSCLASS"])
+
+
+def attach_mode(ctx: TmContext, disk: Disk | None) -> str:
+    return ctx.config["READONLY_MODE"] if disk is not None and disk.readonly else "rw"
+
+
+def vm_volumes(ctx: TmContext, vm: Vm, *, system: bool) -> list[tuple[str, str]]:
+    """(volume, mode) of every StorPool disk of the VM: image disks whose TM is ours, and
+    with ``system`` (the system datastore is ours) volatile and context disks too."""
+    found = []
+    for disk in vm.disks:
+        ours = disk.tm_mad == "storpool" if disk.image_id is not None else system
+        if ours:
+            found.append((disk_volume(ctx.naming, vm, disk.disk_id), attach_mode(ctx, disk)))
+    if system and vm.context_disk_id is not None:
+        found.append((ctx.naming.context(vm.id, vm.context_disk_id), "rw"))
+    return found
+
+
+# -- clone, ln: image disks ---------------------------------------------------------------
+
+
+def clone(ctx: TmContext) -> str:
+    """``clone fe:SOURCE host:disk.N vm ds``: a non-persistent disk, a ``baseOn`` clone of
+    the image volume, grown to the disk's SIZE."""
+    src, dst, vm_id, _ds = ctx.expect(4, "SOURCE host:path vm_id ds_id")
+    image_volume = Location.source_volume(src)
+    where = Location.parse(dst, "destination")
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    disk = vm.disk(where.require_disk())
+    volume = ctx.naming.clone_of(image_volume, vm.id, disk.disk_id)
+    host, client = ctx.host(where.host)
+    tags = ctx.tags.for_vm(vm.id, disk.disk_id, disk_kind(disk, False), disk_qos(ctx, disk))
+    ctx.event.update(volume=volume, parent=image_volume, host=host.name)
+    with Rollback() as undo:
+        if create_volume(ctx.sp, volume, base_on=image_volume, tags=tags,
+                         template=None if ctx.config["NO_VOLUME_TEMPLATE"]
+                         else ctx.naming.template(ctx.datastore.id)):
+            undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
+            ctx.event["created"] = [volume]
+        _grow(ctx.sp, volume, disk.size_mb)
+        attach_exclusively(ctx.sp, volume, client, attach_mode(ctx, disk),
+                           ctx.config["ATTACH_TIMEOUT"])
+        undo.push(f"detach {volume}", detach_all, ctx.sp, volume)
+        link_disk(host, volume, where.path)
+    return ""
+
+
+def ln(ctx: TmContext) -> str:
+    """``ln fe:SOURCE host:disk.N vm ds``: a persistent disk, the image volume itself (a
+    CD-ROM gets a per-VM clone), taken from wherever it was attached."""
+    src, dst, vm_id, _ds = ctx.expect(4, "SOURCE host:path vm_id ds_id")
+    image_volume = Location.source_volume(src)
+    where = Location.parse(dst, "destination")
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    disk = vm.disk(where.require_disk())
+    if disk.shareable:
+        raise InputError(f"disk {disk.disk_id}: SHAREABLE disks are not supported on StorPool")
+    host, client = ctx.host(where.host)
+    volume = image_volume
+    tags = ctx.tags.for_vm(vm.id, disk.disk_id, disk_kind(disk, True), disk_qos(ctx, disk))
+    with Rollback() as undo:
+        if disk.is_cdrom:  # one image in many VMs' drives: each VM its own clone
+            volume = ctx.naming.clone_of(image_volume, vm.id, disk.disk_id)
+            if create_volume(ctx.sp, volume, base_on=image_volume, tags=tags):
+                undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
+                ctx.event["created"] = [volume]
+        else:
+            ctx.sp.volume_update(volume, tags=tags)
+        ctx.event.update(volume=volume, host=host.name)
+        attach_exclusively(ctx.sp, volume, client, attach_mode(ctx, disk),
+                           ctx.config["ATTACH_TIMEOUT"])
+        undo.push(f"detach {volume}", detach_all, ctx.sp, volume)
+        link_disk(host, volume, where.path)
+    return ""
+
+
+def _grow(sp: StorPoolClient, volume: str, size_mb: int | None) -> None:
+    if size_mb and size_mb * MIB > int(sp.volume(volume).get("size") or 0):
+        sp.volume_update(volume, size=size_mb * MIB)
+
+
+# -- volatile disks and the context CD-ROM -------------------------------------------------
+
+
+def mkimage(ctx: TmContext) -> str:
+    """``mkimage size format host:disk.N vm ds``: a volatile disk as
+    ``<px>-sys-<VM>-<DISK>-raw`` in the system datastore's template."""
+    size, fmt, dst, vm_id, _ds = ctx.expect(5, "size format host:path vm_id ds_id")
+    return _volatile(ctx, size, fmt, dst, vm_id)
+
+
+def mkswap(ctx: TmContext) -> str:
+    """``mkswap size host:disk.N vm ds``: ``<px>-sys-<VM>-<DISK>-swap``, formatted."""
+    size, dst, vm_id, _ds = ctx.expect(4, "size host:path vm_id ds_id")
+    return _volatile(ctx, size, "swap", dst, vm_id)
+
+
+def _volatile(ctx: TmContext, size: str, fmt: str, dst: str, vm_id: str) -> str:
+    if fmt not in ("raw", "swap"):
+        raise InputError(f"{ctx.action}: StorPool volatile disks are raw, not {fmt!r} (set "
+                         "FORMAT=raw on the disk)")
+    size_mb = parse_id(size, "size")
+    if size_mb <= 0:
+        raise InputError(f"{ctx.action}: size must be a positive number of MB")
+    where = Location.parse(dst, "destination")
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    disk = vm.disk(where.require_disk())
+    volume = ctx.naming.volatile(vm.id, disk.disk_id, fmt)
+    host, client = ctx.host(where.host)
+    tags = ctx.tags.for_vm(vm.id, disk.disk_id, "VOLRO" if disk.readonly else "VOL",
+                           disk_qos(ctx, disk))
+    ctx.event.update(volume=volume, size_mb=size_mb, host=host.name)
+    with Rollback() as undo:
+        if create_volume(ctx.sp, volume, size=size_mb * MIB, tags=tags,
+                         template=ctx.naming.template(ctx.datastore.id)):
+            undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
+            ctx.event["created"] = [volume]
+        attach_exclusively(ctx.sp, volume, client, "rw", ctx.config["ATTACH_TIMEOUT"])
+        undo.push(f"detach {volume}", detach_all, ctx.sp, volume)
+        device = host.wait_for_device(volume)
+        if fmt == "swap":
+            host.run(["mkswap", "-L", "swap", device], timeout=300)
+        elif disk.get("FS"):
+            fs = disk.get("FS")
+            if not fs.isalnum():
+                raise InputError(f"{ctx.action}: invalid filesystem type {fs!r}")
+            host.run([*ctx.config["MKFS"].split(), "-F", "-t", fs, device], timeout=600)
+        link_disk(host, volume, where.path)
+    return ""
+
+
+def context(ctx: TmContext) -> str:
+    """``context file... host:disk.N vm ds``: the context ISO, built on the front-end and
+    written to ``<px>-sys-<VM>-<DISK>-iso`` on the host."""
+    if len(ctx.args) < 4:
+        raise InputError(f"{ctx.action}: expected file... host:path vm_id ds_id")
+    *files, dst, vm_id, _ds = ctx.args
+    where = Location.parse(dst, "destination")
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    disk_id = where.require_disk()
+    volume = ctx.naming.context(vm.id, disk_id)
+    host, client = ctx.host(where.host)
+    iso = _build_iso(files, vm.id)
+    size = round_up(len(iso), MIB)
+    tags = ctx.tags.for_vm(vm.id, disk_id, "CNTXT")
+    ctx.event.update(volume=volume, iso_bytes=len(iso), host=host.name)
+    with Rollback() as undo:
+        if ctx.sp.volume_exists(volume):
+            ctx.sp.volume_update(volume, size=size, shrink_ok=True, tags=tags)
+        else:
+            create_volume(ctx.sp, volume, size=size, tags=tags,
+                          template=ctx.naming.template(ctx.datastore.id))
+            undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
+            ctx.event["created"] = [volume]
+        attach_exclusively(ctx.sp, volume, client, "rw", ctx.config["ATTACH_TIMEOUT"])
+        undo.push(f"detach {volume}", detach_all, ctx.sp, volume)
+        device = host.wait_for_device(volume)
+        host.run(["dd", f"of={device}", "bs=1M", "conv=notrunc,fsync", "status=none"],
+                 stdin=iso, timeout=300)
+        link_disk(host, volume, where.path)
+    return ""
+
+
+def _build_iso(files: Iterable[str], vm_id: int) -> bytes:
+    """``mkisofs -V CONTEXT -J -R`` of the context files (``src:name`` renames a file);
+    only files of the front-end, as oned names them."""
+    frontend = hosts.frontend()
+    tool = shutil.which("genisoimage") or shutil.which("mkisofs") or shutil.which("xorriso")
+    if tool is None:
+        raise StorageError("context: neither genisoimage, mkisofs nor xorriso is installed "
+                           "on the front-end")
+    with tempfile.TemporaryDirectory(prefix=f"one-context-{vm_id}-") as scratch:
+        tree = os.path.join(scratch, "iso")
+        os.mkdir(tree)
+        for item in files:
+            source, _, name = item.partition(":")
+            if not source.startswith("/"):
+                raise InputError(f"context: {source!r} is not a file of the front-end")
+            target = os.path.join(tree, os.path.basename(name or source))
+            try:
+                shutil.copyfile(frontend.path(source), target)
+            except OSError as exc:
+                raise InputError(f"context: cannot read {source}: {exc.strerror}") from None
+        iso = os.path.join(scratch, "context.iso")
+        argv = [tool, "-as", "mkisofs"] if tool.endswith("xorriso") else [tool]
+        done = subprocess.run([*argv, "-quiet", "-o", iso, "-V", "CONTEXT", "-J", "-R", tree],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise StorageError(f"context: {os.path.basename(tool)} failed: "
+                               f"{done.stderr.strip()[-200:]}")
+        with open(iso, "rb") as handle:
+            return handle.read()
+
+
+# -- delete ----------------------------------------------------------------------
+
+
+def delete(ctx: TmContext) -> str:
+    """``delete host:path vm ds``: a disk (its per-VM volume; a persistent image is only
+    detached) or, on the system datastore, the VM folder with the VM's volatile, context,
+    NVRAM and checkpoint volumes. Volumes go by their exact names."""
+    path, vm_id, _ds = ctx.expect(3, "host:path vm_id ds_id")
+    where = Location.parse(path)
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    host = hosts.get(where.host)
+    delay = ctx.config["DELAY_DELETE"]
+    removed: list[str] = []
+    if where.disk_id is None:
+        if not ctx.is_system_ds:
+            raise InputError(f"delete: {where.path} is not a disk of datastore "
+                             f"{ctx.datastore.id}")
+        for disk in vm.disks:
+            if disk.is_volatile:
+                removed += _delete_with_snapshots(ctx, disk_volume(ctx.naming, vm,
+                                                                   disk.disk_id), delay)
+        names = [ctx.naming.rawcheckpoint(vm.id), ctx.naming.nvram(vm.id)]
+        if vm.context_disk_id is not None:
+            names.insert(0, ctx.naming.context(vm.id, vm.context_disk_id))
+        for name in names:  # no data a user would want back: at once
+            if ctx.sp.volume_exists(name):
+                delete_volume(ctx.sp, name)
+                removed.append(name)
+        host.run(["rm", "-rf", host.path(where.path)])
+    else:
+        disk = vm.disk(where.disk_id)
+        volume = disk_volume(ctx.naming, vm, disk.disk_id)
+        if not disk.source or volume != volume_from_source(disk.source):
+            removed += _delete_with_snapshots(ctx, volume, delay)  # the VM's own volume
+        else:  # the image itself: it stays, without the VM's tags
+            detach_all(ctx.sp, volume)
+            ctx.sp.volume_update(volume, tags={ctx.tags.vm_tag: "", "type": "", "diskid": ""})
+            ctx.event["detached"] = volume
+        unlink_disk(host, where.path)
+    ctx.event.update(removed=removed)
+    return ""
+
+
+def _delete_with_snapshots(ctx: TmContext, volume: str, delay: int) -> list[str]:
+    """The volume (delayed) and its disk snapshots ``<volume>-snap<N>``, matched by name
+    parsing: ``one-sys-5-1-raw`` never takes ``one-sys-5-10-raw`` or another prefix's."""
+    removed = []
+    for snapshot in ctx.sp.snapshots_list():
+        name = str(snapshot.get("name", ""))
+        parsed = ctx.naming.parse(name)
+        if (parsed is not None and parsed.kind == "disk_snapshot" and not snapshot.get("deleted")
+                and name.rsplit("-snap", 1)[0] == volume and delete_snapshot(ctx.sp, name)):
+            removed.append(name)
+    with contextlib.suppress(NotFound):
+        if ctx.sp.volume_exists(volume):
+            delete_volume(ctx.sp, volume, delay=delay)
+            removed.append(volume)
+    return removed
+
+
+# -- mv: the VM moves, stops, resumes -------------------------------------------------------
+
+_MOVE = {LcmState.PROLOG_MIGRATE, LcmState.PROLOG_MIGRATE_POWEROFF,
+         LcmState.PROLOG_MIGRATE_SUSPEND, LcmState.PROLOG_MIGRATE_UNKNOWN,
+         LcmState.PROLOG_MIGRATE_UNKNOWN_FAILURE}
+_ATTACH = {LcmState.PROLOG_RESUME, LcmState.PROLOG_UNDEPLOY}
+_DETACH = {LcmState.EPILOG_STOP, LcmState.EPILOG_UNDEPLOY}
+
+
+def mv(ctx: TmContext) -> str:
+    """``mv src dst vm ds``, by the VM's LCM state: stop/undeploy detach the volumes from
+    the host, resume attaches them to the new one, cold migration moves them."""
+    src, dst, vm_id, _ds = ctx.expect(4, "host:path host:path vm_id ds_id")
+    source, target = Location.parse(src, "source"), Location.parse(dst, "destination")
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    state = vm.lcm_state
+    if state not in _MOVE | _ATTACH | _DETACH:
+        raise InputError(f"mv: VM {vm.id} is in LCM state {state.name}; the StorPool TM "
+                         "moves disks only to stop, undeploy, resume or migrate a VM")
+    if target.disk_id is not None:
+        disk = vm.disk(target.disk_id)
+        moved = [(disk_volume(ctx.naming, vm, disk.disk_id), attach_mode(ctx, disk),
+                  target.path)]
+    elif ctx.is_system_ds and vm.context_disk_id is not None:
+        moved = [(ctx.naming.context(vm.id, vm.context_disk_id), "rw",
+                  f"{target.path.rstrip('/')}/disk.{vm.context_disk_id}")]
+    else:
+        moved = []
+    src_host = hosts.get(source.host)
+    src_client = hosts.client_id(src_host, ctx.config) if state == LcmState.EPILOG_STOP \
+        else None
+    for volume, mode, path in moved:
+        if state in _DETACH or state in _MOVE:
+            if src_client is None:
+                detach_all(ctx.sp, volume)
+            else:
+                with contextlib.suppress(NotFound):
+                    ctx.sp.detach(volume, [src_client], force=True)
+        if state in _ATTACH or state in _MOVE:
+            host, client = ctx.host(target.host)
+            attach_exclusively(ctx.sp, volume, client, mode, ctx.config["ATTACH_TIMEOUT"])
+            link_disk(host, volume, path)
+    if target.disk_id is None and state not in _DETACH:
+        host = hosts.get(target.host)
+        host.run(["mkdir", "-p", host.path(target.path)])
+    ctx.event.update(lcm_state=state.name, volumes=[v for v, _, _ in moved])
+    return ""
+
+
+# -- migration ----------------------------------------------------------------------
+
+
+def premigrate(ctx: TmContext) -> str:
+    """``premigrate src dst vmdir vm ds [template]``: every StorPool volume of the VM
+    attached to the destination too, in one ``VolumesReassignWait``."""
+    return _migrate(ctx, "attach")
+
+
+def postmigrate(ctx: TmContext) -> str:
+    """Every volume detached from the source, in one call."""
+    return _migrate(ctx, "detach_source")
+
+
+def failmigrate(ctx: TmContext) -> str:
+    """The migration failed: every volume detached from the destination, in one call."""
+    return _migrate(ctx, "detach_destination")
+
+
+def _migrate(ctx: TmContext, step: str) -> str:
+    if len(ctx.args) < 5:
+        raise InputError(f"{ctx.action}: expected src dst vmdir vm_id ds_id")
+    src_name, dst_name, _vmdir, vm_id = ctx.args[:4]
+    if len(ctx.args) > 6 and ctx.args[6].startswith("storpool"):
+        return ""  # called back through migrate_other by ourselves
+    vm = _vm_from_stdin(ctx) or ctx.vm(parse_id(vm_id, "vm_id"))
+    volumes = vm_volumes(ctx, vm, system=ctx.datastore.tm_mad == "storpool")
+    if not volumes:
+        return ""
+    src_host, dst_host = hosts.get(src_name), hosts.get(dst_name)
+    src_client = hosts.client_id(src_host, ctx.config)
+    dst_client = hosts.client_id(dst_host, ctx.config)
+    if step == "attach":
+        items = [{"volume": v, mode: [dst_client]} for v, mode in volumes]
+    else:
+        client = src_client if step == "detach_source" else dst_client
+        items = [{"volume": v, "detach": [client], "force": True} for v, _ in volumes]
+    ctx.sp.volumes_reassign_wait(items, attach_timeout=ctx.config["ATTACH_TIMEOUT"])
+    ctx.event.update(volumes=[v for v, _ in volumes], source=src_name,
+                     destination=dst_name)
+    return ""
+
+
+def _vm_from_stdin(ctx: TmContext) -> Vm | None:
+    if not ctx.stdin.strip():
+        return None
+    from onestorpool.one import parse_vm
+
+    return parse_vm(ctx.stdin.strip())
+
+
+# -- resize, snapshots, save-as --------------------------------------------------------------
+
+
+def resize(ctx: TmContext) -> str:
+    """``resize host:disk.N size vm ds``: grow only (StorPool never shrinks a disk here)."""
+    dst, size, vm_id, _ds = ctx.expect(4, "host:path size_mb vm_id ds_id")
+    where = Location.parse(dst)
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    volume = disk_volume(ctx.naming, vm, where.require_disk())
+    new = parse_id(size, "size") * MIB
+    current = int(ctx.sp.volume(volume).get("size") or 0)
+    if new < current:
+        raise InputError(f"resize: {volume} is {current // MIB} MB; disks only grow")
+    if new > current:
+        ctx.sp.volume_update(volume, size=new)
+    ctx.event.update(volume=volume, size_mb=new // MIB)
+    return ""
+
+
+def snap_create(ctx: TmContext) -> str:
+    """``snap_create host:disk.N snap_id vm ds``: ``<volume>-snap<snap_id>``, within
+    ``DISKSNAPSHOT_LIMIT`` (rc, then the system and image datastores, then the VM)."""
+    dst, snap_id, vm_id, _ds = ctx.expect(4, "host:path snap_id vm_id ds_id")
+    where = Location.parse(dst)
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    disk = vm.disk(where.require_disk())
+    if disk.is_cdrom:
+        raise InputError(f"disk {disk.disk_id} is a CD-ROM: it has no snapshots")
+    limit = _snapshot_limit(ctx, vm)
+    if limit is not None and len(disk.snapshots) > limit:
+        raise InputError(f"disk {disk.disk_id} has reached its snapshot limit "
+                         f"(DISKSNAPSHOT_LIMIT={limit})")
+    volume = disk_volume(ctx.naming, vm, disk.disk_id)
+    snapshot = ctx.naming.disk_snapshot(volume, parse_id(snap_id, "snap_id"))
+    ctx.sp.volume_snapshot(volume, snapshot, tags={**ctx.tags.base(),
+                                                   ctx.tags.vm_tag: str(vm.id)})
+    ctx.event.update(volume=volume, snapshot=snapshot, created=[snapshot])
+    return ""
+
+
+def _snapshot_limit(ctx: TmContext, vm: Vm) -> int | None:
+    value = vm.user_template.get("DISKSNAPSHOT_LIMIT") or vm.template.get(
+        "DISKSNAPSHOT_LIMIT")
+    if value and value.strip().isdigit():
+        return int(value)
+    return ctx.config["DISKSNAPSHOT_LIMIT"]
+
+
+def snap_delete(ctx: TmContext) -> str:
+    dst, snap_id, vm_id, _ds = ctx.expect(4, "host:path snap_id vm_id ds_id")
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    volume = disk_volume(ctx.naming, vm, Location.parse(dst).require_disk())
+    snapshot = ctx.naming.disk_snapshot(volume, parse_id(snap_id, "snap_id"))
+    deleted = delete_snapshot(ctx.sp, snapshot)
+    ctx.event.update(volume=volume, snapshot=snapshot, removed=[snapshot] if deleted else [])
+    return ""
+
+
+def snap_revert(ctx: TmContext) -> str:
+    """The disk's data replaced by the snapshot's; the old volume is kept until the new one
+    exists, then deleted (delayed), and the disk attached and linked again."""
+    dst, snap_id, vm_id, _ds = ctx.expect(4, "host:path snap_id vm_id ds_id")
+    where = Location.parse(dst)
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    disk = vm.disk(where.require_disk())
+    volume = disk_volume(ctx.naming, vm, disk.disk_id)
+    snapshot = ctx.naming.disk_snapshot(volume, parse_id(snap_id, "snap_id"))
+    host, client = ctx.host(where.host)
+    aside = revert_volume(ctx.sp, ctx.naming, volume, snapshot, delay=ctx.config["DELAY_DELETE"],
+                          tags=ctx.tags.for_vm(vm.id, disk.disk_id, disk_kind(
+                              disk, disk.persistent), disk_qos(ctx, disk)))
+    attach_exclusively(ctx.sp, volume, client, attach_mode(ctx, disk),
+                       ctx.config["ATTACH_TIMEOUT"])
+    link_disk(host, volume, where.path)
+    ctx.event.update(volume=volume, reverted_from=snapshot, old_volume=aside)
+    return ""
+
+
+def cpds(ctx: TmContext) -> str:
+    """``cpds host:disk.N fe:NEW_SOURCE snap_id vm ds``: disk save-as into the new image's
+    volume, from the live disk (``-1``) or one of its snapshots."""
+    src, target_source, snap_id, vm_id, _ds = ctx.expect(
+        5, "host:path SOURCE snap_id vm_id ds_id")
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    volume = disk_volume(ctx.naming, vm, Location.parse(src).require_disk())
+    target = volume_from_source(target_source.partition(":")[2] or target_source)
+    if ctx.naming.parse(target) is None:
+        raise InputError(f"cpds: {target} is not this instance's volume")
+    snap = parse_id(snap_id, "snap_id")
+    delete_volume(ctx.sp, target)  # mkfs left nothing there; a failed earlier try might have
+    tags = ctx.tags.base(qos_class(ctx.config["SP_QOSCLASS"], ctx.config["DEFAULT_QOSCLASS"]))
+    template_name = target_source.partition(":")[2].rsplit("/", 1)[0] if "/" in \
+        target_source else None
+    if snap < 0:
+        create_volume(ctx.sp, target, base_on=volume, tags=tags, template=template_name)
+    else:
+        create_volume(ctx.sp, target, parent=ctx.naming.disk_snapshot(volume, snap), tags=tags,
+                      template=template_name)
+    ctx.event.update(volume=volume, created=[target], snapshot_id=snap)
+    return ""
+
+
+def mvds(ctx: TmContext) -> str:
+    """``mvds host:disk.N fe:SOURCE vm ds``: a persistent disk goes back to its image:
+    detached everywhere, the VM's tags cleared, the link removed."""
+    src, _source, vm_id, _ds = ctx.expect(4, "host:path SOURCE vm_id ds_id")
+    where = Location.parse(src)
+    vm = ctx.vm(parse_id(vm_id, "vm_id"))
+    volume = disk_volume(ctx.naming, vm, where.require_disk())
+    detach_all(ctx.sp, volume)
+    ctx.sp.volume_update(volume, tags={ctx.tags.vm_tag: "", "type": "", "diskid": ""})
+    unlink_disk(hosts.get(where.host), where.path)
+    ctx.event.update(volume=volume)
+    return ""
+
+
+# -- monitor ----------------------------------------------------------------------
+
+
+def monitor(ctx: TmContext) -> str:
+    """The system datastore's capacity, from its StorPool template."""
+    template = ctx.naming.template(ctx.datastore.id)
+    for status in ctx.sp.volume_templates_status():
+        if status.get("name") == template:
+            stored = status.get("stored") or {}
+            total, free = int(stored.get("capacity") or 0), int(stored.get("free") or 0)
+            ctx.event.update(template=template, total=total, free=free)
+            return (f"USED_MB={max(0, total - free) // MIB}\nTOTAL_MB={total // MIB}\n"
+                    f"FREE_MB={free // MIB}")
+    raise StorageError(f"StorPool template {template} does not exist (one per datastore)")
+
+
+def noop(ctx: TmContext) -> str:
+    """Actions with nothing to do on StorPool (the data is already where it must be)."""
+    ctx.event["noop"] = True
+    return ""
+
+
+ACTIONS: dict[str, Callable[[TmContext], str]] = {
+    "clone": clone, "ln": ln, "mkimage": mkimage, "mkswap": mkswap, "context": context,
+    "delete": delete, "mv": mv, "mvds": mvds, "cpds": cpds, "resize": resize,
+    "snap_create": snap_create, "snap_create_live": snap_create, "snap_delete": snap_delete,
+    "snap_revert": snap_revert, "premigrate": premigrate, "postmigrate": postmigrate,
+    "failmigrate": failmigrate, "monitor": monitor,
+}
+
+
+def datastore_id_of(action: str, args: list[str]) -> int:
+    """The datastore an action's configuration comes from: its last argument, except the
+    migrate actions (``src dst vmdir vm ds [template] ...``)."""
+    if action in ("premigrate", "postmigrate", "failmigrate"):
+        if len(args) < 5:
+            raise InputError(f"{action}: expected src dst vmdir vm_id ds_id")
+        return parse_id(args[4], "ds_id")
+    if not args:
+        raise InputError(f"{action}: no arguments")
+    return parse_id(args[-1], "ds_id")
