@@ -505,7 +505,8 @@ def _migrate(ctx: TmContext, step: str) -> str:
     src_client = hosts.client_id(src_host, ctx.config)
     dst_client = hosts.client_id(dst_host, ctx.config)
     if step == "attach":
-        items = [{"volume": v, mode: [dst_client]} for v, mode in volumes]
+        # read-write on both hosts until the hypervisor has moved the VM: force says so
+        items = [{"volume": v, mode: [dst_client], "force": True} for v, mode in volumes]
     else:
         client = src_client if step == "detach_source" else dst_client
         items = [{"volume": v, "detach": [client], "force": True} for v, _ in volumes]
@@ -608,19 +609,21 @@ def cpds(ctx: TmContext) -> str:
         5, "host:path SOURCE snap_id vm_id ds_id")
     vm = ctx.vm(parse_id(vm_id, "vm_id"))
     volume = disk_volume(ctx.naming, vm, Location.parse(src).require_disk())
-    target = volume_from_source(target_source.partition(":")[2] or target_source)
+    target = volume_from_source(target_source)  # SOURCE as mkfs printed it
     if ctx.naming.parse(target) is None:
         raise InputError(f"cpds: {target} is not this instance's volume")
+    template = target_source.rsplit("/", 1)[0] if "/" in target_source else None
+    if template is not None and (ctx.naming.parse(template) is None
+                                 or ctx.naming.parse(template).kind != "template"):
+        raise InputError(f"cpds: {template} is not one of this instance's templates")
     snap = parse_id(snap_id, "snap_id")
     delete_volume(ctx.sp, target)  # mkfs left nothing there; a failed earlier try might have
     tags = ctx.tags.base(qos_class(ctx.config["SP_QOSCLASS"], ctx.config["DEFAULT_QOSCLASS"]))
-    template_name = target_source.partition(":")[2].rsplit("/", 1)[0] if "/" in \
-        target_source else None
     if snap < 0:
-        create_volume(ctx.sp, target, base_on=volume, tags=tags, template=template_name)
+        create_volume(ctx.sp, target, base_on=volume, tags=tags, template=template)
     else:
         create_volume(ctx.sp, target, parent=ctx.naming.disk_snapshot(volume, snap), tags=tags,
-                      template=template_name)
+                      template=template)
     ctx.event.update(volume=volume, created=[target], snapshot_id=snap)
     return ""
 

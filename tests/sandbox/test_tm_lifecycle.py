@@ -127,3 +127,155 @@ class _read:
     def __exit__(self, *exc):
         self.handle.close()
         self.w.frontend.sp.detach(self.volume, [1])
+
+
+def deploy(w, system_ds, host, *disks, context=False) -> int:
+    return w.oned.instantiate(w.vm_template("vm", *disks, context=context), host, system_ds)
+
+
+def test_undeploy_resume_and_live_migration(cloud):
+    w, image_ds, system_ds, (node1, node2) = cloud
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"', 'TYPE="fs",SIZE="4"',
+                   context=True)
+    volumes = [f"one-img-{base}-{vm_id}-0", f"one-sys-{vm_id}-1-raw", f"one-sys-{vm_id}-2-iso"]
+    n1, n2 = client_of(w, "node1"), client_of(w, "node2")
+    payload = os.urandom(MIB)
+    with disk_link(w, "node1", system_ds, vm_id, 1).open("r+b") as dev:
+        dev.write(payload)
+
+    w.srv.vm.action("undeploy", vm_id)
+    w.oned.wait_vm(vm_id, "UNDEPLOYED")
+    assert not any(attachments(w).get(v) for v in volumes)
+    w.srv.vm.action("resume", vm_id)
+    w.srv.vm.deploy(vm_id, node2, False, system_ds)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert all(attachments(w).get(v) == {n2} for v in volumes), attachments(w)
+    with disk_link(w, "node2", system_ds, vm_id, 1).open("rb") as dev:
+        assert dev.read(MIB) == payload
+
+    calls_before = len(w.frontend.sandbox.api_calls)
+    w.srv.vm.migrate(vm_id, node1, True, False, -1, 0)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    assert all(attachments(w).get(v) == {n1} for v in volumes), attachments(w)
+    migrate_calls = [c for c in w.frontend.sandbox.api_calls[calls_before:]
+                     if c == "VolumesReassignWait"]
+    assert len(migrate_calls) == 2  # pre: attach all to node1; post: detach all from node2
+    events = [e for e in w.frontend.events() if e.type in ("tm.premigrate", "tm.postmigrate")]
+    assert [sorted(e.payload["volumes"]) for e in events] == [sorted(volumes)] * 2
+
+
+def test_failed_live_migration_is_rolled_back(make_world, tmp_path):
+    w = make_world(remotes=storpool_remotes(tmp_path / "r"), vmm_local="recorded")
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\n")
+    image_ds = w.oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool",
+                                       DISK_TYPE="BLOCK")
+    system_ds = w.oned.create_datastore("spsys", "SYSTEM_DS", TM_MAD="storpool")
+    node1, node2 = (w.oned.create_host(name) for name in ("node1", "node2"))
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"', 'TYPE="fs",SIZE="4"')
+    w.oned.driver_env["FAKE_VMM_FAIL"] = "migrate-rec"
+    w.srv.vm.migrate(vm_id, node2, True, False, -1, 0)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    n1 = client_of(w, "node1")
+    for volume in (f"one-img-{base}-{vm_id}-0", f"one-sys-{vm_id}-1-raw"):
+        assert attachments(w).get(volume) == {n1}, attachments(w)
+    assert [e.type for e in w.frontend.events() if "migrate" in e.type] == [
+        "tm.premigrate", "tm.failmigrate"]
+
+
+def test_disk_snapshots_resize_and_save_as(cloud):
+    w, image_ds, system_ds, (node1, _node2) = cloud
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"')
+    volume = f"one-img-{base}-{vm_id}-0"
+    link = disk_link(w, "node1", system_ds, vm_id, 0)
+    first, second = os.urandom(MIB), os.urandom(MIB)
+    with link.open("r+b") as dev:
+        dev.write(first)
+    snap = w.srv.vm.disksnapshotcreate(vm_id, 0, "first")
+    w.oned.wait_idle()
+    with link.open("r+b") as dev:
+        dev.write(second)
+    w.srv.vm.diskresize(vm_id, 0, "8")
+    w.oned.wait_idle()
+    assert w.frontend.sp.volume(volume)["size"] == 8 * MIB
+    w.srv.vm.action("poweroff", vm_id)
+    w.oned.wait_vm(vm_id, "POWEROFF")
+    later = w.srv.vm.disksnapshotcreate(vm_id, 0, "second")
+    w.oned.wait_idle()
+    w.srv.vm.disksnapshotrevert(vm_id, 0, snap)
+    w.oned.wait_idle()
+    assert attachments(w).get(volume) == {client_of(w, "node1")}
+    with link.open("rb") as dev:
+        assert dev.read(MIB) == first  # the snapshot's data, under the same name
+    assert w.frontend.sp.volume(volume)["size"] == 8 * MIB  # not shrunk by the revert
+    w.srv.vm.disksnapshotdelete(vm_id, 0, later)
+    w.oned.wait_idle()
+    left = {s["name"] for s in w.frontend.sp.snapshots_list() if not s.get("deleted")}
+    assert f"{volume}-snap{later}" not in left and f"{volume}-snap{snap}" in left
+    copy = w.srv.vm.disksaveas(vm_id, 0, "copy", "", -1)
+    assert w.oned.wait_image(copy, {"READY", "ERROR"}) == "READY"
+    w.oned.wait_idle()
+    with _read(w, f"one-img-{copy}") as read:
+        assert read(MIB) == first
+
+
+def test_disk_snapshot_limit(cloud):
+    w, image_ds, system_ds, (node1, _node2) = cloud
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\nDISKSNAPSHOT_LIMIT=1\n")
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"')
+    w.srv.vm.disksnapshotcreate(vm_id, 0, "a")
+    w.oned.wait_idle()
+    w.srv.vm.disksnapshotcreate(vm_id, 0, "b")
+    w.oned.wait_idle()
+    vm = w.srv.vm.info(vm_id)
+    assert vm.USER_TEMPLATE["ERROR"].endswith(
+        "disk 0 has reached its snapshot limit (DISKSNAPSHOT_LIMIT=1)")
+    assert len(vm.SNAPSHOTS[0].SNAPSHOT) == 1
+
+
+def test_deleting_volatile_disk_1_leaves_disks_10_to_19(cloud):
+    """Reference §10: the Bash add-on deleted every volume starting one-sys-<VM>-1."""
+    w, _image_ds, system_ds, (node1, _node2) = cloud
+    disks = ['TYPE="fs",SIZE="1"'] * 12
+    vm_id = deploy(w, system_ds, node1, *disks)
+    w.srv.vm.detach(vm_id, 1)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    names = {v["name"] for v in w.frontend.sp.volumes_list()}
+    assert f"one-sys-{vm_id}-1-raw" not in names
+    assert {f"one-sys-{vm_id}-{d}-raw" for d in (10, 11)} <= names
+
+
+def test_other_instances_volumes_are_never_touched(cloud):
+    """Reference §10: snapshot clean-up by substring across ONE_PX prefixes."""
+    w, image_ds, system_ds, (node1, _node2) = cloud
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"')
+    volume = f"one-img-{base}-{vm_id}-0"
+    w.frontend.sp.volume_create(f"x{volume}", size=MIB)  # another instance's, same suffix
+    w.frontend.sp.volume_snapshot(f"x{volume}", f"x{volume}-snap0")
+    w.srv.vm.action("terminate", vm_id)
+    w.oned.wait_vm(vm_id, "DONE")
+    assert w.frontend.sp.snapshot(f"x{volume}-snap0")
+    assert w.frontend.sp.volume_exists(f"x{volume}")
+
+
+def test_mv_in_another_state_is_one_clear_error(cloud):
+    w, _image_ds, system_ds, (node1, _node2) = cloud
+    vm_id = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="1"')
+    import subprocess
+    import sys
+
+    script = w.oned.remotes / "tm" / "storpool" / "mv"
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm_id}"
+    done = subprocess.run([sys.executable, str(script), f"node1:{vm_dir}/disk.0",
+                           f"node2:{vm_dir}/disk.0", str(vm_id), str(system_ds)],
+                          capture_output=True, text=True, env=w.oned.drivers.env,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert f"VM {vm_id} is in LCM state RUNNING" in done.stderr
