@@ -38,18 +38,31 @@ Driver conventions by ``one_version`` (reference opennebula-interfaces.md ยง2, ย
   lines from 7.0 (``oned_drivers.error_info``).
 * VM disk usage printed by the system TM monitor (5.10) or pushed to onemonitord over UDP
   (5.12+: ``MONITOR_ADDRESS``/``MONITOR_PORT`` of the sandbox's listener).
-* Hook bus: every call published in 5.10, read-only calls silent from 5.12; SERVICE_ID
-  from 5.12; image state events from 6.0. Deploy ids: ``one-<id>`` before 6.0, UUIDs after.
+* Hook bus: every call published in 5.10.0 (only the hook calls were silent), read-only
+  calls silent from 5.10.1/5.12; SERVICE_ID and the SERVICE key from 5.12; image state
+  events from 6.0. Deploy ids: ``one-<id>`` before 6.0, UUIDs after.
+* Bodies in the form of the release (``oned_xml``; checked against each release's XSDs by
+  tests/sandbox/test_oned_conformance.py); methods as the release registers them
+  (``oned_methods``); the scheduler deploys through XML-RPC up to 6.10, inside oned from
+  7.0 (``oned_sched``).
 
 VMM actions: a script runs only for the actions VM_MAD declares local (``vmm_local``, the
 ``-l`` syntax); the others are the hypervisor's, which the sandbox plays (deployment file
 and checkpoint in the host directory, libvirt-like answers).
 
-Not emulated: backups and restore (``one.vm.backup``/``restore`` answer with an error),
-``one.vm.recover`` retry, NICs and networks, users/groups/ACLs (one session, oneadmin),
-quotas, the hook REP socket (hooks run inside the sandbox: ``oned_hooks``),
-CLONING VMs (a LOCKED image is refused), oned's periodic VM monitoring, the
-6.4.7/6.6.3 ``one_datastore -i`` convention (``<action> - <id>``).
+Parts: the XML-RPC front (``oned_rpc``), the hook bus (``oned_hookbus``), hooks with their
+log and execution (``oned_hooks``, ``oned_hem``), VM templates (``oned_templates``), the
+scheduler (``oned_sched``), cluster 0 (``oned_cluster``), users and groups
+(``oned_users``), the driver runner (``oned_drivers``); datastores, images and VMs are
+still the mixin chain ``oned_storage`` < ``oned_vm`` < ``oned_vmops``.
+
+Not emulated: backups and restore (``one.vm.backup``/``restore`` answer "not emulated"),
+nor any other registered method without a handler; ``one.vm.recover`` retry, NICs and
+networks, ACLs and quotas (users and groups are read-only), the hook REP socket (hooks run
+inside the sandbox), CLONING VMs (a LOCKED image is refused), resched migrations, oned's
+periodic VM monitoring, the 6.4.7/6.6.3 ``one_datastore -i`` convention
+(``<action> - <id>``); the capacity check waits for a datastore's first monitoring (oned
+would refuse with FREE_MB 0); text template syntax errors are not bison's exact words.
 """
 
 from __future__ import annotations
