@@ -39,8 +39,8 @@ Driver conventions by ``one_version`` (reference opennebula-interfaces.md ยง2, ย
 * VM disk usage printed by the system TM monitor (5.10) or pushed to onemonitord over UDP
   (5.12+: ``MONITOR_ADDRESS``/``MONITOR_PORT`` of the sandbox's listener).
 * Hook bus: every call published in 5.10.0 (only the hook calls were silent), read-only
-  calls silent from 5.10.1/5.12; SERVICE_ID and the SERVICE key from 5.12; image state
-  events from 6.0. Deploy ids: ``one-<id>`` before 6.0, UUIDs after.
+  calls silent from 5.10.2 (src/hm/HookAPI.cc); SERVICE_ID and the SERVICE key from 5.12;
+  image state events from 6.0. Deploy ids: ``one-<id>`` before 6.0, UUIDs after.
 * Bodies in the form of the release (``oned_xml``; checked against each release's XSDs by
   tests/sandbox/test_oned_conformance.py); methods as the release registers them
   (``oned_methods``); the scheduler deploys through XML-RPC up to 6.10, inside oned from
