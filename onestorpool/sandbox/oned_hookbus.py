@@ -41,7 +41,8 @@ SILENT_CALLS = frozenset("""
     one.vmgrouppool.info one.vdc.info one.vdcpool.info one.vrouter.info one.vrouterpool.info
     one.market.info one.marketpool.info one.marketapp.info one.marketapppool.info
     one.hook.info one.hookpool.info one.hooklog.info""".split())
-# 5.10 had only the hook calls in the list: every other call, info included, was published.
+# 5.10.0 and 5.10.1 had only the hook calls in the list (release-5.10.0 src/hm/HookAPI.cc:24):
+# every other call, info included, was published; the sandbox's "5.10" is 5.10.0.
 SILENT_CALLS_5_10 = frozenset({"one.hook.info", "one.hookpool.info"})
 
 

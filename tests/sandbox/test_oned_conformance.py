@@ -536,3 +536,19 @@ def test_delete_publishes_the_body_even_when_it_fails(world):
     extra = X.parse_recovering(base64.b64decode(payload).decode()).find(".//EXTRA/IMAGE")
     assert extra is not None and extra.findtext("ID") == str(image_id)
     assert extra.findtext("TEMPLATE/FORCE_DELETE") == "YES"
+
+
+def test_which_calls_publish_api_events():
+    """HookAPI::unsupported_calls: only one.hook.info and one.hookpool.info at
+    release-5.10.0 (src/hm/HookAPI.cc:24), every info call from release-5.10.2 on (the
+    sandbox's 5.10 is 5.10.0); calls that are not info (one.system.version,
+    one.zone.raftstatus) publish in every release."""
+    from onestorpool.sandbox.oned_hookbus import publishes_api_event
+
+    assert publishes_api_event("one.vm.info", Version("5.10"))
+    assert not publishes_api_event("one.hook.info", Version("5.10"))
+    for version in VERSIONS[1:]:
+        assert not publishes_api_event("one.vmpool.infoextended", Version(version))
+        assert not publishes_api_event("one.hooklog.info", Version(version))
+        assert publishes_api_event("one.system.version", Version(version))
+        assert publishes_api_event("one.zone.raftstatus", Version(version))
