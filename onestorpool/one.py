@@ -867,6 +867,13 @@ def parse_vm(payload: str | bytes) -> Vm:
     return _vm(_root(payload, "VM"))
 
 
+def parse_vm_pool(payload: str | bytes) -> tuple[Vm, ...]:
+    """``VM_POOL`` (``one.vmpool.info``): every VM in it."""
+    pool = _root(payload, "VM_POOL")
+    return tuple(_vm(_Node(element, f"VM_POOL/VM[{position}]"))
+                 for position, element in enumerate(pool.element.findall("VM"), 1))
+
+
 def parse_image(payload: str | bytes) -> Image:
     return _image(_root(payload, "IMAGE"))
 
@@ -1193,7 +1200,7 @@ def _api_event(event: HookEvent, raw: bytes) -> HookEvent:
     call, result = head[1].decode("utf-8", "replace").strip(), head[2] == b"1"
     if (call, result) != (event.method, event.success):
         raise InputError(f"{where}: key {event.key.strip()!r} but the message is about "
-                         f"{call} with RESULT {int(result)}")
+                         f"{' '.join(call.split())} with RESULT {int(result)}")
     parameters, end = _api_parameters(raw, head.end(), where)
     tail = re.compile(_API_TAIL, re.S).fullmatch(raw, end)
     if tail is None:
