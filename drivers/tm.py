@@ -646,16 +646,104 @@ def mvds(ctx: TmContext) -> str:
 
 
 def monitor(ctx: TmContext) -> str:
-    """The system datastore's capacity, from its StorPool template."""
+    """The system datastore's capacity (its StorPool template) and the disk and snapshot
+    usage of the VMs running on it, from one ``VolumesSpace`` and one ``SnapshotsSpace``
+    call: printed as ``VM=[ID=..., POLL="..."]`` lines before 5.12, sent to the monitor
+    daemon over UDP from 5.12 on (``send_to_monitor`` of scripts_common.sh)."""
     template = ctx.naming.template(ctx.datastore.id)
     for status in ctx.sp.volume_templates_status():
         if status.get("name") == template:
             stored = status.get("stored") or {}
             total, free = int(stored.get("capacity") or 0), int(stored.get("free") or 0)
-            ctx.event.update(template=template, total=total, free=free)
-            return (f"USED_MB={max(0, total - free) // MIB}\nTOTAL_MB={total // MIB}\n"
-                    f"FREE_MB={free // MIB}")
-    raise StorageError(f"StorPool template {template} does not exist (one per datastore)")
+            break
+    else:
+        raise StorageError(f"StorPool template {template} does not exist (one per datastore)")
+    lines = [f"USED_MB={max(0, total - free) // MIB}", f"TOTAL_MB={total // MIB}",
+             f"FREE_MB={free // MIB}"]
+    usage = vm_disk_usage(ctx) if ctx.is_system_ds else {}
+    ctx.event.update(template=template, total=total, free=free, vms=len(usage))
+    if usage:
+        from onestorpool.driverlog import one_release
+
+        release = one_release()
+        if release is not None and release < (5, 12):
+            lines += [f'VM=[ID={vm_id},POLL="{" ".join(text.split())}"]'
+                      for vm_id, text in usage.items()]
+        else:
+            send_to_monitor(usage)
+    return "\n".join(lines)
+
+
+def vm_disk_usage(ctx: TmContext) -> dict[int, str]:
+    """``DISK_SIZE``/``SNAPSHOT_SIZE`` lines (MiB used) of each running VM of this system
+    datastore, keyed by VM id."""
+    from onestorpool import oneapi
+    from onestorpool.one import parse_vm_pool
+
+    vms = [vm for vm in parse_vm_pool(oneapi.one_call("one.vmpool.info", -2, -1, -1, 3))
+           if vm.last_history is not None and vm.last_history.ds_id == ctx.datastore.id]
+    if not vms:
+        return {}
+    used = {v.get("name"): int(v.get("spaceUsed") or 0) for v in ctx.sp.volumes_space()}
+    snapshot_used = {s.get("name"): int(s.get("spaceUsed") or 0)
+                     for s in ctx.sp.snapshots_space()}
+    usage = {}
+    for vm in vms:
+        lines = []
+        for disk in vm.disks:
+            volume = disk_volume(ctx.naming, vm, disk.disk_id)
+            if volume in used:
+                lines.append(f"DISK_SIZE=[ID={disk.disk_id},SIZE={used[volume] // MIB}]")
+            for snapshot in disk.snapshots:
+                name = ctx.naming.disk_snapshot(volume, snapshot.id)
+                if name in snapshot_used:
+                    lines.append(f"SNAPSHOT_SIZE=[ID={snapshot.id},DISK_ID={disk.disk_id},"
+                                 f"SIZE={snapshot_used[name] // MIB}]")
+        if lines:
+            usage[vm.id] = "\n".join(lines) + "\n"
+    return usage
+
+
+def send_to_monitor(usage: dict[int, str]) -> None:
+    """``MONITOR_VM SUCCESS -1 0 <payload>`` to the monitor daemon (UDP): one
+    ``VM=[ID=<id>, MONITOR="<base64>"]`` line per VM, zlib-deflated and base64-encoded;
+    its address from ``monitord.conf`` (``MONITOR_ADDRESS``/``MONITOR_PORT`` in the
+    environment win). Messages are not encrypted: a monitord ``PUBKEY`` is not supported."""
+    import base64
+    import socket
+    import zlib
+
+    address, port = _monitord_address()
+    text = "".join(f'VM=[ID={vm_id}, MONITOR="{base64.b64encode(lines.encode()).decode()}"]\n'
+                   for vm_id, lines in usage.items())
+    payload = base64.b64encode(zlib.compress(text.encode())).decode()
+    message = f"MONITOR_VM SUCCESS -1 0 {payload}".encode()  # object -1: time stamp 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message, (address, port))
+
+
+def _monitord_address() -> tuple[str, int]:
+    import re
+
+    from onestorpool import config as config_module
+
+    address, port = os.environ.get("MONITOR_ADDRESS", ""), os.environ.get("MONITOR_PORT", "")
+    if not (address and port):
+        location = os.environ.get("ONE_LOCATION")
+        path = (f"{location}/etc/monitord.conf" if location
+                else str(config_module.root() / "etc/one/monitord.conf"))
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise StorageError(f"monitor: cannot read {path}: {exc.strerror}") from None
+        found_address = re.search(r'MONITOR_ADDRESS\s*=\s*"?([^",\s]+)', text)
+        found_port = re.search(r'\bPORT\s*=\s*(\d+)', text)
+        address = address or (found_address[1] if found_address else "127.0.0.1")
+        port = port or (found_port[1] if found_port else "4124")
+    if address == "auto" or "auto" in address:
+        address = "127.0.0.1"
+    return address, int(port)
 
 
 def noop(ctx: TmContext) -> str:

@@ -279,3 +279,25 @@ def test_mv_in_another_state_is_one_clear_error(cloud):
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 1
     assert f"VM {vm_id} is in LCM state RUNNING" in done.stderr
+
+
+@pytest.mark.parametrize("release", ["5.10", "6.10"])
+def test_system_datastore_monitor_reports_vm_disks(make_world, tmp_path, release):
+    w = make_world(remotes=storpool_remotes(tmp_path / "r"), one_version=release)
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\n")
+    system_ds = w.oned.create_datastore("spsys", "SYSTEM_DS", TM_MAD="storpool")
+    node1 = w.oned.create_host("node1")
+    vm_id = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="8"')
+    with disk_link(w, "node1", system_ds, vm_id, 0).open("r+b") as dev:
+        dev.write(os.urandom(3 * MIB))
+    w.frontend.sandbox.api_calls.clear()
+    run = w.oned.monitor_datastore(system_ds)
+    assert run.ok, run.stderr
+    assert run.stdout.splitlines()[1].startswith("TOTAL_MB=")
+    # one call for capacity, one for the volumes, none per VM
+    assert sorted(w.frontend.sandbox.api_calls) == ["SnapshotsSpace", "VolumeTemplatesStatus",
+                                                    "VolumesSpace"]
+    w.oned._wait(lambda v=w.oned.vms[vm_id]: v.monitoring or None, "monitoring", 10)
+    vm = w.srv.vm.info(vm_id)
+    assert {d.ID: d.SIZE for d in vm.MONITORING.DISK_SIZE} == {0: 3}
+    assert ("VM=[" in run.stdout) is (release == "5.10")
