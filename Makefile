@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-utils libvirt-clients sqlite3 genisoimage
+# packages: rpmbuild (rpm), dpkg-deb (dpkg-dev), their linters, systemd-analyze
+APT_PACKAGES += rpm dpkg-dev lintian rpmlint systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint system-packages venv bench clean
+.PHONY: test demo lint system-packages venv bench clean packages
 
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -36,6 +38,11 @@ test: venv lint
 
 demo: venv
 	$(PY) -m onestorpool.demo
+
+# dist/onestorpool_<version>_<arch>.deb and dist/onestorpool-<version>-1.<arch>.rpm
+# (packaging/build.py says what goes in; `make test` builds and checks them too)
+packages: venv
+	$(PY) packaging/build.py --out dist
 
 bench: venv
 	$(PY) bench/run.py

@@ -55,7 +55,8 @@ def _vector_count(text: str, name: str) -> int:
 def test_parser_reads_every_release(release):
     text = (FIXTURES / f"oned-{release}.conf").read_text()
     attributes = onedconf.parse(text)
-    for name in ("TM_MAD_CONF", "DS_MAD_CONF", "VM_MAD", "VM_RESTRICTED_ATTR", "IMAGE_RESTRICTED_ATTR"):
+    for name in ("TM_MAD_CONF", "DS_MAD_CONF", "VM_MAD", "VM_RESTRICTED_ATTR",
+                 "IMAGE_RESTRICTED_ATTR"):
         assert len(onedconf.find(attributes, name)) == _vector_count(text, name), name
     assert onedconf.find(attributes, "VM_MAD", NAME="kvm")
     assert onedconf.find(attributes, "TM_MAD_CONF", NAME="ceph")[0].get("CLONE_TARGET").text \
@@ -233,12 +234,12 @@ def test_group_disk(front_end, monkeypatch):
     calls: list[list[str]] = []
     monkeypatch.setattr(install, "user_in_group", lambda: False)
     opts = options(front_end, skip_group=False, skip_oned=True, skip_vmm_execrc=True)
-    code, output = run(install.install, opts, run=calls.append)
+    _, output = run(install.install, opts, run=calls.append)
     assert calls == [["usermod", "-a", "-G", "disk", "oneadmin"]]
     monkeypatch.setattr(install, "user_in_group", lambda: True)
-    code, output = run(install.install, opts, run=calls.append)
+    _, output = run(install.install, opts, run=calls.append)
     assert output == "nothing to change" and len(calls) == 1
-    code, output = run(install.uninstall, opts, run=calls.append)
+    run(install.uninstall, opts, run=calls.append)
     assert calls[-1] == ["gpasswd", "-d", "oneadmin", "disk"]
 
 
