@@ -18,6 +18,7 @@ from pathlib import Path
 from onestorpool.errors import AddonError, ConfigError
 
 SANDBOX_ENV = "ONESTORPOOL_SANDBOX_HOSTS"
+SSH_CONFIG_ENV = "ONESTORPOOL_SSH_CONFIG"  # an ssh_config(5) file instead of ~/.ssh/config
 FRONTEND = "localhost"  # the name oned gives the front-end in ``fe:`` paths
 
 
@@ -63,10 +64,7 @@ class Host:
             timeout: float | None = None, env: Mapping[str, str] | None = None,
             ) -> subprocess.CompletedProcess[bytes]:
         """Run ``argv`` on the host; a failure raises with the command's last stderr line."""
-        if self.ssh:
-            command = ["ssh", "-o", "BatchMode=yes", self.name, shlex.join(argv)]
-        else:
-            command = list(argv)
+        command = self._ssh(argv) if self.ssh else list(argv)
         full_env = None if env is None else {**os.environ, **env}
         try:
             result = subprocess.run(command, input=stdin, capture_output=True, check=False,
@@ -82,9 +80,15 @@ class Host:
 
     def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen[bytes]:
         """Start ``argv`` on the host with pipes the caller connects (streaming copies)."""
-        command = (["ssh", "-o", "BatchMode=yes", self.name, shlex.join(argv)] if self.ssh
-                   else list(argv))
+        command = self._ssh(argv) if self.ssh else list(argv)
         return subprocess.Popen(command, **kwargs)
+
+    def _ssh(self, argv: Sequence[str]) -> list[str]:
+        """``ssh`` as oneadmin runs it to the host: never a password prompt; the client
+        configuration of ``ONESTORPOOL_SSH_CONFIG`` when set."""
+        config = os.environ.get(SSH_CONFIG_ENV)
+        return ["ssh", "-o", "BatchMode=yes", *(["-F", config] if config else []), self.name,
+                shlex.join(argv)]
 
 
 def _last_line(stderr: bytes) -> str:
