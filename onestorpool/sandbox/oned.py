@@ -53,8 +53,9 @@ and checkpoint in the host directory, libvirt-like answers).
 Parts: the XML-RPC front (``oned_rpc``), the hook bus (``oned_hookbus``), hooks with their
 log and execution (``oned_hooks``, ``oned_hem``), VM templates (``oned_templates``), the
 scheduler (``oned_sched``), cluster 0 (``oned_cluster``), users and groups
-(``oned_users``), the driver runner (``oned_drivers``); datastores, images and VMs are
-still the mixin chain ``oned_storage`` < ``oned_vm`` < ``oned_vmops``.
+(``oned_users``), the driver runner (``oned_drivers``), datastores, hosts and images
+(``oned_storage``), the VM pool, life cycle, actions and recovery (``oned_vm``), disk and
+snapshot operations (``oned_vmops``), all around the shared core (``oned_core``).
 
 Not emulated: backups and restore (``one.vm.backup``/``restore`` answer "not emulated"),
 nor any other registered method without a handler; ``one.vm.recover`` retry, NICs and
@@ -82,7 +83,7 @@ from typing import Any
 from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox import oned_xml as X
 from onestorpool.sandbox.oned_cluster import DEFAULT_DATASTORES, ClusterPool
-from onestorpool.sandbox.oned_core import ONEADMIN_HOME
+from onestorpool.sandbox.oned_core import ONEADMIN_HOME, SandboxCore
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
 from onestorpool.sandbox.oned_hooks import HookManager
 from onestorpool.sandbox.oned_objects import (
@@ -100,10 +101,15 @@ from onestorpool.sandbox.oned_storage import (
     DS_MAD_CONF,
     DS_MONITOR_VM_DISK,
     TM_MAD_CONF,
+    Datastores,
+    Hosts,
+    ImageOps,
+    ImageRegistry,
 )
 from onestorpool.sandbox.oned_templates import TemplatePool
 from onestorpool.sandbox.oned_users import UserPool
-from onestorpool.sandbox.oned_vmops import LIVE_DISK_SNAPSHOTS, VmOperations
+from onestorpool.sandbox.oned_vm import Lifecycle, Recovery, VmActions, VmDrivers, VmPool
+from onestorpool.sandbox.oned_vmops import LIVE_DISK_SNAPSHOTS, DiskOps, SnapshotOps
 
 # Environment a driver inherits from the sandbox's own (oned runs as a service: the rest
 # of a developer's environment, ONE_XMLRPC included, must not leak into the drivers).
@@ -140,36 +146,38 @@ def parse_local_actions(text: str) -> dict[str, str]:
     return actions
 
 
-class OnedSandbox(VmOperations):
-    """See the module docstring."""
+# XML-RPC method -> the name of its handler in one of the parts
+METHODS: dict[str, str] = {
+    "one.system.version": "system_version", "one.system.config": "system_config",
+    "one.zone.raftstatus": "zone_raftstatus",
+    "one.datastore.allocate": "datastore_allocate", "one.datastore.info":
+        "datastore_info", "one.datastorepool.info": "datastorepool_info",
+    "one.datastore.update": "datastore_update",
+    "one.host.allocate": "host_allocate", "one.host.info": "host_info",
+    "one.hostpool.info": "hostpool_info",
+    "one.image.allocate": "image_allocate", "one.image.info": "image_info",
+    "one.imagepool.info": "imagepool_info", "one.image.delete": "image_delete",
+    "one.image.clone": "image_clone", "one.image.update": "image_update",
+    "one.image.snapshotdelete": "image_snapshot_delete",
+    "one.image.snapshotrevert": "image_snapshot_revert",
+    "one.image.snapshotflatten": "image_snapshot_flatten",
+    "one.vm.allocate": "vm_allocate", "one.vm.info": "vm_info",
+    "one.vmpool.info": "vmpool_info", "one.vmpool.infoextended": "vmpool_infoextended",
+    "one.vm.deploy": "vm_deploy", "one.vm.action": "vm_action",
+    "one.vm.update": "vm_update", "one.vm.migrate": "vm_migrate",
+    "one.vm.attach": "vm_attach", "one.vm.detach": "vm_detach",
+    "one.vm.disksaveas": "vm_disk_saveas",
+    "one.vm.disksnapshotcreate": "vm_disk_snapshot_create",
+    "one.vm.disksnapshotrevert": "vm_disk_snapshot_revert",
+    "one.vm.disksnapshotdelete": "vm_disk_snapshot_delete",
+    "one.vm.diskresize": "vm_disk_resize", "one.vm.snapshotcreate": "vm_snapshot_create",
+    "one.vm.snapshotrevert": "vm_snapshot_revert",
+    "one.vm.snapshotdelete": "vm_snapshot_delete", "one.vm.recover": "vm_recover",
+}
 
-    METHODS: dict[str, str] = {
-        "one.system.version": "system_version", "one.system.config": "system_config",
-        "one.zone.raftstatus": "zone_raftstatus",
-        "one.datastore.allocate": "datastore_allocate", "one.datastore.info":
-            "datastore_info", "one.datastorepool.info": "datastorepool_info",
-        "one.datastore.update": "datastore_update",
-        "one.host.allocate": "host_allocate", "one.host.info": "host_info",
-        "one.hostpool.info": "hostpool_info",
-        "one.image.allocate": "image_allocate", "one.image.info": "image_info",
-        "one.imagepool.info": "imagepool_info", "one.image.delete": "image_delete",
-        "one.image.clone": "image_clone", "one.image.update": "image_update",
-        "one.image.snapshotdelete": "image_snapshot_delete",
-        "one.image.snapshotrevert": "image_snapshot_revert",
-        "one.image.snapshotflatten": "image_snapshot_flatten",
-        "one.vm.allocate": "vm_allocate", "one.vm.info": "vm_info",
-        "one.vmpool.info": "vmpool_info", "one.vmpool.infoextended": "vmpool_infoextended",
-        "one.vm.deploy": "vm_deploy", "one.vm.action": "vm_action",
-        "one.vm.update": "vm_update", "one.vm.migrate": "vm_migrate",
-        "one.vm.attach": "vm_attach", "one.vm.detach": "vm_detach",
-        "one.vm.disksaveas": "vm_disk_saveas",
-        "one.vm.disksnapshotcreate": "vm_disk_snapshot_create",
-        "one.vm.disksnapshotrevert": "vm_disk_snapshot_revert",
-        "one.vm.disksnapshotdelete": "vm_disk_snapshot_delete",
-        "one.vm.diskresize": "vm_disk_resize", "one.vm.snapshotcreate": "vm_snapshot_create",
-        "one.vm.snapshotrevert": "vm_snapshot_revert",
-        "one.vm.snapshotdelete": "vm_snapshot_delete", "one.vm.recover": "vm_recover",
-    }
+
+class OnedSandbox(SandboxCore):
+    """See the module docstring."""
 
     def __init__(self, directory: Path, remotes: Path | None = None, *,
                  one_version: str = "6.10", storpool_admin: tuple[str, str] | None = None,
@@ -230,18 +238,30 @@ class OnedSandbox(VmOperations):
                                     self.lock, cwd="/", vmm_local=local)
         self.hook_manager = HookManager(self.hooks, self.version, self.remotes,
                                         self.host_path, env)
-        self.vm_templates = TemplatePool(self.vm_allocate)
+        # the parts, composed around this core
+        self.ds_api, self.host_api = Datastores(self), Hosts(self)
+        self.image_api, self.image_ops = ImageRegistry(self), ImageOps(self)
+        self.vm_pool, self.vm_drivers = VmPool(self), VmDrivers(self)
+        self.lifecycle, self.vm_actions = Lifecycle(self), VmActions(self)
+        self.recovery = Recovery(self)
+        self.disk_ops, self.snapshot_ops = DiskOps(self), SnapshotOps(self)
+        self.vm_templates = TemplatePool(self.vm_pool.vm_allocate)
         self.clusters = ClusterPool(self.lock, self.hosts, self.datastores)
         self.users = UserPool(self.session)
         # XML-RPC method -> callable: this class's own, then its composed parts'
         self.handlers = self.rpc.handlers
-        self.handlers.update({m: getattr(self, n) for m, n in self.METHODS.items()})
+        api_parts = (self, self.ds_api, self.host_api, self.image_api, self.image_ops,
+                     self.vm_pool, self.lifecycle, self.vm_actions, self.recovery,
+                     self.disk_ops, self.snapshot_ops)
+        for method, name in METHODS.items():
+            self.handlers[method] = next(getattr(part, name) for part in api_parts
+                                         if hasattr(part, name))
         for part in (self.hook_manager, self.vm_templates, self.clusters, self.users):
             self.handlers.update(part.methods())
         for ds_id, template in DEFAULT_DATASTORES:  # what every oned has from the start
-            self.datastores[ds_id] = self._new_datastore(ds_id, dict(template))
+            self.datastores[ds_id] = self.ds_api.new_datastore(ds_id, dict(template))
         self.sched = Scheduler(self.lock, self.vms, self.hosts, self.datastores, self.version,
-                               self.session, self.dispatch, self.vm_deploy)
+                               self.session, self.dispatch, self.lifecycle.vm_deploy)
         self._write_credentials()
         self._stopping = threading.Event()
         self._serving = False
@@ -308,7 +328,7 @@ class OnedSandbox(VmOperations):
         while not self._stopping.wait(self.monitor_interval):
             for ds_id in list(self.datastores):
                 with contextlib.suppress(Exception):
-                    self.monitor_datastore(ds_id)
+                    self.ds_api.monitor_datastore(ds_id)
 
     def _receive_monitoring(self) -> None:
         """onemonitord: ``MONITOR_VM SUCCESS <oid> <ts> <base64(zlib(payload))>``."""
@@ -327,7 +347,7 @@ class OnedSandbox(VmOperations):
             except (ValueError, zlib.error):
                 continue
             for vector in vectors if isinstance(vectors, list) else []:
-                self._store_vm_monitoring(vector)
+                self.ds_api.store_vm_monitoring(vector)
 
     # -- XML-RPC ---------------------------------------------------------------------------
 
@@ -442,6 +462,10 @@ class OnedSandbox(VmOperations):
         with self.lock:
             return [r for r in self.driver_log if (not kind or r.kind == kind)
                     and (not action or r.action == action)]
+
+    def monitor_datastore(self, ds_id: int) -> DriverRun | None:
+        """Monitor a datastore now, as oned's periodic monitoring does (``oned_storage``)."""
+        return self.ds_api.monitor_datastore(ds_id)
 
     def schedule_once(self) -> list[tuple[int, int]]:
         """One pass of the scheduler (``oned_sched``), whether its loop runs or not."""

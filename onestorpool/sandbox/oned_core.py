@@ -2,8 +2,10 @@
 state events the way oned's pools do, error messages stored the way oned stores them, the
 job pool that plays oned's asynchronous managers, and the front-end's files.
 
-The mixins in ``oned_storage``, ``oned_vm`` and ``oned_vmops`` build on this class;
-:class:`onestorpool.sandbox.oned.OnedSandbox` puts them together.
+The parts in ``oned_storage`` (datastores, hosts, images), ``oned_vm`` (the VM pool, the
+driver steps, the life cycle, actions, recovery and migration) and ``oned_vmops`` (disk and
+snapshot operations) each hold this core and reach each other through it;
+:class:`onestorpool.sandbox.oned.OnedSandbox` is the core and composes them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
@@ -25,9 +27,15 @@ from onestorpool.sandbox.oned_objects import (
     Host,
     Image,
     OneFailure,
+    Template,
     Version,
     Vm,
 )
+
+if TYPE_CHECKING:  # the parts' types only: they import this module, not the reverse
+    from onestorpool.sandbox.oned_storage import Datastores, Hosts, ImageOps, ImageRegistry
+    from onestorpool.sandbox.oned_vm import Lifecycle, Recovery, VmActions, VmDrivers, VmPool
+    from onestorpool.sandbox.oned_vmops import DiskOps, SnapshotOps
 
 # oned.conf: DATASTORE_LOCATION is "<var>/datastores" with var "/var/lib/one/", hence the
 # double slash oned puts in every system datastore path.
@@ -38,13 +46,34 @@ MAX_ERROR_MSG_LENGTH = 100  # VirtualMachine.h, 6.6+
 
 
 class SandboxCore:
-    """State and plumbing shared by the sandbox's API mixins."""
+    """State and plumbing shared by the sandbox's parts, and the parts themselves: each
+    part holds the core and reaches the others through it (``core.vm_pool``, ...)."""
 
     version: Version
     frontend: str
     hosts_root: Path
     hooks: hookbus.HookBus
     drivers: DriverRunner
+    session: str
+    tm_mad_conf: dict[str, Template]
+    ds_mad_conf: dict[str, Template]
+    storpool_admin: tuple[str, str] | None
+    storpool_conf: Path | None
+    live_disk_snapshots: frozenset[str]
+    capacity_check = True  # oned.conf DATASTORE_CAPACITY_CHECK
+    keep_snapshots = False  # VM_MAD KEEP_SNAPSHOTS
+    # the parts (set by OnedSandbox)
+    ds_api: Datastores
+    host_api: Hosts
+    image_api: ImageRegistry
+    image_ops: ImageOps
+    vm_pool: VmPool
+    vm_drivers: VmDrivers
+    lifecycle: Lifecycle
+    vm_actions: VmActions
+    recovery: Recovery
+    disk_ops: DiskOps
+    snapshot_ops: SnapshotOps
 
     def __init__(self) -> None:
         self.lock = threading.RLock()

@@ -62,54 +62,49 @@ DEFAULT_CDROM_DEVICE_PREFIX = "hd"
 DS_MONITOR_VM_DISK = 10  # oned.conf: MONITOR_VM_DISKS=1 every 10th system DS monitoring
 
 
-class StorageApi(SandboxCore):
-    """``one.datastore.*``, ``one.host.*`` and ``one.image.*``."""
+class Datastores:
+    """``one.datastore.*`` and datastore monitoring (``ImageManager::monitor_datastore``)."""
 
-    tm_mad_conf: dict[str, Template]
-    ds_mad_conf: dict[str, Template]
-    storpool_admin: tuple[str, str] | None
-    storpool_conf: Any  # Path of the add-on's storpool.conf, or None
-    capacity_check = True  # oned.conf DATASTORE_CAPACITY_CHECK
-
-    # -- datastores ---------------------------------------------------------------------------
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def datastore_allocate(self, text: str, cluster_id: int = -1) -> tuple[int, str]:
         method = "one.datastore.allocate"
         template = _parse(text, method)
-        with self.lock:
-            ds_id = self._next_id["datastore"]
+        with self.core.lock:
+            ds_id = self.core._next_id["datastore"]
             try:
-                ds = self._new_datastore(ds_id, template)
+                ds = self.new_datastore(ds_id, template)
             except ValueError as error:
                 raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new datastore. "
                                            f"{error}") from None
-            self._new_id("datastore")
-            self.datastores[ds_id] = ds
-            body = X.datastore_body(ds, self.version)
-        if self.storpool_admin is not None and "storpool" in (ds.ds_mad, ds.tm_mad):
+            self.core._new_id("datastore")
+            self.core.datastores[ds_id] = ds
+            body = X.datastore_body(ds, self.core.version)
+        if self.core.storpool_admin is not None and "storpool" in (ds.ds_mad, ds.tm_mad):
             # as an admin does when adding a StorPool datastore (and as host_allocate
             # registers the host's StorPool client): its template, one per datastore
-            create_storpool_template(self.storpool_admin, self._storpool_prefix(), ds_id)
+            create_storpool_template(self.core.storpool_admin, self._storpool_prefix(), ds_id)
         return ds_id, body
 
     def _storpool_prefix(self) -> str:
         """``ONE_PX`` of the add-on's configuration in the sandbox's root."""
-        if self.storpool_conf is None:
+        if self.core.storpool_conf is None:
             return "one"
         from onestorpool import config
 
-        root = self.storpool_conf.parent.parent
+        root = self.core.storpool_conf.parent.parent
         return config.load(rc_paths=[root / "var/lib/one/remotes/addon-storpoolrc"],
                            override_path=root / "etc/storpool/addon-storpool.conf",
                            storpool_paths=[], environ={}).prefix
 
-    def _new_datastore(self, ds_id: int, template: Template) -> Datastore:
+    def new_datastore(self, ds_id: int, template: Template) -> Datastore:
         """``Datastore::insert``: DS_MAD_CONF and TM_MAD_CONF checked and copied."""
         name = template.pop("NAME", "")
         error = check_name(name)
         if error:
             raise ValueError(error)
-        taken = next((d.id for d in self.datastores.values() if d.name == name), None)
+        taken = next((d.id for d in self.core.datastores.values() if d.name == name), None)
         if taken is not None:
             raise ValueError(f"NAME is already taken by DATASTORE {taken}.")
         kind = str(template.get("TYPE", "IMAGE_DS")).upper()
@@ -124,7 +119,7 @@ class StorageApi(SandboxCore):
         elif not ds_mad:
             raise ValueError("No DS_MAD in template.")
         else:
-            conf = self.ds_mad_conf.get(ds_mad)
+            conf = self.core.ds_mad_conf.get(ds_mad)
             if conf is None:
                 raise ValueError(f'DS_MAD named "{ds_mad}" is not defined in oned.conf')
             for required in filter(None, (a.strip().upper() for a in
@@ -151,7 +146,7 @@ class StorageApi(SandboxCore):
         """``Datastore::set_tm_mad``."""
         if not tm_mad:
             raise ValueError("No TM_MAD in template.")
-        conf = self.tm_mad_conf.get(tm_mad)
+        conf = self.core.tm_mad_conf.get(tm_mad)
         if conf is None:
             raise ValueError(f'TM_MAD named "{tm_mad}" is not defined in oned.conf')
         wrong = ValueError(f"Attribute shared, ln_target or clone_target in TM_MAD_CONF for "
@@ -186,19 +181,19 @@ class StorageApi(SandboxCore):
         template["ALLOW_ORPHANS"] = conf.get("ALLOW_ORPHANS", "NO")
 
     def datastore_info(self, ds_id: int, decrypt: bool = False) -> str:
-        with self.lock:
-            return X.datastore_body(self._datastore(ds_id), self.version)
+        with self.core.lock:
+            return X.datastore_body(self.core._datastore(ds_id), self.core.version)
 
     def datastorepool_info(self) -> str:
-        with self.lock:
+        with self.core.lock:
             return X.pool("DATASTORE_POOL",
-                          [X.datastore_body(d, self.version)
-                           for d in self.datastores.values()])
+                          [X.datastore_body(d, self.core.version)
+                           for d in self.core.datastores.values()])
 
     def datastore_update(self, ds_id: int, text: str, merge: int = 0) -> int:
         template = _parse(text, "one.datastore.update")
-        with self.lock:
-            ds = self._datastore(ds_id, "one.datastore.update")
+        with self.core.lock:
+            ds = self.core._datastore(ds_id, "one.datastore.update")
             ds.template = {**ds.template, **template} if merge else template
             return ds_id
 
@@ -207,8 +202,8 @@ class StorageApi(SandboxCore):
         datastore driver's ``monitor``; shared system datastores through the TM's, with
         DATASTORE_LOCATION and, every 10th time, MONITOR_VM_DISKS=1. Returns the run (None
         for a datastore oned does not monitor this way)."""
-        with self.lock:
-            ds = self.datastores.get(ds_id)
+        with self.core.lock:
+            ds = self.core.datastores.get(ds_id)
             if ds is None or (ds.type == 1 and not ds.shared):
                 return None
             extra = ""
@@ -219,12 +214,12 @@ class StorageApi(SandboxCore):
                     ds.monitor_counter = DS_MONITOR_VM_DISK
                 extra = (f"<DATASTORE_LOCATION>{DATASTORE_LOCATION}</DATASTORE_LOCATION>"
                          f"<MONITOR_VM_DISKS>{int(vm_disks)}</MONITOR_VM_DISKS>")
-            xml = X.ds_action_data(X.datastore_body(ds, self.version), extra)
+            xml = X.ds_action_data(X.datastore_body(ds, self.core.version), extra)
             system, ds_mad, tm_mad = ds.type == 1, ds.ds_mad, ds.tm_mad
         if system:
-            run = self.drivers.system_monitor(tm_mad, xml, ds_id)
+            run = self.core.drivers.system_monitor(tm_mad, xml, ds_id)
         else:
-            run = self.drivers.datastore(ds_mad, "monitor", xml, ds_id)
+            run = self.core.drivers.datastore(ds_mad, "monitor", xml, ds_id)
         if run.ok:
             self._store_monitor(ds_id, run.stdout)
         return run
@@ -236,20 +231,20 @@ class StorageApi(SandboxCore):
             data = X.parse_template(output)
         except ValueError:
             return
-        with self.lock:
-            ds = self.datastores.get(ds_id)
+        with self.core.lock:
+            ds = self.core.datastores.get(ds_id)
             if ds is None:
                 return
             ds.monitored = True
             for key in ("TOTAL_MB", "FREE_MB", "USED_MB"):
                 with contextlib.suppress(TypeError, ValueError):
                     setattr(ds, key.lower(), int(float(data.get(key, 0))))
-            self.changed.notify_all()
-        if self.version < (5, 12):
+            self.core.changed.notify_all()
+        if self.core.version < (5, 12):
             for vector in data.get("VM", []) if isinstance(data.get("VM"), list) else []:
-                self._store_vm_monitoring(vector)
+                self.store_vm_monitoring(vector)
 
-    def _store_vm_monitoring(self, fields: dict[str, str]) -> None:
+    def store_vm_monitoring(self, fields: dict[str, str]) -> None:
         """``[ID=<vm>, POLL="..."]`` (5.10) or ``[ID=<vm>, MONITOR="<base64>"]``."""
         if not fields.get("ID", "").isdigit():
             return
@@ -265,108 +260,118 @@ class StorageApi(SandboxCore):
             return
         disks = {int(d["ID"]): int(float(d["SIZE"])) for d in sizes
                  if isinstance(d, dict) and d.get("ID", "").isdigit() and d.get("SIZE")}
-        with self.lock:
-            vm = self.vms.get(int(fields["ID"]))
+        with self.core.lock:
+            vm = self.core.vms.get(int(fields["ID"]))
             if vm is not None:
                 vm.monitoring = {"disks": disks, "timestamp": now()}
-                self.changed.notify_all()
+                self.core.changed.notify_all()
 
-    # -- hosts ------------------------------------------------------------------------------
+
+class Hosts:
+    """``one.host.*``: allocation, first monitoring, the host's StorPool client."""
+
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def host_allocate(self, name: str, im_mad: str, vm_mad: str,
                       cluster_id: int = -1) -> tuple[int, str]:
         method = "one.host.allocate"
-        with self.lock:
+        with self.core.lock:
             error = check_name(name)
-            taken = next((h.id for h in self.hosts.values() if h.name == name), None)
+            taken = next((h.id for h in self.core.hosts.values() if h.name == name), None)
             if not error and taken is not None:
                 error = f"NAME is already taken by HOST {taken}."
             if error:
                 raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new host. {error}")
-            host_id = self._new_id("host")
+            host_id = self.core._new_id("host")
             host = Host(host_id, name, im_mad, vm_mad, {})
-            self.hosts[host_id] = host
-        directory = self.hosts_root / name
+            self.core.hosts[host_id] = host
+        directory = self.core.hosts_root / name
         directory.mkdir(parents=True, exist_ok=True)
         client_id = self._storpool_client(name, directory)
-        with self.lock:
+        with self.core.lock:
             host.template.update(SP_OURID=str(client_id))
-            body = X.host_body(host, self.version)
+            body = X.host_body(host, self.core.version)
             # HostPool::allocate publishes the new host's INIT state once, always
             # (src/host/HostPool.cc at release-5.10.0 ... release-7.0.0)
-            self.hooks.publish(*hookbus.host_state_message(host, self.version))
-        self._submit(lambda: self._first_probe(host))
+            self.core.hooks.publish(*hookbus.host_state_message(host, self.core.version))
+        self.core._submit(lambda: self._first_probe(host))
         return host_id, body
 
     def _first_probe(self, host: Host) -> None:
         """The monitor daemon's first report: INIT becomes MONITORED (with the probes'
         attributes in the template)."""
-        with self.lock:
+        with self.core.lock:
             host.template.update(HYPERVISOR="kvm", HOSTNAME=host.name, ARCH="x86_64")
             host.state = 2
-            self._update_host(host)
+            self.core._update_host(host)
 
     def _storpool_client(self, name: str, directory: Any) -> int:
         """The host's StorPool client id: the one storpool.conf's ``[name]`` section gives,
         else the next free one, registered with the StorPool sandbox (admin API) and
         added to storpool.conf, as an admin setting up a node would."""
-        known = _conf_sections(self.storpool_conf)
+        known = _conf_sections(self.core.storpool_conf)
         if name in known:
             return known[name]
-        with self.lock:
+        with self.core.lock:
             used = set(known.values()) | {int(h.template.get("SP_OURID", 0))
-                                          for h in self.hosts.values()}
+                                          for h in self.core.hosts.values()}
             client_id = next(i for i in range(11, 4096) if i not in used)
-        if self.storpool_admin is not None:
-            register_storpool_client(self.storpool_admin, client_id, str(directory))
-        if self.storpool_conf is not None and self.storpool_conf.exists():
-            with self.storpool_conf.open("a") as handle:
+        if self.core.storpool_admin is not None:
+            register_storpool_client(self.core.storpool_admin, client_id, str(directory))
+        if self.core.storpool_conf is not None and self.core.storpool_conf.exists():
+            with self.core.storpool_conf.open("a") as handle:
                 handle.write(f"[{name}]\nSP_OURID={client_id}\n")
         return client_id
 
     def host_info(self, host_id: int, decrypt: bool = False) -> str:
-        with self.lock:
-            return X.host_body(self._host(host_id), self.version)
+        with self.core.lock:
+            return X.host_body(self.core._host(host_id), self.core.version)
 
     def hostpool_info(self) -> str:
-        with self.lock:
-            return X.pool("HOST_POOL", [X.host_body(h, self.version)
-                                        for h in self.hosts.values()])
+        with self.core.lock:
+            return X.pool("HOST_POOL", [X.host_body(h, self.core.version)
+                                        for h in self.core.hosts.values()])
 
-    # -- images: allocate, stat, cp/mkfs ----------------------------------------------------------
+
+class ImageRegistry:
+    """``one.image.allocate`` (stat inside the call, then cp/mkfs), info, update."""
+
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def image_allocate(self, text: str, ds_id: int, skip_capacity: bool = False
                        ) -> tuple[int, str]:
         method = "one.image.allocate"
         template = _parse(text, method)
-        with self.lock:
-            ds = self._datastore(ds_id, method)
+        with self.core.lock:
+            ds = self.core._datastore(ds_id, method)
             if ds.type in (1, 3):
                 raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new image. New "
                                            "images can only be allocated in a files or "
                                            "image datastore.")
-            ds_body = X.datastore_body(ds, self.version)
+            ds_body = X.datastore_body(ds, self.core.version)
             ds_mad = ds.ds_mad
         size = self._image_size(template, ds_mad, ds_body, method)
-        with self.lock:
-            ds = self._datastore(ds_id, method)
+        with self.core.lock:
+            ds = self.core._datastore(ds_id, method)
             # ImageAllocate::request_execute (release-6.10.5 RequestManagerAllocate.cc:514,
             # 626): the capacity check after stat, skipped on request (admins). oned has
             # monitored a datastore within MONITORING_INTERVAL_DATASTORE of its creation;
             # until the sandbox's first successful monitoring the capacity is unknown and
             # not checked (oned would see FREE_MB 0 and refuse).
-            check, avail = ds.avail_mb(self.capacity_check)
+            check, avail = ds.avail_mb(self.core.capacity_check)
             if ds.monitored and check and not skip_capacity and size > avail:
                 raise OneFailure(ACTION, f"[{method}] Not enough space in datastore", -1)
-            image = self._new_image(template, ds, size, method)
-            self.images[image.id] = image
+            image = self.new_image(template, ds, size, method)
+            self.core.images[image.id] = image
             ds.images.append(image.id)
             if image.source:  # registered with an existing SOURCE: ready at once
                 image.state = ImageState.READY
-                self._update_image(image)
+                self.core._update_image(image)
             elif image.path or image.type in (0, 2):
-                self._submit(lambda: self._register(image))
-            return image.id, X.image_body(image, self.version)
+                self.core._submit(lambda: self.register(image))
+            return image.id, X.image_body(image, self.core.version)
 
     def _image_size(self, template: Template, ds_mad: str, ds_body: str, method: str) -> int:
         """``ImageManager::stat_image``: SIZE from the template, or the driver's ``stat``
@@ -383,7 +388,7 @@ class StorageApi(SandboxCore):
                                            "number or missing SIZE attribute.")
             return int(value)
         stat_xml = X.ds_action_data(f"<IMAGE><PATH>{escape(path)}</PATH></IMAGE>", ds_body)
-        run = self.drivers.datastore(ds_mad, "stat", stat_xml, self._new_request_id())
+        run = self.core.drivers.datastore(ds_mad, "stat", stat_xml, self._new_request_id())
         if not run.ok:
             raise OneFailure(INTERNAL, f"[{method}] Cannot parse image SIZE: {run.payload}")
         words = run.payload.split()
@@ -396,12 +401,12 @@ class StorageApi(SandboxCore):
 
     def _new_request_id(self) -> int:
         """oned's SyncRequest id for STAT: a counter of its own."""
-        with self.lock:
-            self._next_id.setdefault("request", 0)
-            self._next_id["request"] += 1
-            return self._next_id["request"]
+        with self.core.lock:
+            self.core._next_id.setdefault("request", 0)
+            self.core._next_id["request"] += 1
+            return self.core._next_id["request"]
 
-    def _new_image(self, template: Template, ds: Datastore, size: int, method: str) -> Image:
+    def new_image(self, template: Template, ds: Datastore, size: int, method: str) -> Image:
         """``ImagePool::allocate`` + ``Image::insert``."""
 
         def fail(message: str) -> OneFailure:
@@ -409,7 +414,7 @@ class StorageApi(SandboxCore):
 
         name = str(template.pop("NAME", ""))
         error = check_name(name)
-        taken = next((i.id for i in self.images.values() if i.name == name), None)
+        taken = next((i.id for i in self.core.images.values() if i.name == name), None)
         if not error and taken is not None:
             error = f"NAME is already taken by IMAGE {taken}."
         if error:
@@ -425,7 +430,7 @@ class StorageApi(SandboxCore):
             raise fail("IMAGES of type KERNEL, RAMDISK and CONTEXT cannot be registered in "
                        "an IMAGE_DS datastore")
         persistent = str(template.pop("PERSISTENT", "NO")).upper() == "YES"
-        conf = self.ds_mad_conf.get(ds.ds_mad, {})
+        conf = self.core.ds_mad_conf.get(ds.ds_mad, {})
         if str(conf.get("PERSISTENT_ONLY", "NO")).upper() == "YES" and not persistent:
             raise fail("This Datastore only accepts persistent images.")
         if image_type in (0, 1, 2) and not template.get("DEV_PREFIX"):
@@ -453,29 +458,29 @@ class StorageApi(SandboxCore):
             fmt = fmt or "raw"
         else:
             raise fail("No PATH nor SOURCE in template.")
-        return Image(self._new_id("image"), name, image_type, ds.disk_type, persistent,
+        return Image(self.core._new_id("image"), name, image_type, ds.disk_type, persistent,
                      ds.id, ds.name, template, path=path, source=source, format=fmt, fs=fs,
                      size=size)
 
-    def _register(self, image: Image) -> None:
+    def register(self, image: Image) -> None:
         """``ImageManager::register_image``: ``cp`` of PATH, or ``mkfs`` of a new disk."""
         action = "cp" if image.path else "mkfs"
-        with self.lock:
-            ds = self.datastores[image.ds_id]
-            xml = X.ds_action_data(X.image_body(image, self.version),
-                                   X.datastore_body(ds, self.version))
+        with self.core.lock:
+            ds = self.core.datastores[image.ds_id]
+            xml = X.ds_action_data(X.image_body(image, self.core.version),
+                                   X.datastore_body(ds, self.core.version))
             ds_mad = ds.ds_mad
-        run = self.drivers.datastore(ds_mad, action, xml, image.id)
-        with self.lock:
-            if self.images.get(image.id) is not image:
+        run = self.core.drivers.datastore(ds_mad, action, xml, image.id)
+        with self.core.lock:
+            if self.core.images.get(image.id) is not image:
                 return  # deleted meanwhile: oned logs that the source may be left behind
             if action == "cp":
                 self._cp_done(image, run.ok, run.payload)
             elif image.saving is None:
                 self._mkfs_done(image, run.ok, run.payload)
             else:
-                self._saveas_mkfs_done(image, run.ok, run.payload)
-        self._submit(lambda: self.monitor_datastore(image.ds_id))
+                self.core.snapshot_ops.saveas_mkfs_done(image, run.ok, run.payload)
+        self.core._submit(lambda: self.core.ds_api.monitor_datastore(image.ds_id))
 
     def _cp_done(self, image: Image, ok: bool, payload: str) -> None:
         """``ImageManager::_cp``: SOURCE and FORMAT (6.0+ requires FORMAT)."""
@@ -484,60 +489,61 @@ class StorageApi(SandboxCore):
             image.source = words[0]
             if len(words) > 1:
                 image.format = words[1]
-            elif self.version >= (6, 0):
-                self._image_error(image, "CP operation succeeded but image FORMAT was not "
+            elif self.core.version >= (6, 0):
+                self.core._image_error(image, "CP operation succeeded but image FORMAT was not "
                                          "returned.")
-                self._set_image_state(image, ImageState.ERROR)
+                self.core._set_image_state(image, ImageState.ERROR)
                 return
-            self._set_image_state(image, ImageState.READY)
+            self.core._set_image_state(image, ImageState.READY)
             return
-        self._image_error(image, self._with_info("Error copying image in the datastore",
+        self.core._image_error(image, self.core._with_info("Error copying image in the datastore",
                                                  payload))
-        self._set_image_state(image, ImageState.ERROR)
+        self.core._set_image_state(image, ImageState.ERROR)
 
     def _mkfs_done(self, image: Image, ok: bool, payload: str) -> None:
         """``ImageManager::_mkfs``: the whole reply is the SOURCE (5.x: its first word)."""
         if image.state == ImageState.DELETE:
             return
         if not ok:
-            self._image_error(image, self._with_info("Error creating datablock", payload))
-            self._set_image_state(image, ImageState.ERROR)
+            self.core._image_error(image, self.core._with_info("Error creating datablock", payload))
+            self.core._set_image_state(image, ImageState.ERROR)
             return
-        image.source = payload if self.version >= (6, 0) else (payload.split() or [""])[0]
-        self._set_image_state(image, ImageState.READY)
-
-    def _saveas_mkfs_done(self, image: Image, ok: bool, payload: str) -> None:
-        """Provided by the VM operations (disk save-as)."""
-        raise NotImplementedError
-
-    # -- images: the other calls --------------------------------------------------------------
+        image.source = payload if self.core.version >= (6, 0) else (payload.split() or [""])[0]
+        self.core._set_image_state(image, ImageState.READY)
 
     def image_info(self, image_id: int, decrypt: bool = False) -> str:
-        with self.lock:
-            return X.image_body(self._image(image_id), self.version)
+        with self.core.lock:
+            return X.image_body(self.core._image(image_id), self.core.version)
 
     def imagepool_info(self, *filters: Any) -> str:
-        with self.lock:
-            return X.pool("IMAGE_POOL", [X.image_body(i, self.version)
-                                         for i in self.images.values()])
+        with self.core.lock:
+            return X.pool("IMAGE_POOL", [X.image_body(i, self.core.version)
+                                         for i in self.core.images.values()])
 
     def image_update(self, image_id: int, text: str, merge: int = 0) -> int:
         template = _parse(text, "one.image.update")
-        with self.lock:
-            image = self._image(image_id, "one.image.update")
+        with self.core.lock:
+            image = self.core._image(image_id, "one.image.update")
             image.template = {**image.template, **template} if merge else template
             return image_id
+
+
+class ImageOps:
+    """``one.image.delete``, ``clone`` and the image snapshot calls."""
+
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def image_delete(self, image_id: int, force: bool = False) -> tuple[int, str]:
         """``ImageDelete`` + ``ImageManager::delete_image``."""
         method = "one.image.delete"
-        with self.lock:
-            image = self._image(image_id, method)
+        with self.core.lock:
+            image = self.core._image(image_id, method)
             if force:
                 image.template["FORCE_DELETE"] = "YES"
             # EXTRA of the API event, failed or not: the body before deleting
             # (release-6.10.5 src/rm/RequestManagerDelete.cc:421,428)
-            body = X.image_body(image, self.version)
+            body = X.image_body(image, self.core.version)
             state = ImageState(image.state)
             error = ""
             if state in (ImageState.READY, ImageState.USED, ImageState.USED_PERS,
@@ -548,55 +554,55 @@ class StorageApi(SandboxCore):
             if error:
                 raise OneFailure(ACTION, f"[{method}] Cannot delete image. {error}", image_id,
                                  extra=body)
-            ds = self.datastores[image.ds_id]
+            ds = self.core.datastores[image.ds_id]
             if not image.source:  # nothing in the datastore: dropped at once
                 self._drop_image(image)
                 return image_id, body
-            xml = X.ds_action_data(X.image_body(image, self.version),
-                                   X.datastore_body(ds, self.version))
-            self._set_image_state(image, ImageState.DELETE)
+            xml = X.ds_action_data(X.image_body(image, self.core.version),
+                                   X.datastore_body(ds, self.core.version))
+            self.core._set_image_state(image, ImageState.DELETE)
             if image.cloning_id >= 0:
                 self._release_cloning(image.cloning_id)
                 image.cloning_id = -1
 
         def remove() -> None:
-            run = self.drivers.datastore(ds.ds_mad, "rm", xml, image_id)
-            with self.lock:
+            run = self.core.drivers.datastore(ds.ds_mad, "rm", xml, image_id)
+            with self.core.lock:
                 if run.ok or str(image.template.get("FORCE_DELETE", "")).upper() == "YES":
                     self._drop_image(image)
                 else:
                     # oned's message names the source variable before it is set: empty
-                    self._image_error(image, "Error removing image from datastore. Retry the "
+                    self.core._image_error(image, "Error removing image from datastore. Retry the "
                                              "operation or manually remove image source  and "
                                              "run the delete --force operation to completely "
                                              "delete the image")
-                    self._set_image_state(image, ImageState.ERROR)
-            self.monitor_datastore(ds.id)
+                    self.core._set_image_state(image, ImageState.ERROR)
+            self.core.ds_api.monitor_datastore(ds.id)
 
-        self._submit(remove)
+        self.core._submit(remove)
         return image_id, body
 
     def _drop_image(self, image: Image) -> None:
-        with self.lock:
-            self.images.pop(image.id, None)
-            ds = self.datastores.get(image.ds_id)
+        with self.core.lock:
+            self.core.images.pop(image.id, None)
+            ds = self.core.datastores.get(image.ds_id)
             if ds is not None and image.id in ds.images:
                 ds.images.remove(image.id)
-            self.changed.notify_all()
+            self.core.changed.notify_all()
 
     def image_clone(self, image_id: int, name: str, ds_id: int = -1) -> tuple[int, str]:
         """``ImageClone``: the new image's PATH is the SOURCE of the cloned one."""
         method = "one.image.clone"
-        with self.lock:
-            source = self._image(image_id, method)
+        with self.core.lock:
+            source = self.core._image(image_id, method)
             if source.type not in (0, 1, 2):
                 raise OneFailure(ACTION, f"[{method}] KERNEL, RAMDISK, BACKUP and CONTEXT "
                                          "cannot be cloned.", image_id)
             if source.snapshots:
                 raise OneFailure(ACTION, f"[{method}] Cannot clone images with snapshots",
                                  image_id)
-            target = self._datastore(source.ds_id if ds_id < 0 else ds_id, method)
-            origin = self.datastores[source.ds_id]
+            target = self.core._datastore(source.ds_id if ds_id < 0 else ds_id, method)
+            origin = self.core.datastores[source.ds_id]
             if target.type != 0:
                 raise OneFailure(ACTION, f"[{method}] Clone only supported for IMAGE_DS "
                                          "Datastores", image_id)
@@ -609,56 +615,56 @@ class StorageApi(SandboxCore):
                                          f"{ImageState(source.state).name}", image_id)
             template = {k: v for k, v in source.template.items() if k != "ERROR"}
             template.update(NAME=name, TYPE=IMAGE_TYPES[source.type], PATH=source.source)
-            clone = self._new_image(template, target, source.size, method)
+            clone = self.core.image_api.new_image(template, target, source.size, method)
             clone.format, clone.cloning_id = source.format, source.id
-            self.images[clone.id] = clone
+            self.core.images[clone.id] = clone
             target.images.append(clone.id)
             source.cloning_ops += 1
             source.clones.append(clone.id)
             if source.state == ImageState.READY:
-                self._set_image_state(source, ImageState.CLONE)
-            xml = X.ds_action_data(X.image_body(clone, self.version),
-                                   X.datastore_body(target, self.version))
+                self.core._set_image_state(source, ImageState.CLONE)
+            xml = X.ds_action_data(X.image_body(clone, self.core.version),
+                                   X.datastore_body(target, self.core.version))
             clone_id, ds_mad = clone.id, target.ds_mad
 
         def run() -> None:
-            result = self.drivers.datastore(ds_mad, "clone", xml, clone_id)
-            with self.lock:
-                if self.images.get(clone_id) is clone:
+            result = self.core.drivers.datastore(ds_mad, "clone", xml, clone_id)
+            with self.core.lock:
+                if self.core.images.get(clone_id) is clone:
                     words = result.payload.split()
                     if result.ok and words:
                         clone.source = words[0]
                         if len(words) > 1:
                             clone.format = words[1]
                         clone.cloning_id = -1
-                        self._set_image_state(clone, ImageState.READY)
+                        self.core._set_image_state(clone, ImageState.READY)
                     else:
-                        self._image_error(clone, self._with_info(
+                        self.core._image_error(clone, self.core._with_info(
                             f"Error cloning from Image {image_id}", result.payload))
                         clone.cloning_id = -1
-                        self._set_image_state(clone, ImageState.ERROR)
+                        self.core._set_image_state(clone, ImageState.ERROR)
                 self._release_cloning(image_id, clone_id)
-            self.monitor_datastore(target.id)
+            self.core.ds_api.monitor_datastore(target.id)
 
-        self._submit(run)
-        return clone_id, X.image_body(clone, self.version)
+        self.core._submit(run)
+        return clone_id, X.image_body(clone, self.core.version)
 
     def _release_cloning(self, image_id: int, clone_id: int = -1) -> None:
         """``release_cloning_image``: the source is READY again after its last clone."""
-        source = self.images.get(image_id)
+        source = self.core.images.get(image_id)
         if source is None:
             return
         source.cloning_ops = max(0, source.cloning_ops - 1)
         if clone_id in source.clones:
             source.clones.remove(clone_id)
         if source.cloning_ops == 0 and source.state == ImageState.CLONE:
-            self._set_image_state(source, ImageState.READY)
+            self.core._set_image_state(source, ImageState.READY)
 
     def _image_snapshot_op(self, method: str, action: str, image_id: int, snap_id: int) -> int:
         """``ImageManager::{delete,revert,flatten}_snapshot``: the driver gets the body with
         TARGET_SNAPSHOT (state still READY), then the image is LOCKED until it answers."""
-        with self.lock:
-            image = self._image(image_id, method)
+        with self.core.lock:
+            image = self.core._image(image_id, method)
             verb = {"snap_delete": "delete", "snap_revert": "revert",
                     "snap_flatten": "flatten"}[action]
             error = ""
@@ -678,15 +684,15 @@ class StorageApi(SandboxCore):
             if error:
                 raise OneFailure(ACTION, f"[{method}] {error}", image_id)
             image.target_snapshot = snap_id
-            ds = self.datastores[image.ds_id]
-            xml = X.ds_action_data(X.image_body(image, self.version),
-                                   X.datastore_body(ds, self.version))
-            self._set_image_state(image, ImageState.LOCKED)
+            ds = self.core.datastores[image.ds_id]
+            xml = X.ds_action_data(X.image_body(image, self.core.version),
+                                   X.datastore_body(ds, self.core.version))
+            self.core._set_image_state(image, ImageState.LOCKED)
 
         def run() -> None:
-            result = self.drivers.datastore(ds.ds_mad, action, xml, image_id)
-            with self.lock:
-                if self.images.get(image_id) is not image:
+            result = self.core.drivers.datastore(ds.ds_mad, action, xml, image_id)
+            with self.core.lock:
+                if self.core.images.get(image_id) is not image:
                     return
                 if result.ok:
                     _apply_image_snapshot_op(image, action, snap_id)
@@ -695,11 +701,11 @@ class StorageApi(SandboxCore):
                                               f"{image_id}",
                                "snap_revert": "Error reverting image snapshot",
                                "snap_flatten": "Error flattening image snapshot"}[action]
-                    self._image_error(image, self._with_info(message, result.payload))
+                    self.core._image_error(image, self.core._with_info(message, result.payload))
                 image.target_snapshot = -1
-                self._set_image_state(image, ImageState.READY)
+                self.core._set_image_state(image, ImageState.READY)
 
-        self._submit(run)
+        self.core._submit(run)
         return image_id
 
     def image_snapshot_delete(self, image_id: int, snap_id: int) -> int:

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from onestorpool.sandbox import oned_transfer as T
 from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.oned_core import SandboxCore
 from onestorpool.sandbox.oned_hookbus import vm_state_message
 from onestorpool.sandbox.oned_objects import (
     ACTION,
@@ -46,7 +47,6 @@ from onestorpool.sandbox.oned_objects import (
 from onestorpool.sandbox.oned_storage import (
     DEFAULT_CDROM_DEVICE_PREFIX,
     DEFAULT_DEVICE_PREFIX,
-    StorageApi,
     _parse,
 )
 
@@ -81,36 +81,36 @@ FAILURE_STATES = frozenset(LCM[n] for n in """
     PROLOG_RESUME_FAILURE PROLOG_UNDEPLOY_FAILURE PROLOG_MIGRATE_UNKNOWN_FAILURE""".split())
 
 
-class VmApi(StorageApi):
-    """``one.vm.*`` and ``one.vmpool.*`` up to the lifecycle actions."""
+class VmPool:
+    """``one.vm.allocate``, the images a VM takes and releases, ``one.vm.info``,
+    ``one.vmpool.*``, ``one.vm.update``."""
 
-    scheduler: bool
-
-    # -- allocate ---------------------------------------------------------------------------
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def vm_allocate(self, text: str, hold: bool = False) -> tuple[int, str]:
         method = "one.vm.allocate"
         user = _parse(text, method)
-        with self.lock:
-            vm_id = self._next_id["vm"]
+        with self.core.lock:
+            vm_id = self.core._next_id["vm"]
             try:
                 vm = self._new_vm(vm_id, user, bool(hold))
             except ValueError as error:
                 raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new virtual "
                                            f"machine. {error}") from None
-            error = self._check_images(vm.disks)
+            error = self.check_images(vm.disks)
             if error:
                 raise OneFailure(ALLOCATE, f"[{method}] Error allocating a new virtual "
                                            f"machine. {error}")
-            self._new_id("vm")
-            self.vms[vm_id] = vm
-            self._take_images(vm, vm.disks)
+            self.core._new_id("vm")
+            self.core.vms[vm_id] = vm
+            self.take_images(vm, vm.disks)
             # VirtualMachinePool::allocate sets prev_state = state, then publishes the new
             # VM's state once, always (src/vm/VirtualMachinePool.cc, release-5.10.0 ...)
             vm.prev_state, vm.prev_lcm_state = vm.state, vm.lcm_state
-            self.hooks.publish(*vm_state_message(vm, self.version))
-            self.changed.notify_all()
-            return vm_id, X.vm_body(vm, all_history=False, version=self.version)
+            self.core.hooks.publish(*vm_state_message(vm, self.core.version))
+            self.core.changed.notify_all()
+            return vm_id, X.vm_body(vm, all_history=False, version=self.core.version)
 
     def _new_vm(self, vm_id: int, user: Template, hold: bool) -> Vm:
         """``VirtualMachine::insert``: known attributes move to TEMPLATE, the rest stays in
@@ -141,14 +141,14 @@ class VmApi(StorageApi):
         disks = template.get("DISK", [])
         if isinstance(disks, dict):
             disks = [disks]
-        template["DISK"] = [self._disk_attributes(vm_id, n, dict(d)) for n, d in
+        template["DISK"] = [self.disk_attributes(vm_id, n, dict(d)) for n, d in
                             enumerate(disks)]
         if not template["DISK"]:
             del template["DISK"]
         vm = Vm(vm_id, name, template, user, state=S.HOLD if hold else S.PENDING,
                 prev_state=S.INIT)
         for disk in vm.disks:  # persistent images carry their disk snapshots along
-            image = self.images.get(int(disk.get("IMAGE_ID", -1)))
+            image = self.core.images.get(int(disk.get("IMAGE_ID", -1)))
             if image is not None and image.persistent and image.snapshots:
                 vm.disk_snapshots[int(disk["DISK_ID"])] = DiskSnapshots(
                     int(disk["DISK_ID"]), [_copy_snapshot(s) for s in image.snapshots],
@@ -161,7 +161,7 @@ class VmApi(StorageApi):
         _assign_targets(vm)
         return vm
 
-    def _disk_attributes(self, vm_id: int, disk_id: int, disk: dict[str, str]
+    def disk_attributes(self, vm_id: int, disk_id: int, disk: dict[str, str]
                          ) -> dict[str, str]:
         """``Image::disk_attribute`` + ``Datastore::disk_attribute`` for image disks;
         volatile disks get their system datastore attributes at deploy."""
@@ -172,7 +172,7 @@ class VmApi(StorageApi):
             disk.setdefault("DEV_PREFIX", DEFAULT_DEVICE_PREFIX)
             return disk
         image = self._find_image(disk)
-        ds = self.datastores[image.ds_id]
+        ds = self.core.datastores[image.ds_id]
         if image.type not in (0, 1, 2):
             raise ValueError(f"Image {image.id} ({image.name}) of type "
                              f"{IMAGE_TYPES[image.type]} cannot be used as DISK.")
@@ -213,22 +213,22 @@ class VmApi(StorageApi):
 
     def _find_image(self, disk: dict[str, str]) -> Image:
         if disk.get("IMAGE_ID", "").isdigit():
-            image = self.images.get(int(disk["IMAGE_ID"]))
+            image = self.core.images.get(int(disk["IMAGE_ID"]))
             if image is None:
                 raise ValueError(f"Error getting image [{disk['IMAGE_ID']}].")
             return image
         name = disk.get("IMAGE", "")
-        image = next((i for i in self.images.values() if i.name == name), None)
+        image = next((i for i in self.core.images.values() if i.name == name), None)
         if image is None:
             raise ValueError(f"Image {name!r} does not exist")
         disk.update(IMAGE_UID=str(image.uid), IMAGE_UNAME="oneadmin")
         return image
 
-    def _check_images(self, disks: list[dict[str, str]]) -> str:
+    def check_images(self, disks: list[dict[str, str]]) -> str:
         """``ImageManager::acquire_image``'s refusals (a LOCKED image is refused too: the
         sandbox has no CLONING state for VMs)."""
         for disk in disks:
-            image = self.images.get(int(disk.get("IMAGE_ID", -1) or -1))
+            image = self.core.images.get(int(disk.get("IMAGE_ID", -1) or -1))
             if image is None:
                 continue
             state = ImageState(image.state)
@@ -242,21 +242,21 @@ class VmApi(StorageApi):
                 return f"Cannot acquire image {image.id} in state {state.name}"
         return ""
 
-    def _take_images(self, vm: Vm, disks: list[dict[str, str]]) -> None:
+    def take_images(self, vm: Vm, disks: list[dict[str, str]]) -> None:
         """Each image becomes USED (USED_PERS) with one more running VM."""
         for disk in disks:
-            image = self.images.get(int(disk.get("IMAGE_ID", -1) or -1))
+            image = self.core.images.get(int(disk.get("IMAGE_ID", -1) or -1))
             if image is None:
                 continue
             image.vms.append(vm.id)
             image.state = ImageState.USED_PERS if image.persistent else ImageState.USED
-            self._update_image(image)
+            self.core._update_image(image)
 
-    def _release_images(self, vm: Vm, disks: list[dict[str, str]] | None = None) -> None:
+    def release_images(self, vm: Vm, disks: list[dict[str, str]] | None = None) -> None:
         """``ImageManager::release_image``: a persistent image keeps the disk's snapshots;
         READY again when no VM uses it."""
         for disk in disks if disks is not None else vm.disks:
-            image = self.images.get(int(disk.get("IMAGE_ID", -1) or -1))
+            image = self.core.images.get(int(disk.get("IMAGE_ID", -1) or -1))
             if image is None or vm.id not in image.vms:
                 continue
             if image.persistent:
@@ -266,13 +266,11 @@ class VmApi(StorageApi):
             image.vms.remove(vm.id)
             if not image.vms and image.state in (ImageState.USED, ImageState.USED_PERS):
                 image.state = ImageState.READY
-            self._update_image(image)
-
-    # -- info ---------------------------------------------------------------------------------
+            self.core._update_image(image)
 
     def vm_info(self, vm_id: int, decrypt: bool = False) -> str:
-        with self.lock:
-            return X.vm_body(self._vm(vm_id), version=self.version)
+        with self.core.lock:
+            return X.vm_body(self.core._vm(vm_id), version=self.core.version)
 
     def _pool_vms(self, filters: tuple[Any, ...]) -> list[Vm]:
         """filter (ignored: one user), start id, end id, state (-2 any, -1 not DONE)."""
@@ -280,7 +278,7 @@ class VmApi(StorageApi):
         end = filters[2] if len(filters) > 2 else -1
         state = filters[3] if len(filters) > 3 else -1
         chosen = []
-        for vm in self.vms.values():
+        for vm in self.core.vms.values():
             if (start >= 0 and vm.id < start) or (end >= 0 and vm.id > end):
                 continue
             if state == -2 or (state == -1 and vm.state != S.DONE) or vm.state == state:
@@ -288,46 +286,135 @@ class VmApi(StorageApi):
         return chosen
 
     def vmpool_info(self, *filters: Any) -> str:
-        with self.lock:
-            return X.pool("VM_POOL", [X.vm_short_body(v, self.version)
+        with self.core.lock:
+            return X.pool("VM_POOL", [X.vm_short_body(v, self.core.version)
                                       for v in self._pool_vms(filters)])
 
     def vmpool_infoextended(self, *filters: Any) -> str:
-        with self.lock:
-            return X.pool("VM_POOL", [X.vm_body(v, all_history=False, version=self.version)
+        with self.core.lock:
+            return X.pool("VM_POOL", [X.vm_body(v, all_history=False, version=self.core.version)
                                       for v in self._pool_vms(filters)])
 
     def vm_update(self, vm_id: int, text: str, merge: int = 0) -> int:
         template = _parse(text, "one.vm.update")
-        with self.lock:
-            vm = self._vm(vm_id, "one.vm.update")
+        with self.core.lock:
+            vm = self.core._vm(vm_id, "one.vm.update")
             vm.user_template = {**vm.user_template, **template} if merge else template
-            self.changed.notify_all()
+            self.core.changed.notify_all()
             return vm_id
 
-    # -- where things are ---------------------------------------------------------------------
 
-    def _place(self, vm: Vm, record: History | None = None, host: str = "") -> T.Place:
+class VmDrivers:
+    """Where a VM is, and the VMM/TM steps of its operations (local action scripts or the
+    emulated hypervisor, transfer files)."""
+
+    def __init__(self, core: SandboxCore):
+        self.core = core
+
+    def place(self, vm: Vm, record: History | None = None, host: str = "") -> T.Place:
         record = record or vm.last
-        return T.Place(host or record.hostname, self.system_dir(vm, record.ds_id),
+        return T.Place(host or record.hostname, self.core.system_dir(vm, record.ds_id),
                        record.tm_mad, record.ds_id)
 
-    def _fe_place(self, vm: Vm, record: History | None = None) -> T.Place:
-        return self._place(vm, record, host=self.frontend)
+    def fe_place(self, vm: Vm, record: History | None = None) -> T.Place:
+        return self.place(vm, record, host=self.core.frontend)
 
-    def _system_ds(self, vm: Vm) -> Datastore:
-        return self.datastores[vm.last.ds_id]
+    def system_ds(self, vm: Vm) -> Datastore:
+        return self.core.datastores[vm.last.ds_id]
 
-    # -- deploy -------------------------------------------------------------------------------
+    def vmm_xml(self, vm: Vm, **values: str) -> str:
+        host = values.pop("host", vm.last.hostname)
+        return X.vmm_action_data(host=host, vm=vm, system_ds=self.system_ds(vm),
+                                 version=self.core.version, **values)
+
+    def vmm(self, vm: Vm, action: str, params: list[str], xml: str, *,
+             stdin: str | None = None, host: str = "", default_name: str | None = None
+             ) -> tuple[bool, str]:
+        """A VMM step: the local action's script when VM_MAD declares it, else the
+        emulated hypervisor. Returns (success, info)."""
+        host = host or vm.last.hostname
+        script = self.core.drivers.vmm_script(action, default_name)
+        if script is None:
+            return True, self._hypervisor(vm, action, params)
+        run = self.core.drivers.vmm(action, script, params, vm.id, host,
+                               xml if stdin is None else stdin)
+        return run.ok, run.info.strip() if run.ok else run.info
+
+    def _hypervisor(self, vm: Vm, action: str, params: list[str]) -> str:
+        """What libvirt on the host would leave behind and print."""
+        with self.core.lock:
+            place = self.place(vm)
+            seq = vm.last.seq
+        if action == "deploy":
+            self.core.host_path(place.host, f"{place.system_dir}/deployment.{seq}").parent.mkdir(
+                parents=True, exist_ok=True)
+            domain = self.core.fe_path(f"{self.core.vm_files(vm)}/deployment.{seq}")
+            if domain.exists():
+                self.core.host_path(place.host, f"{place.system_dir}/deployment.{seq}").write_text(
+                    domain.read_text())
+            # 6.0+ prints the domain UUID, 5.x the domain name
+            if self.core.version >= (6, 0):
+                return str(uuid.uuid5(uuid.NAMESPACE_URL, f"oned-sandbox/vm/{vm.id}"))
+            return f"one-{vm.id}"
+        if action == "save":
+            checkpoint = self.core.host_path(place.host, f"{place.system_dir}/checkpoint")
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text(f"sandbox checkpoint of VM {vm.id}\n")
+        if action.lower().replace("_", "") == "snapshotcreate":
+            return f"snap-{params[1]}" if len(params) > 1 else "snap"
+        return ""
+
+    def transfer(self, vm: Vm, op: str, lines: list[T.Line]) -> tuple[bool, str]:
+        """Write ``transfer.<seq>.<op>`` on the front-end and run it through the TM."""
+        with self.core.lock:
+            seq = vm.last.seq if vm.history else 0
+            self.core._write_fe_file(f"{self.core.vm_files(vm)}/transfer.{seq}.{op}",
+                                T.file_text(lines))
+        return self.core.drivers.transfer(vm.id, lines)
+
+    def tm_error(self, vm: Vm, info: str) -> None:
+        """``TransferManager::_transfer`` failure: the message only when there is info."""
+        if info and not info.startswith("-"):
+            self.core._vm_error(vm, f"Error executing image transfer script: {info}")
+
+    def vm_error_info(self, vm: Vm, what: str, info: str) -> None:
+        """``VirtualMachineManager::log_error``: ``<ACTION>: <info>``."""
+        if info and not info.startswith("-"):
+            self.core._vm_error(vm, f"{what}: {info}")
+
+    def move_host(self, vm: Vm) -> None:
+        """The VM leaves the previous history record's host for the current one."""
+        if len(vm.history) > 1:
+            previous = self.core.hosts.get(vm.history[-2].hid)
+            if previous is not None and vm.id in previous.vms and \
+                    vm.history[-2].hid != vm.last.hid:
+                previous.vms.remove(vm.id)
+
+    def leave_host(self, vm: Vm) -> None:
+        host = self.core.hosts.get(vm.last.hid) if vm.history else None
+        if host is not None and vm.id in host.vms:
+            host.vms.remove(vm.id)
+
+    def delete_snapshots(self, vm: Vm) -> None:
+        """Without KEEP_SNAPSHOTS the hypervisor's snapshots die with the domain."""
+        if not self.core.keep_snapshots:
+            vm.template.pop("SNAPSHOT", None)
+
+
+class Lifecycle:
+    """``one.vm.deploy`` and the prolog/boot half of the life cycle."""
+
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def vm_deploy(self, vm_id: int, host_id: int, enforce: bool = False, ds_id: int = -1,
                   *extra: Any) -> int:
         """``VirtualMachineDeploy``: system datastore checks, TM_MAD_SYSTEM, volatile disk
         attributes, a new history record; then ACTIVE and the prolog."""
         method = "one.vm.deploy"
-        with self.lock:
-            vm = self._vm(vm_id, method)
-            host = self._host(host_id, method)
+        with self.core.lock:
+            vm = self.core._vm(vm_id, method)
+            host = self.core._host(host_id, method)
             if vm.state not in (S.PENDING, S.HOLD, S.STOPPED, S.UNDEPLOYED):
                 raise OneFailure(ACTION, f"[{method}] Deploy action is not available for "
                                          f"state {S(vm.state).name}", vm_id)
@@ -335,22 +422,22 @@ class VmApi(StorageApi):
             error = self._check_tm_mad(vm, system)
             if error:
                 raise OneFailure(ACTION, f"[{method}] {error}", vm_id)
-            self._volatile_attributes(vm, system)
+            self.volatile_attributes(vm, system)
             resume = vm.previous_action if vm.history else ""
             if vm.history:
                 vm.last.etime = now()
             vm.history.append(History(len(vm.history), host.name, host.id, system.id,
                                       system.tm_mad, host.vm_mad))
             host.vms.append(vm_id)
-            self._set_vm_state(vm, S.ACTIVE, LCM["LCM_INIT"])
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["LCM_INIT"])
             # LifeCycleManager::trigger_deploy: after stop/undeploy the disks come back
             if resume == "stop":
-                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_RESUME"])
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_RESUME"])
             elif resume in ("undeploy", "undeploy-hard"):
-                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_UNDEPLOY"])
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_UNDEPLOY"])
             else:
-                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG"])
-            self._submit(lambda: self._prolog(vm))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["PROLOG"])
+            self.core._submit(lambda: self.prolog(vm))
             return vm_id
 
     def _deploy_datastore(self, vm: Vm, ds_id: int, method: str) -> Datastore:
@@ -362,12 +449,12 @@ class VmApi(StorageApi):
         if ds_id < 0:
             # get_default_ds_information: the cluster's first system datastore
             # (release-6.10.5 src/rm/RequestManagerVirtualMachine.cc:214,229)
-            systems = sorted(d.id for d in self.datastores.values() if d.type == 1)
+            systems = sorted(d.id for d in self.core.datastores.values() if d.type == 1)
             if not systems:
                 raise OneFailure(ACTION, f"[{method}] Cluster [0] does not have any "
                                          "Datastore of type SYSTEM_DS.", vm.id)
-            return self.datastores[systems[0]]
-        system = self._datastore(ds_id, method)
+            return self.core.datastores[systems[0]]
+        system = self.core._datastore(ds_id, method)
         if system.type != 1:
             raise OneFailure(ACTION, f"[{method}] Datastore [{ds_id}] is not a system "
                                      "datastore", vm.id)
@@ -381,7 +468,7 @@ class VmApi(StorageApi):
         for disk in vm.disks:
             if is_volatile(disk) or disk.get("TM_MAD", "").upper() == system.tm_mad.upper():
                 continue
-            image_ds = self.datastores.get(int(disk.get("DATASTORE_ID", -1) or -1))
+            image_ds = self.core.datastores.get(int(disk.get("DATASTORE_ID", -1) or -1))
             if image_ds is None:
                 return "Datastore does not exist"
             modes = [m.strip().upper() for m in
@@ -396,7 +483,7 @@ class VmApi(StorageApi):
         vm.template["TM_MAD_SYSTEM"] = system.tm_mad
         return ""
 
-    def _volatile_attributes(self, vm: Vm, system: Datastore) -> None:
+    def volatile_attributes(self, vm: Vm, system: Datastore) -> None:
         """``VirtualMachineDisks::volatile_info``: the system datastore's attributes, and
         DRIVER/FORMAT (the datastore's DRIVER wins, raw by default)."""
         for disk in vm.disks:
@@ -414,63 +501,63 @@ class VmApi(StorageApi):
             else:
                 disk.update(DRIVER="raw", FORMAT="raw")
 
-    # -- prolog and boot ----------------------------------------------------------------------
-
-    def _prolog(self, vm: Vm) -> None:
+    def prolog(self, vm: Vm) -> None:
         """``TransferManager::trigger_prolog[_resume|_migr]``, then prolog success/failure
         (``LifeCycleManager::trigger_prolog_*``)."""
-        with self.lock:
+        drivers = self.core.vm_drivers
+        with self.core.lock:
             lcm = vm.lcm_state
             try:
                 if lcm == LCM["PROLOG"]:
-                    lines, op = T.prolog(vm, self._place(vm), self.frontend), "prolog"
+                    lines = T.prolog(vm, drivers.place(vm), self.core.frontend)
+                    op = "prolog"
                 elif lcm in (LCM["PROLOG_RESUME"], LCM["PROLOG_UNDEPLOY"]):
                     previous = vm.history[-2]
-                    lines = T.move(vm, self._fe_place(vm, previous), self._place(vm))
+                    lines = T.move(vm, drivers.fe_place(vm, previous), drivers.place(vm))
                     op = "resume"
                 else:  # PROLOG_MIGRATE[_POWEROFF|_SUSPEND]
-                    lines = T.move(vm, self._place(vm, vm.history[-2]), self._place(vm))
+                    lines = T.move(vm, drivers.place(vm, vm.history[-2]), drivers.place(vm))
                     op = "migrate"
             except T.TransferError as error:
                 lines, op = None, str(error)
         if lines is None:
-            with self.lock:
-                self._prolog_failure(vm)
+            with self.core.lock:
+                self.prolog_failure(vm)
             return
-        ok, info = self._transfer(vm, op, lines)
-        with self.lock:
+        ok, info = self.core.vm_drivers.transfer(vm, op, lines)
+        with self.core.lock:
             if ok:
-                self._prolog_success(vm)
+                self.prolog_success(vm)
             else:
-                self._tm_error(vm, info)
-                self._prolog_failure(vm)
+                self.core.vm_drivers.tm_error(vm, info)
+                self.prolog_failure(vm)
 
-    def _prolog_success(self, vm: Vm) -> None:
+    def prolog_success(self, vm: Vm) -> None:
         lcm = vm.lcm_state
         if lcm in (LCM["PROLOG_RESUME"], LCM["PROLOG_RESUME_FAILURE"]):
-            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_STOPPED"])
-            self._submit(lambda: self._boot(vm, "restore"))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["BOOT_STOPPED"])
+            self.core._submit(lambda: self.boot(vm, "restore"))
         elif lcm in (LCM["PROLOG_UNDEPLOY"], LCM["PROLOG_UNDEPLOY_FAILURE"]):
-            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_UNDEPLOY"])
-            self._submit(lambda: self._boot(vm, "deploy"))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["BOOT_UNDEPLOY"])
+            self.core._submit(lambda: self.boot(vm, "deploy"))
         elif lcm in (LCM["PROLOG_MIGRATE"], LCM["PROLOG_MIGRATE_FAILURE"]):
             if vm.previous_action.startswith("poweroff"):
-                self._set_vm_state(vm, S.ACTIVE, LCM["BOOT"])
-                self._submit(lambda: self._boot(vm, "deploy"))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["BOOT"])
+                self.core._submit(lambda: self.boot(vm, "deploy"))
             else:
-                self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_MIGRATE"])
-                self._submit(lambda: self._boot(vm, "restore"))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["BOOT_MIGRATE"])
+                self.core._submit(lambda: self.boot(vm, "restore"))
         elif lcm in (LCM["PROLOG_MIGRATE_POWEROFF"], LCM["PROLOG_MIGRATE_POWEROFF_FAILURE"]):
-            self._move_host(vm)
-            self._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
+            self.core.vm_drivers.move_host(vm)
+            self.core._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
         elif lcm in (LCM["PROLOG_MIGRATE_SUSPEND"], LCM["PROLOG_MIGRATE_SUSPEND_FAILURE"]):
-            self._move_host(vm)
-            self._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
+            self.core.vm_drivers.move_host(vm)
+            self.core._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
         elif lcm in (LCM["PROLOG"], LCM["PROLOG_FAILURE"]):
-            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT"])
-            self._submit(lambda: self._boot(vm, "deploy"))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["BOOT"])
+            self.core._submit(lambda: self.boot(vm, "deploy"))
 
-    def _prolog_failure(self, vm: Vm) -> None:
+    def prolog_failure(self, vm: Vm) -> None:
         failure = {"PROLOG": "PROLOG_FAILURE", "PROLOG_MIGRATE": "PROLOG_MIGRATE_FAILURE",
                    "PROLOG_MIGRATE_POWEROFF": "PROLOG_MIGRATE_POWEROFF_FAILURE",
                    "PROLOG_MIGRATE_SUSPEND": "PROLOG_MIGRATE_SUSPEND_FAILURE",
@@ -478,136 +565,78 @@ class VmApi(StorageApi):
                    "PROLOG_UNDEPLOY": "PROLOG_UNDEPLOY_FAILURE"}
         name = failure.get(LCM_STATES[vm.lcm_state])
         if name:
-            self._set_vm_state(vm, S.ACTIVE, LCM[name])
+            self.core._set_vm_state(vm, S.ACTIVE, LCM[name])
 
-    def _boot(self, vm: Vm, action: str) -> None:
+    def boot(self, vm: Vm, action: str) -> None:
         """DEPLOY or RESTORE of the VMM driver: the context TM command, then the
         hypervisor (or the local action's script)."""
-        with self.lock:
-            place = self._place(vm)
-            context_file = f"{self.vm_files(vm)}/context.sh"
+        with self.core.lock:
+            place = self.core.vm_drivers.place(vm)
+            context_file = f"{self.core.vm_files(vm)}/context.sh"
             line = T.context(vm, place, context_file, [])
             if line is not None:
-                self._write_fe_file(context_file, _context_script(vm))
+                self.core._write_fe_file(context_file, _context_script(vm))
             seq = vm.last.seq
-            local_file = f"{self.vm_files(vm)}/deployment.{seq}"
+            local_file = f"{self.core.vm_files(vm)}/deployment.{seq}"
             remote_file = f"{place.system_dir}/deployment.{seq}"
             domain = _domain_xml(vm, place)
-            self._write_fe_file(local_file, domain)
-            xml = self._vmm_xml(vm, local_file=local_file, remote_file=remote_file,
+            self.core._write_fe_file(local_file, domain)
+            xml = self.core.vm_drivers.vmm_xml(vm, local_file=local_file, remote_file=remote_file,
                                 checkpoint=f"{place.system_dir}/checkpoint",
                                 tm_command=" ".join(line) if line else "")
         ok, info = True, ""
         if line is not None:
-            run = self.drivers.tm_line(vm.id, line)
+            run = self.core.drivers.tm_line(vm.id, line)
             ok, info = run.ok, run.info
         if ok:
             if action == "deploy":
-                script = self.drivers.vmm_script("deploy")
+                script = self.core.drivers.vmm_script("deploy")
                 dfile = local_file if script else remote_file
-                ok, info = self._vmm(vm, "deploy", [dfile, place.host], xml, stdin=domain)
+                ok, info = self.core.vm_drivers.vmm(vm, "deploy", [dfile, place.host], xml,
+                                                    stdin=domain)
             else:
-                ok, info = self._vmm(vm, "restore", [f"{place.system_dir}/checkpoint",
-                                                     place.host, vm.deploy_id], xml)
-        with self.lock:
+                checkpoint = f"{place.system_dir}/checkpoint"
+                ok, info = self.core.vm_drivers.vmm(
+                    vm, "restore", [checkpoint, place.host, vm.deploy_id], xml)
+        with self.core.lock:
             if ok and action == "deploy":
                 deploy_id = (info.split() or [""])[0]
                 if not deploy_id:
-                    self._vm_error(vm, "Empty deploy ID for virtual machine")
-                    self._deploy_failure(vm)
+                    self.core._vm_error(vm, "Empty deploy ID for virtual machine")
+                    self.deploy_failure(vm)
                     return
                 vm.deploy_id = deploy_id
             if ok:
-                self._deploy_success(vm)
+                self.deploy_success(vm)
             else:
-                self._vm_error_info(vm, action.upper(), info)
-                self._deploy_failure(vm)
+                self.core.vm_drivers.vm_error_info(vm, action.upper(), info)
+                self.deploy_failure(vm)
 
-    def _deploy_success(self, vm: Vm) -> None:
-        self._move_host(vm)
+    def deploy_success(self, vm: Vm) -> None:
+        self.core.vm_drivers.move_host(vm)
         vm.previous_action = ""
-        self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+        self.core._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
 
-    def _deploy_failure(self, vm: Vm) -> None:
+    def deploy_failure(self, vm: Vm) -> None:
         name = LCM_STATES[vm.lcm_state]
         if name == "BOOT_POWEROFF":
-            self._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
+            self.core._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
         elif name == "BOOT_SUSPENDED":
-            self._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
+            self.core._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
         elif name in ("BOOT", "BOOT_MIGRATE", "BOOT_STOPPED", "BOOT_UNDEPLOY"):
-            self._set_vm_state(vm, S.ACTIVE, LCM[f"{name}_FAILURE"])
+            self.core._set_vm_state(vm, S.ACTIVE, LCM[f"{name}_FAILURE"])
 
-    def _move_host(self, vm: Vm) -> None:
-        """The VM leaves the previous history record's host for the current one."""
-        if len(vm.history) > 1:
-            previous = self.hosts.get(vm.history[-2].hid)
-            if previous is not None and vm.id in previous.vms and \
-                    vm.history[-2].hid != vm.last.hid:
-                previous.vms.remove(vm.id)
+    def start_prolog_migrate(self, vm: Vm) -> None:
+        self.core.vm_drivers.move_host(vm)  # the previous host's capacity is released here
+        self.core._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE"])
+        self.core._submit(lambda: self.prolog(vm))
 
-    # -- VMM and TM plumbing ----------------------------------------------------------------
 
-    def _vmm_xml(self, vm: Vm, **values: str) -> str:
-        host = values.pop("host", vm.last.hostname)
-        return X.vmm_action_data(host=host, vm=vm, system_ds=self._system_ds(vm),
-                                 version=self.version, **values)
+class VmActions:
+    """``one.vm.action`` and the shutdown/save/epilog half of the life cycle."""
 
-    def _vmm(self, vm: Vm, action: str, params: list[str], xml: str, *,
-             stdin: str | None = None, host: str = "", default_name: str | None = None
-             ) -> tuple[bool, str]:
-        """A VMM step: the local action's script when VM_MAD declares it, else the
-        emulated hypervisor. Returns (success, info)."""
-        host = host or vm.last.hostname
-        script = self.drivers.vmm_script(action, default_name)
-        if script is None:
-            return True, self._hypervisor(vm, action, params)
-        run = self.drivers.vmm(action, script, params, vm.id, host,
-                               xml if stdin is None else stdin)
-        return run.ok, run.info.strip() if run.ok else run.info
-
-    def _hypervisor(self, vm: Vm, action: str, params: list[str]) -> str:
-        """What libvirt on the host would leave behind and print."""
-        with self.lock:
-            place = self._place(vm)
-            seq = vm.last.seq
-        if action == "deploy":
-            self.host_path(place.host, f"{place.system_dir}/deployment.{seq}").parent.mkdir(
-                parents=True, exist_ok=True)
-            domain = self.fe_path(f"{self.vm_files(vm)}/deployment.{seq}")
-            if domain.exists():
-                self.host_path(place.host, f"{place.system_dir}/deployment.{seq}").write_text(
-                    domain.read_text())
-            # 6.0+ prints the domain UUID, 5.x the domain name
-            if self.version >= (6, 0):
-                return str(uuid.uuid5(uuid.NAMESPACE_URL, f"oned-sandbox/vm/{vm.id}"))
-            return f"one-{vm.id}"
-        if action == "save":
-            checkpoint = self.host_path(place.host, f"{place.system_dir}/checkpoint")
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_text(f"sandbox checkpoint of VM {vm.id}\n")
-        if action.lower().replace("_", "") == "snapshotcreate":
-            return f"snap-{params[1]}" if len(params) > 1 else "snap"
-        return ""
-
-    def _transfer(self, vm: Vm, op: str, lines: list[T.Line]) -> tuple[bool, str]:
-        """Write ``transfer.<seq>.<op>`` on the front-end and run it through the TM."""
-        with self.lock:
-            seq = vm.last.seq if vm.history else 0
-            self._write_fe_file(f"{self.vm_files(vm)}/transfer.{seq}.{op}",
-                                T.file_text(lines))
-        return self.drivers.transfer(vm.id, lines)
-
-    def _tm_error(self, vm: Vm, info: str) -> None:
-        """``TransferManager::_transfer`` failure: the message only when there is info."""
-        if info and not info.startswith("-"):
-            self._vm_error(vm, f"Error executing image transfer script: {info}")
-
-    def _vm_error_info(self, vm: Vm, what: str, info: str) -> None:
-        """``VirtualMachineManager::log_error``: ``<ACTION>: <info>``."""
-        if info and not info.startswith("-"):
-            self._vm_error(vm, f"{what}: {info}")
-
-    # -- actions --------------------------------------------------------------------------------
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def vm_action(self, action: str, vm_id: int) -> int:
         """``VirtualMachineAction``: terminate[-hard], poweroff[-hard], undeploy[-hard],
@@ -622,8 +651,8 @@ class VmApi(StorageApi):
             "reboot-hard": self._reboot, "resched": self._resched,
             "unresched": self._resched,
         }
-        with self.lock:
-            vm = self._vm(vm_id, method)
+        with self.core.lock:
+            vm = self.core._vm(vm_id, method)
             handler = handlers.get(action)
             if handler is None:
                 raise OneFailure(ACTION, f'[{method}] Action "{action}" is not supported',
@@ -645,17 +674,17 @@ class VmApi(StorageApi):
         if vm.state in (S.SUSPENDED, S.POWEROFF, S.STOPPED, S.UNDEPLOYED):
             local = vm.state in (S.STOPPED, S.UNDEPLOYED)
             vm.previous_action = "terminate"
-            self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG"])
-            self._submit(lambda: self._epilog(vm, local))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["EPILOG"])
+            self.core._submit(lambda: self._epilog(vm, local))
         elif vm.state in (S.INIT, S.PENDING, S.HOLD, S.CLONING, S.CLONING_FAILURE):
-            self._done(vm)
+            self.done(vm)
         elif (vm.state == S.ACTIVE and vm.lcm_state in (LCM["RUNNING"], LCM["UNKNOWN"])) or (
                 hard and vm.state == S.ACTIVE and vm.lcm_state == LCM["SHUTDOWN"]):
             vm.previous_action = action
-            self._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN"])
-            self._submit(lambda: self._shutdown(vm, hard))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN"])
+            self.core._submit(lambda: self.shutdown(vm, hard))
         elif vm.state == S.ACTIVE and vm.lcm_state in FAILURE_STATES:
-            self._recover_delete(vm, recreate=False)
+            self.core.recovery.recover_delete(vm, recreate=False)
         elif vm.state != S.DONE:
             return f"Could not terminate VM {vm.id}, wrong state {S(vm.state).name}."
         return ""
@@ -664,18 +693,18 @@ class VmApi(StorageApi):
         if not (vm.state == S.ACTIVE and vm.lcm_state in (LCM["RUNNING"], LCM["UNKNOWN"])):
             return self._not_available(vm)
         vm.previous_action = action
-        self._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN_POWEROFF"])
-        self._submit(lambda: self._shutdown(vm, action.endswith("-hard")))
+        self.core._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN_POWEROFF"])
+        self.core._submit(lambda: self.shutdown(vm, action.endswith("-hard")))
         return ""
 
     def _undeploy(self, vm: Vm, action: str) -> str:
         vm.previous_action = action
         if vm.state == S.POWEROFF:
-            self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_UNDEPLOY"])
-            self._submit(lambda: self._epilog_stop(vm))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_UNDEPLOY"])
+            self.core._submit(lambda: self._epilog_stop(vm))
         elif vm.state == S.ACTIVE and vm.lcm_state in (LCM["RUNNING"], LCM["UNKNOWN"]):
-            self._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN_UNDEPLOY"])
-            self._submit(lambda: self._shutdown(vm, action.endswith("-hard")))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["SHUTDOWN_UNDEPLOY"])
+            self.core._submit(lambda: self.shutdown(vm, action.endswith("-hard")))
         else:
             return self._not_available(vm)
         return ""
@@ -683,11 +712,11 @@ class VmApi(StorageApi):
     def _stop(self, vm: Vm, action: str) -> str:
         vm.previous_action = "stop"
         if vm.state == S.SUSPENDED:
-            self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_STOP"])
-            self._submit(lambda: self._epilog_stop(vm))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_STOP"])
+            self.core._submit(lambda: self._epilog_stop(vm))
         elif vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]:
-            self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_STOP"])
-            self._submit(lambda: self._save(vm))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["SAVE_STOP"])
+            self.core._submit(lambda: self._save(vm))
         else:
             return self._not_available(vm)
         return ""
@@ -696,21 +725,21 @@ class VmApi(StorageApi):
         if not (vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]):
             return self._not_available(vm)
         vm.previous_action = "suspend"
-        self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_SUSPEND"])
-        self._submit(lambda: self._save(vm))
+        self.core._set_vm_state(vm, S.ACTIVE, LCM["SAVE_SUSPEND"])
+        self.core._submit(lambda: self._save(vm))
         return ""
 
     def _resume(self, vm: Vm, action: str) -> str:
         if vm.state in (S.STOPPED, S.UNDEPLOYED):
-            self._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])  # the scheduler deploys it
+            self.core._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])  # the scheduler deploys it
         elif vm.state == S.SUSPENDED:
-            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_SUSPENDED"])
-            self._submit(lambda: self._boot(vm, "restore"))
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["BOOT_SUSPENDED"])
+            self.core._submit(lambda: self.core.lifecycle.boot(vm, "restore"))
         elif vm.state == S.POWEROFF or (vm.state == S.ACTIVE and
                                         vm.lcm_state == LCM["UNKNOWN"]):
-            self._set_vm_state(vm, S.ACTIVE, LCM["BOOT_POWEROFF" if vm.state == S.POWEROFF
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["BOOT_POWEROFF" if vm.state == S.POWEROFF
                                                  else "BOOT_UNKNOWN"])
-            self._submit(lambda: self._boot(vm, "deploy"))
+            self.core._submit(lambda: self.core.lifecycle.boot(vm, "deploy"))
         else:
             return self._not_available(vm)
         return ""
@@ -718,21 +747,22 @@ class VmApi(StorageApi):
     def _hold(self, vm: Vm, action: str) -> str:
         if vm.state != S.PENDING:
             return self._not_available(vm)
-        self._set_vm_state(vm, S.HOLD, LCM["LCM_INIT"])
+        self.core._set_vm_state(vm, S.HOLD, LCM["LCM_INIT"])
         return ""
 
     def _release(self, vm: Vm, action: str) -> str:
         if vm.state != S.HOLD:
             return self._not_available(vm)
-        self._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])
+        self.core._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])
         return ""
 
     def _reboot(self, vm: Vm, action: str) -> str:
         if not (vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]):
             return self._not_available(vm)
         verb = "reset" if action.endswith("-hard") else "reboot"
-        xml = self._vmm_xml(vm)
-        self._submit(lambda: self._vmm(vm, verb, [vm.deploy_id, vm.last.hostname], xml))
+        xml = self.core.vm_drivers.vmm_xml(vm)
+        params = [vm.deploy_id, vm.last.hostname]
+        self.core._submit(lambda: self.core.vm_drivers.vmm(vm, verb, params, xml))
         return ""
 
     def _resched(self, vm: Vm, action: str) -> str:
@@ -740,156 +770,142 @@ class VmApi(StorageApi):
             return self._not_available(vm)
         return ""
 
-    # -- shutdown, save, epilog -------------------------------------------------------------
-
-    def _shutdown(self, vm: Vm, hard: bool) -> None:
+    def shutdown(self, vm: Vm, hard: bool) -> None:
         """VMM SHUTDOWN or CANCEL, then ``trigger_shutdown_success/failure``."""
         verb = "cancel" if hard else "shutdown"
-        with self.lock:
+        with self.core.lock:
             migrating = vm.lcm_state == LCM["SAVE_MIGRATE"]
             # a poweroff migration shuts the domain down on the host it leaves
             host = vm.history[-2].hostname if migrating else vm.last.hostname
-            xml = self._vmm_xml(vm, host=host)
+            xml = self.core.vm_drivers.vmm_xml(vm, host=host)
             params = [vm.deploy_id, host]
-        ok, info = self._vmm(vm, verb, params, xml, host=host)
-        with self.lock:
+        ok, info = self.core.vm_drivers.vmm(vm, verb, params, xml, host=host)
+        with self.core.lock:
             if not ok:
-                self._vm_error_info(vm, verb.upper(), info)
+                self.core.vm_drivers.vm_error_info(vm, verb.upper(), info)
                 if migrating:
-                    self._revert_migration(vm)
+                    self.core.recovery.revert_migration(vm)
                 else:
-                    self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+                    self.core._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
                 return
-            self._delete_snapshots(vm)
+            self.core.vm_drivers.delete_snapshots(vm)
             lcm = vm.lcm_state
             if lcm == LCM["SHUTDOWN"]:
-                self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG"])
-                self._submit(lambda: self._epilog(vm, local=False))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["EPILOG"])
+                self.core._submit(lambda: self._epilog(vm, local=False))
             elif lcm == LCM["SHUTDOWN_POWEROFF"]:
-                self._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
+                self.core._set_vm_state(vm, S.POWEROFF, LCM["LCM_INIT"])
             elif lcm == LCM["SHUTDOWN_UNDEPLOY"]:
-                self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_UNDEPLOY"])
-                self._submit(lambda: self._epilog_stop(vm))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_UNDEPLOY"])
+                self.core._submit(lambda: self._epilog_stop(vm))
             elif lcm == LCM["SAVE_MIGRATE"]:  # poweroff migration
-                self._start_prolog_migrate(vm)
-
-    def _delete_snapshots(self, vm: Vm) -> None:
-        """Without KEEP_SNAPSHOTS the hypervisor's snapshots die with the domain."""
-        if not self.keep_snapshots:
-            vm.template.pop("SNAPSHOT", None)
-
-    keep_snapshots = False
+                self.core.lifecycle.start_prolog_migrate(vm)
 
     def _save(self, vm: Vm) -> None:
         """VMM SAVE (checkpoint), then ``trigger_save_success/failure``."""
-        with self.lock:
-            place = self._place(vm)
+        with self.core.lock:
+            place = self.core.vm_drivers.place(vm)
             checkpoint = f"{place.system_dir}/checkpoint"
-            xml = self._vmm_xml(vm, checkpoint=checkpoint)
-        ok, info = self._vmm(vm, "save", [vm.deploy_id, checkpoint, place.host], xml)
-        with self.lock:
+            xml = self.core.vm_drivers.vmm_xml(vm, checkpoint=checkpoint)
+        ok, info = self.core.vm_drivers.vmm(vm, "save", [vm.deploy_id, checkpoint, place.host], xml)
+        with self.core.lock:
             lcm = vm.lcm_state
             if not ok:
-                self._vm_error_info(vm, "SAVE", info)
-                self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+                self.core.vm_drivers.vm_error_info(vm, "SAVE", info)
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
                 return
-            self._delete_snapshots(vm)
+            self.core.vm_drivers.delete_snapshots(vm)
             if lcm == LCM["SAVE_SUSPEND"]:
-                self._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
+                self.core._set_vm_state(vm, S.SUSPENDED, LCM["LCM_INIT"])
             elif lcm == LCM["SAVE_STOP"]:
-                self._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_STOP"])
-                self._submit(lambda: self._epilog_stop(vm))
-
-    def _start_prolog_migrate(self, vm: Vm) -> None:
-        self._move_host(vm)  # the previous host's capacity is released here
-        self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE"])
-        self._submit(lambda: self._prolog(vm))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["EPILOG_STOP"])
+                self.core._submit(lambda: self._epilog_stop(vm))
 
     def _epilog(self, vm: Vm, local: bool) -> None:
         """``trigger_epilog``: MVDS/DELETE each disk, DELETE the directory (on the
         front-end for a STOPPED/UNDEPLOYED VM)."""
-        with self.lock:
-            place = self._fe_place(vm) if local else self._place(vm)
+        with self.core.lock:
+            place = self.core.vm_drivers.fe_place(vm) if local else self.core.vm_drivers.place(vm)
             lines = T.epilog(vm, place)
-        ok, info = self._transfer(vm, "epilog", lines)
-        with self.lock:
-            self._epilog_result(vm, ok, info)
+        ok, info = self.core.vm_drivers.transfer(vm, "epilog", lines)
+        with self.core.lock:
+            self.epilog_result(vm, ok, info)
 
     def _epilog_stop(self, vm: Vm) -> None:
         """``trigger_epilog_stop``: MV each disk and the directory to the front-end."""
-        with self.lock:
-            lines = T.move(vm, self._place(vm), self._fe_place(vm))
-        ok, info = self._transfer(vm, "stop", lines)
-        with self.lock:
-            self._epilog_result(vm, ok, info)
+        with self.core.lock:
+            lines = T.move(vm, self.core.vm_drivers.place(vm), self.core.vm_drivers.fe_place(vm))
+        ok, info = self.core.vm_drivers.transfer(vm, "stop", lines)
+        with self.core.lock:
+            self.epilog_result(vm, ok, info)
 
-    def _epilog_result(self, vm: Vm, ok: bool, info: str) -> None:
+    def epilog_result(self, vm: Vm, ok: bool, info: str) -> None:
         lcm = LCM_STATES[vm.lcm_state]
         if not ok:
-            self._tm_error(vm, info)
+            self.core.vm_drivers.tm_error(vm, info)
             if lcm == "CLEANUP_RESUBMIT":
-                self._resubmit(vm)
+                self.resubmit(vm)
             elif lcm in ("EPILOG", "EPILOG_STOP", "EPILOG_UNDEPLOY"):
-                self._set_vm_state(vm, S.ACTIVE, LCM[f"{lcm}_FAILURE"])
+                self.core._set_vm_state(vm, S.ACTIVE, LCM[f"{lcm}_FAILURE"])
             return
         lcm = lcm.removesuffix("_FAILURE")
         if lcm == "EPILOG_STOP":
-            self._leave_host(vm)
-            self._set_vm_state(vm, S.STOPPED, LCM["LCM_INIT"])
+            self.core.vm_drivers.leave_host(vm)
+            self.core._set_vm_state(vm, S.STOPPED, LCM["LCM_INIT"])
         elif lcm == "EPILOG_UNDEPLOY":
-            self._leave_host(vm)
-            self._set_vm_state(vm, S.UNDEPLOYED, LCM["LCM_INIT"])
+            self.core.vm_drivers.leave_host(vm)
+            self.core._set_vm_state(vm, S.UNDEPLOYED, LCM["LCM_INIT"])
         elif lcm == "EPILOG":
-            self._done(vm)
+            self.done(vm)
         elif lcm == "CLEANUP_RESUBMIT":
-            self._resubmit(vm)
+            self.resubmit(vm)
         elif lcm == "CLEANUP_DELETE":
-            self._done(vm)
+            self.done(vm)
 
-    def _leave_host(self, vm: Vm) -> None:
-        host = self.hosts.get(vm.last.hid) if vm.history else None
-        if host is not None and vm.id in host.vms:
-            host.vms.remove(vm.id)
-
-    def _done(self, vm: Vm) -> None:
+    def done(self, vm: Vm) -> None:
         """``DispatchManager::done``: resources released, images back."""
-        self._leave_host(vm)
-        self._release_images(vm)
+        self.core.vm_drivers.leave_host(vm)
+        self.core.vm_pool.release_images(vm)
         if vm.history:
             vm.last.etime = now()
         vm.etime = now()
-        self._set_vm_state(vm, S.DONE, LCM["LCM_INIT"])
+        self.core._set_vm_state(vm, S.DONE, LCM["LCM_INIT"])
 
-    def _resubmit(self, vm: Vm) -> None:
+    def resubmit(self, vm: Vm) -> None:
         """``DispatchManager::resubmit``: PENDING again, same disks, deploy id cleared."""
-        self._leave_host(vm)
+        self.core.vm_drivers.leave_host(vm)
         vm.deploy_id = ""
         vm.previous_action = "delete-recreate"
-        self._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])
+        self.core._set_vm_state(vm, S.PENDING, LCM["LCM_INIT"])
 
-    # -- recover ------------------------------------------------------------------------------
+
+class Recovery:
+    """``one.vm.recover`` and ``one.vm.migrate``."""
+
+    def __init__(self, core: SandboxCore):
+        self.core = core
 
     def vm_recover(self, vm_id: int, operation: int) -> int:
         """0 failure, 1 success, 2 retry, 3 delete, 4 delete-recreate, 5 delete-db."""
         method = "one.vm.recover"
-        with self.lock:
-            vm = self._vm(vm_id, method)
+        with self.core.lock:
+            vm = self.core._vm(vm_id, method)
             if operation in (3, 4):
                 if vm.state in (S.PENDING, S.HOLD, S.INIT) and operation == 3:
-                    self._done(vm)
+                    self.core.vm_actions.done(vm)
                 elif vm.state == S.ACTIVE:
-                    self._recover_delete(vm, recreate=operation == 4)
+                    self.recover_delete(vm, recreate=operation == 4)
                 elif vm.state in (S.POWEROFF, S.SUSPENDED, S.STOPPED, S.UNDEPLOYED) \
                         and operation == 3:
-                    self._recover_delete(vm, recreate=False)
+                    self.recover_delete(vm, recreate=False)
                 else:
                     raise OneFailure(ACTION, f"[{method}] Cannot delete VM in state "
                                              f"{S(vm.state).name}", vm_id)
             elif operation == 5:
-                self._release_images(vm)
-                self._leave_host(vm)
+                self.core.vm_pool.release_images(vm)
+                self.core.vm_drivers.leave_host(vm)
                 vm.etime = now()
-                self._set_vm_state(vm, S.DONE, LCM["LCM_INIT"])
+                self.core._set_vm_state(vm, S.DONE, LCM["LCM_INIT"])
             elif operation in (0, 1) and vm.state == S.ACTIVE:
                 self._recover(vm, success=operation == 1)
             else:
@@ -903,60 +919,59 @@ class VmApi(StorageApi):
         name = LCM_STATES[vm.lcm_state]
         if name.startswith("PROLOG"):
             if success:
-                self._prolog_success(vm)
+                self.core.lifecycle.prolog_success(vm)
             else:
-                self._prolog_failure(vm)
+                self.core.lifecycle.prolog_failure(vm)
         elif name.startswith("EPILOG"):
-            self._epilog_result(vm, success, "-")
+            self.core.vm_actions.epilog_result(vm, success, "-")
         elif name.startswith("BOOT") or name == "MIGRATE":
             if success:
-                self._deploy_success(vm)
+                self.core.lifecycle.deploy_success(vm)
             else:
-                self._deploy_failure(vm)
+                self.core.lifecycle.deploy_failure(vm)
         elif name == "UNKNOWN":
-            self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+            self.core._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
 
-    def _recover_delete(self, vm: Vm, recreate: bool) -> None:
+    def recover_delete(self, vm: Vm, recreate: bool) -> None:
         """``LifeCycleManager::clean_up_vm``: CLEANUP_DELETE or CLEANUP_RESUBMIT, the VMM
         cleans up the domain and runs the DELETE lines (failures ignored), or the TM does
         when there is no domain."""
         local = vm.state in (S.STOPPED, S.UNDEPLOYED)
         domain = vm.state == S.ACTIVE and vm.deploy_id != ""
-        self._set_vm_state(vm, S.ACTIVE, LCM["CLEANUP_RESUBMIT" if recreate
+        self.core._set_vm_state(vm, S.ACTIVE, LCM["CLEANUP_RESUBMIT" if recreate
                                              else "CLEANUP_DELETE"])
         if not vm.history:
             if recreate:
-                self._resubmit(vm)
+                self.core.vm_actions.resubmit(vm)
             else:
-                self._done(vm)
+                self.core.vm_actions.done(vm)
             return
-        lines = T.delete_all(vm, self._fe_place(vm) if local else self._place(vm))
-        xml = self._vmm_xml(vm, tm_command="\n".join(" ".join(line) for line in lines))
+        drivers = self.core.vm_drivers
+        lines = T.delete_all(vm, drivers.fe_place(vm) if local else drivers.place(vm))
+        xml = drivers.vmm_xml(vm, tm_command="\n".join(" ".join(line) for line in lines))
         params = [vm.deploy_id, vm.last.hostname]
 
         def cleanup() -> None:
             if domain:  # VMM CLEANUP: cancel the domain first
-                self._vmm(vm, "cancel", params, xml)
+                self.core.vm_drivers.vmm(vm, "cancel", params, xml)
             for line in lines:  # then every TM_COMMAND line, as a no-fail step
-                self.drivers.tm_line(vm.id, line)
-            with self.lock:
+                self.core.drivers.tm_line(vm.id, line)
+            with self.core.lock:
                 if recreate:
-                    self._resubmit(vm)
+                    self.core.vm_actions.resubmit(vm)
                 else:
-                    self._done(vm)
+                    self.core.vm_actions.done(vm)
 
-        self._submit(cleanup)
-
-    # -- migration ------------------------------------------------------------------------------
+        self.core._submit(cleanup)
 
     def vm_migrate(self, vm_id: int, host_id: int, live: bool = False,
                    enforce: bool = False, ds_id: int = -1, migration_type: int = 0) -> int:
         """``VirtualMachineMigrate``: live (MIGRATE, VMM migrate with TM pre/postmigrate)
         or cold (save, or poweroff for type 1/2, then TM MV lines)."""
         method = "one.vm.migrate"
-        with self.lock:
-            vm = self._vm(vm_id, method)
-            target = self._host(host_id, method)
+        with self.core.lock:
+            vm = self.core._vm(vm_id, method)
+            target = self.core._host(host_id, method)
             running = vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]
             if not (running or vm.state in (S.POWEROFF, S.SUSPENDED)) or \
                     (live and not running):
@@ -966,83 +981,84 @@ class VmApi(StorageApi):
                 raise OneFailure(ACTION, f"[{method}] VM is already running on host "
                                          f"[{host_id}] and datastore [{vm.last.ds_id}]",
                                  vm_id)
-            system = self.datastores[vm.last.ds_id if ds_id < 0 else ds_id]
+            system = self.core.datastores[vm.last.ds_id if ds_id < 0 else ds_id]
             vm.last.action = ACTION_NUMBERS["live-migrate" if live else "migrate"]
             vm.last.etime = now()
             vm.history.append(History(len(vm.history), target.name, target.id, system.id,
                                       system.tm_mad, target.vm_mad))
             target.vms.append(vm_id)
             if live:
-                self._set_vm_state(vm, S.ACTIVE, LCM["MIGRATE"])
-                self._submit(lambda: self._live_migrate(vm))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["MIGRATE"])
+                self.core._submit(lambda: self._live_migrate(vm))
             elif vm.state == S.POWEROFF:
-                self._move_host(vm)
-                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE_POWEROFF"])
-                self._submit(lambda: self._prolog(vm))
+                self.core.vm_drivers.move_host(vm)
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE_POWEROFF"])
+                self.core._submit(lambda: self.core.lifecycle.prolog(vm))
             elif vm.state == S.SUSPENDED:
-                self._move_host(vm)
-                self._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE_SUSPEND"])
-                self._submit(lambda: self._prolog(vm))
+                self.core.vm_drivers.move_host(vm)
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["PROLOG_MIGRATE_SUSPEND"])
+                self.core._submit(lambda: self.core.lifecycle.prolog(vm))
             elif migration_type in (1, 2):
                 vm.previous_action = "poweroff-migrate"
-                self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_MIGRATE"])
-                self._submit(lambda: self._shutdown(vm, migration_type == 2))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["SAVE_MIGRATE"])
+                self.core._submit(lambda: self.core.vm_actions.shutdown(vm, migration_type == 2))
             else:
                 vm.previous_action = "migrate"
-                self._set_vm_state(vm, S.ACTIVE, LCM["SAVE_MIGRATE"])
-                self._submit(lambda: self._save_for_migration(vm))
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["SAVE_MIGRATE"])
+                self.core._submit(lambda: self._save_for_migration(vm))
             return vm_id
 
     def _save_for_migration(self, vm: Vm) -> None:
         """SAVE on the source host (the previous history record)."""
-        with self.lock:
+        with self.core.lock:
             source = vm.history[-2]
-            place = self._place(vm, source)
+            place = self.core.vm_drivers.place(vm, source)
             checkpoint = f"{place.system_dir}/checkpoint"
-            xml = self._vmm_xml(vm, host=source.hostname, checkpoint=checkpoint)
-        ok, info = self._vmm(vm, "save", [vm.deploy_id, checkpoint, source.hostname], xml,
-                             host=source.hostname)
-        with self.lock:
+            xml = self.core.vm_drivers.vmm_xml(vm, host=source.hostname, checkpoint=checkpoint)
+        ok, info = self.core.vm_drivers.vmm(vm, "save", [vm.deploy_id, checkpoint,
+                                                          source.hostname], xml,
+                                            host=source.hostname)
+        with self.core.lock:
             if not ok:
-                self._vm_error_info(vm, "SAVE", info)
-                self._revert_migration(vm)
+                self.core.vm_drivers.vm_error_info(vm, "SAVE", info)
+                self.revert_migration(vm)
                 return
-            self._delete_snapshots(vm)
-            self._start_prolog_migrate(vm)
+            self.core.vm_drivers.delete_snapshots(vm)
+            self.core.lifecycle.start_prolog_migrate(vm)
 
-    def _revert_migration(self, vm: Vm) -> None:
-        target = self.hosts.get(vm.last.hid)
+    def revert_migration(self, vm: Vm) -> None:
+        target = self.core.hosts.get(vm.last.hid)
         if target is not None and vm.id in target.vms:
             target.vms.remove(vm.id)
         vm.history.pop()
-        self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+        self.core._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
 
     def _live_migrate(self, vm: Vm) -> None:
         """VMM MIGRATE: TM premigrate (VM XML base64 on stdin), the hypervisor's migrate,
         TM postmigrate (no-fail); failmigrate when the migration fails."""
-        with self.lock:
+        with self.core.lock:
             source = vm.history[-2]
-            line = T.migrate(vm, source.hostname, self._place(vm))
-            payload = _b64(X.vm_body(vm, all_history=False, version=self.version))
-            xml = self._vmm_xml(vm, host=source.hostname, migr_host=vm.last.hostname,
+            line = T.migrate(vm, source.hostname, self.core.vm_drivers.place(vm))
+            payload = _b64(X.vm_body(vm, all_history=False, version=self.core.version))
+            xml = self.core.vm_drivers.vmm_xml(vm, host=source.hostname, migr_host=vm.last.hostname,
                                 tm_command=" ".join(line))
-        pre = self.drivers.tm_line(vm.id, ["PRE" + line[0], *line[1:]], payload)
+        pre = self.core.drivers.tm_line(vm.id, ["PRE" + line[0], *line[1:]], payload)
         ok, info = pre.ok, pre.info
         if ok:
-            ok, info = self._vmm(vm, "migrate", [vm.deploy_id, vm.last.hostname,
+            ok, info = self.core.vm_drivers.vmm(vm, "migrate", [vm.deploy_id, vm.last.hostname,
                                                  source.hostname], xml, host=source.hostname)
             if not ok:
-                self.drivers.tm_line(vm.id, ["FAIL" + line[0], *line[1:]], payload)
+                self.core.drivers.tm_line(vm.id, ["FAIL" + line[0], *line[1:]], payload)
             else:
-                self.drivers.tm_line(vm.id, ["POST" + line[0], *line[1:]], payload)
-        with self.lock:
+                self.core.drivers.tm_line(vm.id, ["POST" + line[0], *line[1:]], payload)
+        with self.core.lock:
             if ok:
-                self._move_host(vm)
-                self._delete_snapshots(vm)
-                self._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
+                self.core.vm_drivers.move_host(vm)
+                self.core.vm_drivers.delete_snapshots(vm)
+                self.core._set_vm_state(vm, S.ACTIVE, LCM["RUNNING"])
             else:
-                self._vm_error_info(vm, "MIGRATE", info)
-                self._revert_migration(vm)
+                self.core.vm_drivers.vm_error_info(vm, "MIGRATE", info)
+                self.revert_migration(vm)
 
 
 def _copy_snapshot(snapshot: ImageSnapshot) -> ImageSnapshot:

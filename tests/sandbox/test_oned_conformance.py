@@ -115,12 +115,13 @@ def test_a_running_world_validates_and_pyone_reads_it(make_world, version):
     vm_id = w.oned.instantiate(w.vm_template("web", f'IMAGE_ID="{image_id}"'), host_id,
                                system_ds)
     oned = w.oned
-    for schema, body in (("datastore.xsd", oned.datastore_info(image_ds)),
-                         ("image.xsd", oned.image_info(image_id)),
-                         ("host.xsd", oned.host_info(host_id)),
-                         ("vm.xsd", oned.vm_info(vm_id)),
-                         ("vm_pool.xsd", oned.vmpool_info(-2, -1, -1, -1)),
-                         ("vm_pool_extended.xsd", oned.vmpool_infoextended(-2, -1, -1, -1))):
+    for schema, body in (("datastore.xsd", oned.call("one.datastore.info", image_ds)),
+                         ("image.xsd", oned.call("one.image.info", image_id)),
+                         ("host.xsd", oned.call("one.host.info", host_id)),
+                         ("vm.xsd", oned.call("one.vm.info", vm_id)),
+                         ("vm_pool.xsd", oned.call("one.vmpool.info", -2, -1, -1, -1)),
+                         ("vm_pool_extended.xsd",
+                          oned.call("one.vmpool.infoextended", -2, -1, -1, -1))):
         w.validate(schema, body)
     assert w.srv.vm.info(vm_id).STATE == 3
     assert w.srv.image.info(image_id).STATE == 2
@@ -166,7 +167,7 @@ def test_state_event_sequences(world):
     prev = [(m.findtext("VM/PREV_STATE"), m.findtext("VM/PREV_LCM_STATE"))
             for m in vm_messages]
     assert prev == [("1", "0"), ("1", "0"), ("3", "0"), ("3", "1"), ("3", "2")]
-    body = etree.fromstring(world.oned.vm_info(vm_id).encode())
+    body = etree.fromstring(world.oned.call("one.vm.info", vm_id).encode())
     assert (body.findtext("PREV_STATE"), body.findtext("PREV_LCM_STATE")) == ("3", "3")
 
 
@@ -449,7 +450,7 @@ def test_default_objects(world):
     assert [(d.ID, d.NAME, d.TYPE, d.DS_MAD, d.TM_MAD) for d in pool] == [
         (0, "system", 1, "-", "ssh"), (1, "default", 0, "fs", "ssh"),
         (2, "files", 2, "fs", "ssh")]
-    world.validate("datastore_pool.xsd", world.oned.datastorepool_info())
+    world.validate("datastore_pool.xsd", world.oned.call("one.datastorepool.info"))
     host_id = world.oned.create_host("node1")
     cluster = world.srv.cluster.info(0)
     assert cluster.NAME == "default"

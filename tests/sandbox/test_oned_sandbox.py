@@ -71,24 +71,24 @@ def test_bodies_validate_against_opennebula_xsds(world):
     world.srv.vm.disksnapshotcreate(vm_id, 0, "disk")  # the top-level SNAPSHOTS
     oned.wait_idle()
     assert oned.vms[vm_id].disk_snapshots and oned.vms[vm_id].template["SNAPSHOT"]
-    pending, _ = oned.vm_allocate(world.vm_template("later"))
+    pending = oned.call("one.vm.allocate", world.vm_template("later"), False)
     for schema, body in (
-            ("datastore.xsd", oned.datastore_info(image_ds)),
-            ("datastore.xsd", oned.datastore_info(system_ds)),
-            ("datastore_pool.xsd", oned.datastorepool_info()),
-            ("image.xsd", oned.image_info(image_id)),
-            ("image_pool.xsd", oned.imagepool_info()),
-            ("host.xsd", oned.host_info(0)),
-            ("host_pool.xsd", oned.hostpool_info()),
-            ("vm.xsd", oned.vm_info(vm_id)),
-            ("vm_pool.xsd", oned.vmpool_info(-2, -1, -1, -1)),
-            ("vm_pool_extended.xsd", oned.vmpool_infoextended(-2, vm_id, vm_id, -1)),
+            ("datastore.xsd", oned.call("one.datastore.info", image_ds)),
+            ("datastore.xsd", oned.call("one.datastore.info", system_ds)),
+            ("datastore_pool.xsd", oned.call("one.datastorepool.info")),
+            ("image.xsd", oned.call("one.image.info", image_id)),
+            ("image_pool.xsd", oned.call("one.imagepool.info")),
+            ("host.xsd", oned.call("one.host.info", 0)),
+            ("host_pool.xsd", oned.call("one.hostpool.info")),
+            ("vm.xsd", oned.call("one.vm.info", vm_id)),
+            ("vm_pool.xsd", oned.call("one.vmpool.info", -2, -1, -1, -1)),
+            ("vm_pool_extended.xsd", oned.call("one.vmpool.infoextended", -2, vm_id, vm_id, -1)),
             ("raftstatus.xsd", oned.zone_raftstatus()),
             ("opennebula_configuration.xsd", oned.system_config())):
         world.validate(schema, body)
     # vm.xsd requires TM_MAD_SYSTEM, which oned adds at the first deploy: a PENDING VM's
     # body does not have it, with oned as with the sandbox.
-    assert "TM_MAD_SYSTEM" not in oned.vm_info(pending)
+    assert "TM_MAD_SYSTEM" not in oned.call("one.vm.info", pending)
 
 
 def test_errors_and_authentication(world):
