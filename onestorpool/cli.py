@@ -33,7 +33,8 @@ class Command:
 
 
 GROUPS = {"sandbox": "the embedded sandboxes: a StorPool API cluster and an oned, to try the "
-                     "add-on and to test it"}
+                     "add-on and to test it",
+          "datastore": "StorPool datastores in OpenNebula"}
 
 COMMANDS: list[Command] = [
     Command(("sandbox", "up"), "onestorpool.sandbox.up",
@@ -51,6 +52,12 @@ COMMANDS: list[Command] = [
             "send tombstones of deleted images to the remote location", None),
     Command(("config",), "onestorpool.config",
             "print the effective configuration (rc syntax, token never shown)"),
+    Command(("install",), "onestorpool.install",
+            "configure oned for the add-on (oned.conf, vmm_execrc, remotes), or undo it"),
+    Command(("doctor",), "onestorpool.doctor",
+            "check a front-end: oned, StorPool, templates, oned.conf, hosts, event log"),
+    Command(("datastore", "create"), "onestorpool.datastore",
+            "create a StorPool image or system datastore and its StorPool template"),
 ]
 
 
