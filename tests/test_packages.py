@@ -9,6 +9,7 @@ DEB installation needs root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -192,11 +193,12 @@ def test_rpm_and_deb_carry_the_same_files(packages):
 # -- the DEB installed on this machine --------------------------------------------------------
 
 
-def _dpkg(*args: str) -> subprocess.CompletedProcess[str]:
+def _dpkg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """dpkg, waiting for its lock when another installation runs."""
     for _ in range(60):
-        done = sh("dpkg", *args, check=False, timeout=600,
-                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        done = sh("dpkg", "--force-confdef", "--force-confold", *args, check=False,
+                  timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive",
+                                    **(env or {})})
         if "lock" not in done.stderr:
             break
         time.sleep(2)
@@ -206,31 +208,63 @@ def _dpkg(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="installing a DEB needs root")
 @pytest.mark.skipif(shutil.which("dpkg") is None, reason="not a dpkg system")
-def test_deb_installs_runs_a_driver_and_purges(packages, tmp_path):
+def test_deb_installs_upgrades_runs_a_driver_and_purges(packages, tmp_path):
+    """On a scratch front-end (``ONESTORPOOL_ROOT``, which the maintainer scripts pass on to
+    ``onestorpool install``): the post-install configures oned.conf, an upgrade keeps the
+    configuration and the event log and leaves oned.conf as it is, the purge restores
+    oned.conf byte for byte and keeps a non-empty event log."""
     if sh("dpkg-query", "-W", "-f", "${Status}", "onestorpool", check=False).stdout \
             .endswith("installed"):
         pytest.skip("an onestorpool package is installed here already; not touching it")
     if not Path(PYTHON).exists():
         pytest.skip(f"{PYTHON} (the DEB's interpreter) is not installed")
-    _dpkg("-i", str(packages["deb"]))
+    if os.path.exists(build.EVENT_LOG_DIR):
+        pytest.skip(f"{build.EVENT_LOG_DIR} exists here: an event log not to touch")
+    front = tmp_path / "frontend"
+    (front / "etc/one/vmm_exec").mkdir(parents=True)
+    fixtures = REPO / "tests/fixtures/oned_conf"
+    oned_conf = front / "etc/one/oned.conf"
+    shutil.copy(fixtures / "oned-7.0.2.conf", oned_conf)
+    shutil.copy(fixtures / "vmm_execrc-7.0.2", front / "etc/one/vmm_exec/vmm_execrc")
+    original = oned_conf.read_bytes()
+    scratch = {"ONESTORPOOL_ROOT": str(front)}
+    event_log = Path(build.EVENT_LOG_DIR) / "events.db"
+
+    _dpkg("-i", str(packages["deb"]), env=scratch)
     try:
+        configured = oned_conf.read_bytes()
+        assert b'TM_MAD_CONF = [\n    NAME = "storpool",' in configured
         version = sh("/usr/bin/onestorpool", "--version").stdout.strip()
         assert version == f"onestorpool {build.version()}"
         assert sh("dpkg-query", "-W", "-f", "${Status}", "onestorpool").stdout == \
             "install ok installed"
-        # post-install compiled the virtualenv
-        assert list(Path(build.PREFIX).rglob("__pycache__/cli.*.pyc"))
+        assert list(Path(build.PREFIX).rglob("__pycache__/cli.*.pyc"))  # compiled
         if shutil.which("systemd-analyze"):
             done = sh("systemd-analyze", "verify", f"/usr/lib/systemd/system/{build.UNIT}",
                       check=False, timeout=120)
             assert done.returncode == 0, done.stderr
         _driver_run_against_the_sandboxes(tmp_path)
+
+        # upgrade: the admin's configuration and the event log stay, oned.conf too
+        conffile = Path(build.CONFFILE)
+        conffile.write_text(conffile.read_text() + "ONE_PX=mine\n")
+        event_log.write_bytes(b"audit")
+        _dpkg("-i", str(packages["deb"]), env=scratch)
+        assert conffile.read_text().endswith("ONE_PX=mine\n")
+        assert event_log.read_bytes() == b"audit"
+        assert oned_conf.read_bytes() == configured
     finally:
-        _dpkg("--purge", "onestorpool")
+        _dpkg("--purge", "onestorpool", env=scratch)
+    assert oned_conf.read_bytes() == original
     for path in (build.PREFIX, "/usr/bin/onestorpool", f"{build.REMOTES}/datastore/storpool",
                  build.CONFFILE, f"/usr/lib/systemd/system/{build.UNIT}"):
         assert not os.path.lexists(path), f"{path} left after purge"
     assert sh("dpkg-query", "-W", "onestorpool", check=False).returncode != 0
+    assert event_log.read_bytes() == b"audit"  # audit data: the admin removes it knowingly
+    shutil.rmtree(build.EVENT_LOG_DIR)
+    for leftover in (build.REMOTES, "/var/lib/one"):
+        with contextlib.suppress(OSError):
+            os.rmdir(leftover)
 
 
 def _driver_run_against_the_sandboxes(tmp_path: Path) -> None:
