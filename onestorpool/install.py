@@ -21,6 +21,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import grp
 import json
@@ -30,7 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -528,6 +529,24 @@ def _remove_empty_parents(path: Path, stop: Path) -> None:
         parent = parent.parent
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One run at a time (a package post-install and an admin, say): the second waits."""
+    import fcntl
+
+    path = state_path().with_name(".onestorpool-install.lock")
+    if not path.parent.is_dir():
+        yield
+        return
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if not state_path().exists():  # nothing installed: nothing of ours stays
+                path.unlink(missing_ok=True)
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "yes", "true")
 
@@ -572,6 +591,7 @@ def run(args: argparse.Namespace) -> int:
         skip_remotes=args.skip_remotes, skip_group=args.skip_group,
         vm_snapshots=args.vm_snapshots, python=args.python)
     try:
-        return (uninstall if args.uninstall else install)(options)
+        with _locked():
+            return (uninstall if args.uninstall else install)(options)
     except (onedconf.ParseError, EditConflict) as exc:
         raise InputError(f"{options.oned_conf}: {exc}") from None

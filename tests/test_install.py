@@ -19,6 +19,11 @@ from onestorpool.onedconf import Edit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "oned_conf"
 RELEASES = sorted(p.name[len("oned-"):-len(".conf")] for p in FIXTURES.glob("oned-*.conf"))
+# the project's shared fixture (a packaged oned.conf of an installed front-end), when present
+SHARED = Path(__file__).resolve().parents[2] / "shared/fixtures/opennebula/oned.conf"
+CONFS = {release: FIXTURES / f"oned-{release}.conf" for release in RELEASES}
+if SHARED.is_file():
+    CONFS["shared"] = SHARED
 
 
 @pytest.fixture
@@ -51,9 +56,9 @@ def _vector_count(text: str, name: str) -> int:
     return len(re.findall(rf"^{name}\s*=", text, re.MULTILINE))
 
 
-@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("release", CONFS)
 def test_parser_reads_every_release(release):
-    text = (FIXTURES / f"oned-{release}.conf").read_text()
+    text = CONFS[release].read_text()
     attributes = onedconf.parse(text)
     for name in ("TM_MAD_CONF", "DS_MAD_CONF", "VM_MAD", "VM_RESTRICTED_ATTR",
                  "IMAGE_RESTRICTED_ATTR"):
@@ -65,12 +70,12 @@ def test_parser_reads_every_release(release):
         assert text[attribute.start:].upper().startswith(attribute.name)
 
 
-@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("release", CONFS)
 def test_install_on_each_release(release, tmp_path, monkeypatch):
     monkeypatch.setenv("ONESTORPOOL_ROOT", str(tmp_path))
     etc = tmp_path / "etc/one"
     (etc / "vmm_exec").mkdir(parents=True)
-    original = (FIXTURES / f"oned-{release}.conf").read_bytes()
+    original = CONFS[release].read_bytes()
     conf = etc / "oned.conf"
     conf.write_bytes(original)
     conf.chmod(0o640)
