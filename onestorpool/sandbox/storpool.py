@@ -182,7 +182,7 @@ class StorPoolSandbox:
         try:
             self.server = ThreadingHTTPServer((host, port), _handler_class(self))
         except BaseException:  # e.g. the port is taken: leave the data directory removable
-            self.cluster.release_immutable_files()
+            self.cluster.files.release_immutable_files()
             raise
         self.server.daemon_threads = True
         self.host, self.port = self.server.server_address[:2]
@@ -233,7 +233,7 @@ class StorPoolSandbox:
             for conn in list(self._connections):
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-        self.cluster.close()
+        self.cluster.files.close()
 
     def __enter__(self) -> StorPoolSandbox:
         return self.start()
@@ -260,7 +260,7 @@ class StorPoolSandbox:
 
     def add_client(self, client_id: int, directory: Path | None = None) -> None:
         """Register a client (default directory ``<data>/clients/<id>``) or move one."""
-        self.cluster.add_client(client_id, Path(directory) if directory is not None
+        self.cluster.files.add_client(client_id, Path(directory) if directory is not None
                                 else self.data_dir / "clients" / str(client_id))
 
     def now(self) -> int:
@@ -291,7 +291,7 @@ class StorPoolSandbox:
             raise ValueError("a remote location given by URL needs its token")
         else:
             url, location_id = other, location_id or location_id_for(name)
-        self.cluster.add_location(name, url, token, location_id)
+        self.cluster.remote_api.add_location(name, url, token, location_id)
 
     # -- the StorPool API -------------------------------------------------------------------
 
@@ -322,7 +322,8 @@ class StorPoolSandbox:
         tags = check_tags(body.get("tags"))
         with contextlib.ExitStack() as files:
             with self.cluster.transaction():
-                transfers = self.cluster.prepare_backups(volumes, body.get("location"), tags)
+                transfers = self.cluster.remote_api.prepare_backups(volumes, body.get("location"),
+                                                                    tags)
                 # Opened under the lock: a concurrent delete cannot pull a file away.
                 readers = [files.enter_context(data.ExtentReader(t["path"], t["meta"]["size"]))
                            for t in transfers]
@@ -354,7 +355,7 @@ class StorPoolSandbox:
         for name, location in locations.items():
             entries = _remote_call(location, "GET", f"{ADMIN}exports?location={ours}")
             with self.cluster.lock:
-                copies = self.cluster.local_copies()
+                copies = self.cluster.remote_api.local_copies()
                 by_id = {s["globalId"]: s["name"] for s in self.cluster.snapshots.values()
                          if not s["deleted"]}
             for entry in entries:
@@ -374,15 +375,15 @@ class StorPoolSandbox:
         us (a backup we sent, or one it exported to us) into a local snapshot (and volume)."""
         volume = query == "VolumeFromRemote"
         with self.cluster.transaction():
-            body = self.cluster.check_from_remote(body, volume)
-            location = dict(self.cluster.location(body["remoteLocation"]))
+            body = self.cluster.remote_api.check_from_remote(body, volume)
+            location = dict(self.cluster.remote_api.location(body["remoteLocation"]))
             ours = self.cluster.location_id
         staged = self.cluster.objects_dir / f".pull-{secrets.token_hex(8)}"
         try:
             meta = _remote_fetch(location, f"{ADMIN}fetch/{body['remoteId']}?location={ours}",
                                  staged)
             with self.cluster.transaction():
-                return self.cluster.import_remote(body, meta, staged, volume)
+                return self.cluster.remote_api.import_remote(body, meta, staged, volume)
         finally:
             staged.unlink(missing_ok=True)
 
@@ -401,7 +402,7 @@ class StorPoolSandbox:
             return self.info()
         if (method, action) == ("GET", "exports"):
             with self.cluster.lock:
-                return self.cluster.exported_to(params.get("location", ""))
+                return self.cluster.remote_api.exported_to(params.get("location", ""))
         body = check_object(body, f"/sandbox/{action}")
         if (method, action) == ("POST", "faults"):
             unknown = set(body) - {"transient", "drop", "dropAfter", "latency", "queries",
@@ -446,7 +447,7 @@ class StorPoolSandbox:
         try:
             data.write_extents(stream, staged, size, extents)
             with self.cluster.transaction():
-                return {"remoteId": self.cluster.receive_backup(meta, staged)}
+                return {"remoteId": self.cluster.remote_api.receive_backup(meta, staged)}
         finally:
             staged.unlink(missing_ok=True)
 
@@ -455,7 +456,7 @@ class StorPoolSandbox:
         """The metadata and data of a snapshot exported to ``location_id``. The file is
         opened under the lock, so a concurrent delete cannot pull it away half-read."""
         with self.cluster.lock:
-            entry = self.cluster.export_for(global_id, location_id)
+            entry = self.cluster.remote_api.export_for(global_id, location_id)
             snapshot = self.cluster.snapshots[entry["name"]]
             return entry, data.ExtentReader(self.cluster.object_path(snapshot), entry["size"])
 
@@ -469,6 +470,8 @@ _NETWORK_CALLS = {("POST", "VolumeBackup"): "_backup", ("POST", "VolumesGroupBac
 def _routes(cluster: Cluster) -> dict[tuple[str, str], Handler]:
     """(method, query) -> handler(arg, body) for every call answered from the model."""
     c = cluster
+    vol, snap, att, tmpl, remote = (c.vol_api, c.snap_api, c.attach_api, c.tmpl_api,
+                                    c.remote_api)
 
     def named(call: Callable[..., Any], *, body: bool = False) -> Handler:
         def handler(arg: str | None, payload: Any) -> Any:
@@ -485,50 +488,50 @@ def _routes(cluster: Cluster) -> dict[tuple[str, str], Handler]:
         if payload.get("attachTimeout") is not None:
             check_int(payload["attachTimeout"], "attachTimeout", 0)
         # Sandbox clients apply a change at once, so there is never anything to wait for.
-        return c.volumes_reassign(payload.get("reassign"))
+        return att.volumes_reassign(payload.get("reassign"))
 
     return {
-        ("GET", "VolumesList"): plain(c.volumes_list),
-        ("GET", "Volume"): named(c.volume),
-        ("GET", "VolumeDescribe"): named(c.volume_describe),
-        ("GET", "VolumeGetInfo"): named(c.volume_info),
-        ("GET", "VolumeListSnapshots"): named(c.volume_list_snapshots),
-        ("GET", "VolumesSpace"): plain(c.volumes_space),
-        ("GET", "VolumesGetStatus"): plain(c.volumes_status),
-        ("GET", "VolumesGetStatusQuick"): plain(lambda: c.volumes_status(quick=True)),
-        ("POST", "VolumeCreate"): lambda arg, payload: c.volume_create(payload),
-        ("POST", "VolumeUpdate"): named(c.volume_update, body=True),
-        ("POST", "VolumeDelete"): named(c.volume_delete),
-        ("POST", "VolumeRevert"): named(c.volume_revert, body=True),
-        ("POST", "VolumeFreeze"): named(c.volume_freeze, body=True),
-        ("POST", "VolumeSnapshot"): named(c.volume_snapshot, body=True),
-        ("GET", "SnapshotsList"): plain(c.snapshots_list),
-        ("GET", "Snapshot"): named(c.snapshot),
-        ("GET", "SnapshotDescribe"): named(c.snapshot_describe),
-        ("GET", "SnapshotGetInfo"): named(c.snapshot_info),
-        ("GET", "SnapshotsSpace"): plain(c.snapshots_space),
-        ("POST", "SnapshotUpdate"): named(c.snapshot_update, body=True),
-        ("POST", "SnapshotDelete"): named(c.snapshot_delete),
-        ("POST", "SnapshotDeleteById"): named(c.snapshot_delete_by_id),
-        ("POST", "VolumesGroupSnapshot"): lambda arg, payload: c.volumes_group_snapshot(
+        ("GET", "VolumesList"): plain(vol.volumes_list),
+        ("GET", "Volume"): named(vol.volume),
+        ("GET", "VolumeDescribe"): named(vol.volume_describe),
+        ("GET", "VolumeGetInfo"): named(vol.volume_info),
+        ("GET", "VolumeListSnapshots"): named(vol.volume_list_snapshots),
+        ("GET", "VolumesSpace"): plain(tmpl.volumes_space),
+        ("GET", "VolumesGetStatus"): plain(tmpl.volumes_status),
+        ("GET", "VolumesGetStatusQuick"): plain(lambda: tmpl.volumes_status(quick=True)),
+        ("POST", "VolumeCreate"): lambda arg, payload: vol.volume_create(payload),
+        ("POST", "VolumeUpdate"): named(vol.volume_update, body=True),
+        ("POST", "VolumeDelete"): named(vol.volume_delete),
+        ("POST", "VolumeRevert"): named(vol.volume_revert, body=True),
+        ("POST", "VolumeFreeze"): named(vol.volume_freeze, body=True),
+        ("POST", "VolumeSnapshot"): named(snap.volume_snapshot, body=True),
+        ("GET", "SnapshotsList"): plain(snap.snapshots_list),
+        ("GET", "Snapshot"): named(snap.snapshot),
+        ("GET", "SnapshotDescribe"): named(snap.snapshot_describe),
+        ("GET", "SnapshotGetInfo"): named(snap.snapshot_info),
+        ("GET", "SnapshotsSpace"): plain(tmpl.snapshots_space),
+        ("POST", "SnapshotUpdate"): named(snap.snapshot_update, body=True),
+        ("POST", "SnapshotDelete"): named(snap.snapshot_delete),
+        ("POST", "SnapshotDeleteById"): named(snap.snapshot_delete_by_id),
+        ("POST", "VolumesGroupSnapshot"): lambda arg, payload: snap.volumes_group_snapshot(
             payload),
-        ("POST", "SnapshotExport"): lambda arg, payload: c.snapshot_export(payload),
-        ("POST", "SnapshotUnexport"): lambda arg, payload: c.snapshot_unexport(payload),
-        ("GET", "AttachmentsList"): plain(c.attachments_list),
-        ("POST", "VolumesReassign"): lambda arg, payload: c.volumes_reassign(payload),
+        ("POST", "SnapshotExport"): lambda arg, payload: remote.snapshot_export(payload),
+        ("POST", "SnapshotUnexport"): lambda arg, payload: remote.snapshot_unexport(payload),
+        ("GET", "AttachmentsList"): plain(att.attachments_list),
+        ("POST", "VolumesReassign"): lambda arg, payload: att.volumes_reassign(payload),
         ("POST", "VolumesReassignWait"): reassign_wait,
-        ("GET", "VolumeTemplatesList"): plain(c.volume_templates_list),
-        ("GET", "VolumeTemplateDescribe"): named(c.volume_template_describe),
-        ("GET", "VolumeTemplatesStatus"): plain(c.volume_templates_status),
-        ("POST", "VolumeTemplateCreate"): lambda arg, payload: c.volume_template_create(
+        ("GET", "VolumeTemplatesList"): plain(tmpl.volume_templates_list),
+        ("GET", "VolumeTemplateDescribe"): named(tmpl.volume_template_describe),
+        ("GET", "VolumeTemplatesStatus"): plain(tmpl.volume_templates_status),
+        ("POST", "VolumeTemplateCreate"): lambda arg, payload: tmpl.volume_template_create(
             payload),
-        ("POST", "VolumeTemplateUpdate"): named(c.volume_template_update, body=True),
-        ("POST", "VolumeTemplateDelete"): named(c.volume_template_delete),
-        ("GET", "ServicesList"): plain(c.services_list),
-        ("GET", "ClientsConfigDump"): plain(c.clients_config_dump),
-        ("GET", "ClientConfigWait"): named(c.client_config_wait),
-        ("GET", "LocationsList"): plain(c.locations_list),
-        ("GET", "ClustersList"): plain(c.clusters_list),
+        ("POST", "VolumeTemplateUpdate"): named(tmpl.volume_template_update, body=True),
+        ("POST", "VolumeTemplateDelete"): named(tmpl.volume_template_delete),
+        ("GET", "ServicesList"): plain(tmpl.services_list),
+        ("GET", "ClientsConfigDump"): plain(tmpl.clients_config_dump),
+        ("GET", "ClientConfigWait"): named(tmpl.client_config_wait),
+        ("GET", "LocationsList"): plain(remote.locations_list),
+        ("GET", "ClustersList"): plain(remote.clusters_list),
     }
 
 
@@ -630,7 +633,7 @@ def _remote_fetch(location: dict[str, Any], path: str, staged: Path) -> dict[str
             raise SpError("remoteError", "remote location sent no snapshot", transient=True)
         meta = json.loads(response.read(int(meta_length)))
         extents = [tuple(e) for e in meta["extents"]]
-        data.write_extents(response, staged, int(meta["size"]), extents)  # type: ignore[arg-type]
+        data.write_extents(response, staged, int(meta["size"]), extents)
         return meta
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise _remote_error(location, exc) from None

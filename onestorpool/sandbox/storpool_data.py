@@ -29,7 +29,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 # _IOR('f', 1, long) / _IOW('f', 2, long): the ioctl numbers carry sizeof(long), while the
 # kernel reads and writes an int, so the argument is packed as one.
@@ -152,7 +152,13 @@ class ExtentReader:
         self.close()
 
 
-def write_extents(stream: BinaryIO, path: Path, size: int,
+class Readable(Protocol):
+    """Anything with ``read(n) -> bytes``: a file, a socket file, an HTTP response."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def write_extents(stream: Readable, path: Path, size: int,
                   extents: list[tuple[int, int]]) -> None:
     """Create ``path`` with ``size`` bytes, filling ``extents`` from ``stream`` in order."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -1,6 +1,9 @@
 """The StorPool sandbox cluster's model: volumes, snapshots, templates, attachments, clients.
 
-:class:`Cluster` holds one emulated cluster. Its public methods are named after the API
+:class:`Cluster` holds one emulated cluster's state (tables, persistence, transactions,
+clock, lookups); its parts answer the queries: :class:`VolumeApi` (``cluster.vol_api``),
+:class:`SnapshotApi`, :class:`AttachmentApi`, :class:`DeviceFiles`, :class:`TemplateApi`,
+:class:`RemoteApi`. Their public methods are named after the API
 queries they answer (``volume_create`` for ``VolumeCreate``) and return exactly the ``data``
 part of StorPool's reply, in the shapes the official bindings' ``sptypes`` parse without
 falling back to partial objects. They validate requests as a real cluster does
@@ -103,7 +106,8 @@ from onestorpool.sandbox.storpool_checks import (
     not_found,
 )
 
-__all__ = ["Cluster", "SpError", "invalid", "location_id_for"]
+__all__ = ["AttachmentApi", "Cluster", "DeviceFiles", "RemoteApi", "SnapshotApi", "SpError",
+           "TemplateApi", "VolumeApi", "invalid", "location_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,13 @@ class Cluster:
                  location_id: str | None = None, capacity: int | None = None,
                  clients: dict[int, Path] | None = None, client_count: int = 4,
                  allow_shared_rw: bool = False):
+        # the parts, composed around this state (they only store it here)
+        self.vol_api = VolumeApi(self)
+        self.snap_api = SnapshotApi(self)
+        self.attach_api = AttachmentApi(self)
+        self.files = DeviceFiles(self)
+        self.tmpl_api = TemplateApi(self)
+        self.remote_api = RemoteApi(self)
         # Absolute: device links point at object files from other directories.
         self.data_dir = Path(data_dir).absolute()
         self.objects_dir = self.data_dir / "objects"
@@ -178,7 +189,7 @@ class Cluster:
             self.clients.setdefault(client_id, str(self.data_dir / "clients" / str(client_id)))
         self.clients.update(extra_clients)
         with self.lock:
-            self.sync_files(remove_orphans=loaded)
+            self.files.sync_files(remove_orphans=loaded)
             self.save()
 
     @property
@@ -251,13 +262,13 @@ class Cluster:
             before = copy.deepcopy(self._state())
             generation = self.generation
             try:
-                self.restore_sizes()
-                self.collect_garbage()
+                self.files.restore_sizes()
+                self.snap_api.collect_garbage()
                 yield
-                self.collect_garbage()  # what the call released (children, attachments)
+                self.snap_api.collect_garbage()  # what the call released (children, attachments)
             except BaseException:
                 self._apply_state(before)
-                self.sync_files(remove_orphans=True)
+                self.files.sync_files(remove_orphans=True)
                 raise
             if self.generation != generation:
                 self.save()
@@ -371,27 +382,40 @@ class Cluster:
     def _stored(self, obj: dict[str, Any]) -> int:
         # Never more than the size: a block device holds no more than its size of data.
         return min(data.allocated(self.object_path(obj)), obj["size"])
+    # -- snapshots -------------------------------------------------------------------------
 
-    # -- volumes ---------------------------------------------------------------------------
+    # -- device links and files ------------------------------------------------------------
+
+    # -- space and status ------------------------------------------------------------------
+
+    # -- locations, exports and backups ----------------------------------------------------
+
+
+class VolumeApi:
+    """Volume queries: list, describe, create, update (resize, rename, tags), delete,
+    revert, freeze."""
+
+    def __init__(self, core: Cluster):
+        self.core = core
 
     def volumes_list(self) -> list[dict[str, Any]]:
-        return [self.summary(v) for v in self.volumes.values()]
+        return [self.core.summary(v) for v in self.core.volumes.values()]
 
     def volume(self, name: str) -> list[dict[str, Any]]:
-        return [self.summary(self._volume(name))]
+        return [self.core.summary(self.core._volume(name))]
 
     def volume_describe(self, name: str) -> dict[str, Any]:
-        return {**self.summary(self._volume(name)), "targetDiskSets": [], "objects": []}
+        return {**self.core.summary(self.core._volume(name)), "targetDiskSets": [], "objects": []}
 
     def volume_info(self, name: str) -> dict[str, Any]:
-        return {**self.summary(self._volume(name)), **_no_disks()}
+        return {**self.core.summary(self.core._volume(name)), **_no_disks()}
 
     def volume_list_snapshots(self, name: str) -> list[dict[str, Any]]:
         """The volume's parent snapshots, nearest first."""
-        chain, parent = [], self._volume(name)["parentName"]
-        while parent in self.snapshots:
-            chain.append(self.summary(self.snapshots[parent]))
-            parent = self.snapshots[parent]["parentName"]
+        chain, parent = [], self.core._volume(name)["parentName"]
+        while parent in self.core.snapshots:
+            chain.append(self.core.summary(self.core.snapshots[parent]))
+            parent = self.core.snapshots[parent]["parentName"]
         return chain
 
     def volume_create(self, body: Any) -> dict[str, Any]:
@@ -399,22 +423,22 @@ class Cluster:
         name = body.get("name")
         if name is not None:
             check_name(name, "volume name")
-            if self._taken(name):
+            if self.core._taken(name):
                 raise exists("volume", name)
-        template = self._template(body["template"]) if body.get("template") is not None \
+        template = self.core._template(body["template"]) if body.get("template") is not None \
             else None
         if body.get("parent") is not None and body.get("baseOn") is not None:
             raise invalid("parent and baseOn are mutually exclusive")
         source: dict[str, Any] | None = None
         parent_name = ""
         if body.get("parent") is not None:
-            source = self._snapshot(body["parent"])
+            source = self.core._snapshot(body["parent"])
             parent_name = source["name"]
         elif body.get("baseOn") is not None:
-            source = self._volume(body["baseOn"])
+            source = self.core._volume(body["baseOn"])
             parent_name = source["parentName"]
         elif template is not None and template["parentName"]:
-            source = self._snapshot(template["parentName"])  # the template's base snapshot
+            source = self.core._snapshot(template["parentName"])  # the template's base snapshot
             parent_name = source["name"]
         size = check_size(body["size"]) if body.get("size") is not None else None
         if size is None:
@@ -427,23 +451,23 @@ class Cluster:
         elif source is not None and size < source["size"]:
             raise invalid(f"size {size} is smaller than the {source['size']} bytes of "
                           f"{source['name']}; create it, then shrink it with shrinkOk")
-        policy = self._resolve_policy(body, template, source)
+        policy = self.resolve_policy(body, template, source)
         tags = check_tags(body.get("tags"))
         template_name = template["name"] if template else (source or {}).get("templateName",
                                                                              "")
-        volume = self._new_object(name or "", size, template_name, parent_name, tags, policy)
+        volume = self.core._new_object(name or "", size, template_name, parent_name, tags, policy)
         if name is None:
             volume["name"] = name = f"~{volume['globalId']}"
-        path = self.object_path(volume)
+        path = self.core.object_path(volume)
         if source is None:
             data.create_sparse(path, size)
         else:
-            data.sparse_copy(self.object_path(source), path, size)
-        self.volumes[name] = volume
-        return self.ok(name=name if body.get("name") is None else None,
+            data.sparse_copy(self.core.object_path(source), path, size)
+        self.core.volumes[name] = volume
+        return self.core.ok(name=name if body.get("name") is None else None,
                        globalId=volume["globalId"])
 
-    def _resolve_policy(self, body: dict[str, Any], template: dict[str, Any] | None,
+    def resolve_policy(self, body: dict[str, Any], template: dict[str, Any] | None,
                         source: dict[str, Any] | None) -> dict[str, Any]:
         """Defaults, then the source object's, then the template's, then the request's."""
         policy: dict[str, Any] = {"replication": DEFAULT_REPLICATION,
@@ -456,7 +480,7 @@ class Cluster:
         return policy
 
     def volume_update(self, name: str, body: Any) -> dict[str, Any]:
-        volume = self._volume(name)
+        volume = self.core._volume(name)
         body = check_object(body, "VolumeUpdate", VOLUME_UPDATE_KEYS)
         if body.get("size") is not None and body.get("sizeAdd") is not None:
             raise invalid("size and sizeAdd are mutually exclusive")
@@ -470,14 +494,14 @@ class Cluster:
         if new_size < volume["size"] and not shrink_ok:
             raise invalid(f"shrinking volume {volume['name']} from {volume['size']} to "
                           f"{new_size} bytes needs shrinkOk")
-        template = self._template(body["template"]) if body.get("template") is not None \
+        template = self.core._template(body["template"]) if body.get("template") is not None \
             else None
         policy = check_policy(body)
         tags = check_tags(body.get("tags"))
         new_name = volume["name"]
         if body.get("rename") is not None:
             new_name = check_name(body["rename"], "volume name")
-            if new_name != volume["name"] and self._taken(new_name):
+            if new_name != volume["name"] and self.core._taken(new_name):
                 raise exists("volume", new_name)
         # Validated: apply.
         if new_size != volume["size"]:
@@ -490,163 +514,170 @@ class Cluster:
         if body.get("tags") is not None:
             volume["tags"] = {k: v for k, v in {**volume["tags"], **tags}.items() if v != ""}
         if new_name != volume["name"]:
-            self._rename(volume, new_name, snapshot=False)
-        return self.ok()
+            self.rename(volume, new_name, snapshot=False)
+        return self.core.ok()
 
     def _resize(self, volume: dict[str, Any], size: int) -> None:
-        path = self.object_path(volume)
-        frozen = self._read_only(volume["name"])
+        path = self.core.object_path(volume)
+        frozen = self.core.attach_api.read_only(volume["name"])
         if frozen:
-            self.immutability.set(path, False)
+            self.core.immutability.set(path, False)
         os.truncate(path, size)
         if frozen:
-            self.immutability.set(path, True)
+            self.core.immutability.set(path, True)
         volume["size"] = size
         volume["objectsCount"] = max(1, -(-size // OBJECT_SIZE))
 
-    def _rename(self, obj: dict[str, Any], new: str, snapshot: bool) -> None:
-        table = self.snapshots if snapshot else self.volumes
+    def rename(self, obj: dict[str, Any], new: str, snapshot: bool) -> None:
+        table = self.core.snapshots if snapshot else self.core.volumes
         old = obj["name"]
-        attached = [a for a in self.attachments
+        attached = [a for a in self.core.attachments
                     if a["volume"] == old and a["snapshot"] == snapshot]
         for attachment in attached:
-            self._unlink(attachment)
+            self.core.files.unlink(attachment)
         del table[old]
         obj["name"] = new
         table[new] = obj
         for attachment in attached:
             attachment["volume"] = new
-            self._link(attachment)
-        for other in [*self._objects(), *self.templates.values()]:
+            self.core.files.link(attachment)
+        for other in [*self.core._objects(), *self.core.templates.values()]:
             if snapshot and other["parentName"] == old:
                 other["parentName"] = new
             if not snapshot and other.get("onVolume") == old:
                 other["onVolume"] = new
 
     def volume_delete(self, name: str) -> dict[str, Any]:
-        volume = self._volume(name)
-        clients = self._clients_of(volume["name"], snapshot=False)
+        volume = self.core._volume(name)
+        clients = self.core.attach_api.clients_of(volume["name"], snapshot=False)
         if clients:
             raise invalid(f"volume {volume['name']} is attached to client(s) "
                           f"{', '.join(map(str, clients))}; detach it first")
-        del self.volumes[volume["name"]]
-        self._remove_file(volume)
-        return self.ok()
+        del self.core.volumes[volume["name"]]
+        self.core.files.remove_file(volume)
+        return self.core.ok()
 
     def volume_revert(self, name: str, body: Any) -> dict[str, Any]:
-        volume = self._volume(name)
+        volume = self.core._volume(name)
         body = check_object(body, "VolumeRevert", {"toSnapshot"})
         if body.get("toSnapshot") is None:
             raise invalid("toSnapshot is required")
-        snapshot = self._snapshot(body["toSnapshot"])
+        snapshot = self.core._snapshot(body["toSnapshot"])
         chain = {s["name"] for s in self.volume_list_snapshots(volume["name"])}
         if snapshot["name"] not in chain and snapshot.get("onVolume") != volume["name"]:
             raise invalid(f"snapshot {snapshot['name']} is not a snapshot of volume "
                           f"{volume['name']}")
-        clients = self._clients_of(volume["name"], snapshot=False)
+        clients = self.core.attach_api.clients_of(volume["name"], snapshot=False)
         if clients:
             raise invalid(f"volume {volume['name']} is attached to client(s) "
                           f"{', '.join(map(str, clients))}; detach it before reverting")
-        path = self.object_path(volume)
+        path = self.core.object_path(volume)
         staged = path.with_name(f".revert-{volume['globalId']}")
         staged.unlink(missing_ok=True)
         try:
-            data.sparse_copy(self.object_path(snapshot), staged)
+            data.sparse_copy(self.core.object_path(snapshot), staged)
             os.replace(staged, path)
         finally:
             staged.unlink(missing_ok=True)
         volume["size"] = snapshot["size"]
         volume["objectsCount"] = snapshot["objectsCount"]
         volume["parentName"] = snapshot["name"]
-        return self.ok()
+        return self.core.ok()
 
     def volume_freeze(self, name: str, body: Any) -> dict[str, Any]:
-        volume = self._volume(name)
+        volume = self.core._volume(name)
         body = check_object(body, "VolumeFreeze", VOLUME_FREEZE_KEYS)
-        if any(a["rights"] == "rw" for a in self._attachments_of(volume["name"], False)):
+        attached = self.core.attach_api.attachments_of(volume["name"], False)
+        if any(a["rights"] == "rw" for a in attached):
             raise invalid(f"volume {volume['name']} is attached read-write; detach it or "
                           "attach it read-only before freezing")
-        delete_date = self._delete_date(body, None)
-        del self.volumes[volume["name"]]
+        delete_date = self.core.snap_api.delete_date(body, None)
+        del self.core.volumes[volume["name"]]
         snapshot = {**volume, "onVolume": volume["name"], "autoName": False, "bound": False,
                     "deleted": False, "transient": False, "recoveringFromRemote": False,
                     "targetDeleteDate": delete_date or 0}
-        self.snapshots[snapshot["name"]] = snapshot
-        for attachment in self._attachments_of(volume["name"], False):
+        self.core.snapshots[snapshot["name"]] = snapshot
+        for attachment in self.core.attach_api.attachments_of(volume["name"], False):
             attachment["snapshot"] = True
-        self.immutability.set(self.object_path(snapshot), True)
-        return self.ok()
+        self.core.immutability.set(self.core.object_path(snapshot), True)
+        return self.core.ok()
 
-    # -- snapshots -------------------------------------------------------------------------
+
+class SnapshotApi:
+    """Snapshot queries, group snapshots, delete dates and the garbage collection of
+    deleted snapshots."""
+
+    def __init__(self, core: Cluster):
+        self.core = core
 
     def snapshots_list(self) -> list[dict[str, Any]]:
-        return [self.summary(s) for s in self.snapshots.values()]
+        return [self.core.summary(s) for s in self.core.snapshots.values()]
 
     def snapshot(self, name: str) -> list[dict[str, Any]]:
-        return [self.summary(self._snapshot(name))]
+        return [self.core.summary(self.core._snapshot(name))]
 
     def snapshot_describe(self, name: str) -> dict[str, Any]:
-        return {**self.summary(self._snapshot(name)), "targetDiskSets": [], "objects": []}
+        return {**self.core.summary(self.core._snapshot(name)), "targetDiskSets": [], "objects": []}
 
     def snapshot_info(self, name: str) -> dict[str, Any]:
-        return {**self.summary(self._snapshot(name)), **_no_disks()}
+        return {**self.core.summary(self.core._snapshot(name)), **_no_disks()}
 
     def volume_snapshot(self, volume_name: str, body: Any) -> dict[str, Any]:
-        volume = self._volume(volume_name)
+        volume = self.core._volume(volume_name)
         body = check_object(body, "VolumeSnapshot", VOLUME_SNAPSHOT_KEYS)
         name = body.get("name")
         if name is not None:
             check_name(name, "snapshot name", SNAPSHOT_RE)
-            if self._taken(name):
+            if self.core._taken(name):
                 raise exists("snapshot", name)
         tags = check_tags(body.get("tags"))
         bind = check_bool(body["bind"], "bind") if body.get("bind") is not None else False
-        delete_date = self._delete_date(body, None)
-        snapshot = self._take_snapshot(volume, name, tags)
+        delete_date = self.delete_date(body, None)
+        snapshot = self.take_snapshot(volume, name, tags)
         snapshot["bound"] = bind
         snapshot["targetDeleteDate"] = delete_date or 0
-        return self.ok(autoName=snapshot["name"] if snapshot["autoName"] else None,
+        return self.core.ok(autoName=snapshot["name"] if snapshot["autoName"] else None,
                        snapshotGlobalId=snapshot["globalId"],
                        snapshotVisibleVolumeId=snapshot["visibleVolumeId"])
 
-    def _take_snapshot(self, volume: dict[str, Any], name: str | None,
+    def take_snapshot(self, volume: dict[str, Any], name: str | None,
                        tags: dict[str, str]) -> dict[str, Any]:
         """A point-in-time copy of ``volume`` that becomes the volume's parent."""
-        snapshot = self._new_snapshot(name, volume, tags, volume["name"],
+        snapshot = self.core._new_snapshot(name, volume, tags, volume["name"],
                                       volume["parentName"])
-        path = self.object_path(snapshot)
-        data.sparse_copy(self.object_path(volume), path)
-        self.immutability.set(path, True)
-        self.snapshots[snapshot["name"]] = snapshot
+        path = self.core.object_path(snapshot)
+        data.sparse_copy(self.core.object_path(volume), path)
+        self.core.immutability.set(path, True)
+        self.core.snapshots[snapshot["name"]] = snapshot
         volume["parentName"] = snapshot["name"]
         return snapshot
 
-    def _delete_date(self, body: dict[str, Any], current: int | None) -> int | None:
+    def delete_date(self, body: dict[str, Any], current: int | None) -> int | None:
         """``deleteAfter`` (seconds from now) or ``targetDeleteDate`` (unix time); 0 clears.
         Returns the new date, 0 for none, or ``current`` when neither is given."""
         if body.get("deleteAfter") is not None:
             after = check_int(body["deleteAfter"], "deleteAfter", 0)
-            return self.now() + after if after else 0
+            return self.core.now() + after if after else 0
         if body.get("targetDeleteDate") is not None:
             date = check_int(body["targetDeleteDate"], "targetDeleteDate", 0)
-            if date and date < self.now():
-                raise invalid(f"targetDeleteDate {date} is in the past (now {self.now()})")
+            if date and date < self.core.now():
+                raise invalid(f"targetDeleteDate {date} is in the past (now {self.core.now()})")
             return date
         return current
 
     def snapshot_update(self, name: str, body: Any) -> dict[str, Any]:
-        snapshot = self._snapshot(name)
+        snapshot = self.core._snapshot(name)
         body = check_object(body, "SnapshotUpdate", SNAPSHOT_UPDATE_KEYS)
         tags = check_tags(body.get("tags"))
-        template = self._template(body["template"]) if body.get("template") is not None \
+        template = self.core._template(body["template"]) if body.get("template") is not None \
             else None
         policy = check_policy(body)
         bind = check_bool(body["bind"], "bind") if body.get("bind") is not None else None
-        delete_date = self._delete_date(body, snapshot["targetDeleteDate"])
+        delete_date = self.delete_date(body, snapshot["targetDeleteDate"])
         new_name = snapshot["name"]
         if body.get("rename") is not None:
             new_name = check_name(body["rename"], "snapshot name", SNAPSHOT_RE)
-            if new_name != snapshot["name"] and self._taken(new_name):
+            if new_name != snapshot["name"] and self.core._taken(new_name):
                 raise exists("snapshot", new_name)
         if body.get("tags") is not None:
             snapshot["tags"] = {k: v for k, v in {**snapshot["tags"], **tags}.items()
@@ -660,18 +691,18 @@ class Cluster:
             snapshot["bound"] = bind
         snapshot["targetDeleteDate"] = delete_date or 0
         if new_name != snapshot["name"]:
-            self._rename(snapshot, new_name, snapshot=True)
-        return self.ok()
+            self.core.vol_api.rename(snapshot, new_name, snapshot=True)
+        return self.core.ok()
 
     def snapshot_delete(self, name: str) -> dict[str, Any]:
-        snapshot = self._snapshot(name)
-        clients = self._clients_of(snapshot["name"], snapshot=True)
+        snapshot = self.core._snapshot(name)
+        clients = self.core.attach_api.clients_of(snapshot["name"], snapshot=True)
         if clients:
             raise invalid(f"snapshot {snapshot['name']} is attached to client(s) "
                           f"{', '.join(map(str, clients))}; detach it first")
         snapshot["deleted"] = True
         self.collect_garbage()
-        return self.ok()
+        return self.core.ok()
 
     def snapshot_delete_by_id(self, global_id: str) -> dict[str, Any]:
         return self.snapshot_delete(f"~{global_id}")
@@ -687,11 +718,11 @@ class Cluster:
         for item in items:
             item = check_object(item, "VolumesGroupSnapshot volume",
                                 {"volume", "name", "tags"})
-            volume = self._volume(item.get("volume"))
+            volume = self.core._volume(item.get("volume"))
             name = item.get("name")
             if name is not None:
                 check_name(name, "snapshot name", SNAPSHOT_RE)
-                if self._taken(name) or name in names:
+                if self.core._taken(name) or name in names:
                     raise exists("snapshot", name)
                 names.add(name)
             if any(volume is other for other, _, _ in plan):
@@ -699,63 +730,68 @@ class Cluster:
             plan.append((volume, name, {**common, **check_tags(item.get("tags"))}))
         result = []
         for volume, name, tags in plan:  # all validated: the group is taken at one instant
-            snapshot = self._take_snapshot(volume, name, tags)
+            snapshot = self.take_snapshot(volume, name, tags)
             result.append({"volume": volume["name"], "volumeGlobalId": volume["globalId"],
                            "snapshot": snapshot["name"],
                            "snapshotGlobalId": snapshot["globalId"],
                            "remoteId": snapshot["globalId"]})
-        return self.ok(snapshots=result)
+        return self.core.ok(snapshots=result)
 
     def collect_garbage(self) -> None:
         """Snapshots past their delete date are deleted; deleted or bound snapshots go away
         once nothing hangs off them and they are attached nowhere."""
-        now = self.now()
+        now = self.core.now()
         changed = True
         while changed:
             changed = False
-            children = self._children()
-            for name, snapshot in list(self.snapshots.items()):
-                attached = self._is_attached(name, snapshot=True)
+            children = self.core._children()
+            for name, snapshot in list(self.core.snapshots.items()):
+                attached = self.core.attach_api.is_attached(name, snapshot=True)
                 due = snapshot["targetDeleteDate"] and snapshot["targetDeleteDate"] <= now
                 if due and not snapshot["deleted"] and not attached:
                     snapshot["deleted"] = True
-                    self._bump()
+                    self.core._bump()
                 if (snapshot["deleted"] or snapshot["bound"]) and name not in children \
                         and not attached:
-                    del self.snapshots[name]
-                    self._remove_file(snapshot)
-                    self._bump()
+                    del self.core.snapshots[name]
+                    self.core.files.remove_file(snapshot)
+                    self.core._bump()
                     changed = True
 
-    # -- attachments -----------------------------------------------------------------------
+
+class AttachmentApi:
+    """Attachments: ``AttachmentsList`` and ``VolumesReassign`` (planned, checked, applied)."""
+
+    def __init__(self, core: Cluster):
+        self.core = core
 
     def attachments_list(self) -> list[dict[str, Any]]:
-        return [{**a, "globalId": self._object_of(a)["globalId"]} for a in self.attachments]
+        return [{**a, "globalId": self.object_of(a)["globalId"]} for a in self.core.attachments]
 
-    def _object_of(self, attachment: dict[str, Any]) -> dict[str, Any]:
-        table = self.snapshots if attachment["snapshot"] else self.volumes
+    def object_of(self, attachment: dict[str, Any]) -> dict[str, Any]:
+        table = self.core.snapshots if attachment["snapshot"] else self.core.volumes
         return table[attachment["volume"]]
 
-    def _attachments_of(self, name: str, snapshot: bool) -> list[dict[str, Any]]:
-        return [a for a in self.attachments
+    def attachments_of(self, name: str, snapshot: bool) -> list[dict[str, Any]]:
+        return [a for a in self.core.attachments
                 if a["volume"] == name and a["snapshot"] == snapshot]
 
-    def _clients_of(self, name: str, snapshot: bool) -> list[int]:
-        return sorted(a["client"] for a in self._attachments_of(name, snapshot))
+    def clients_of(self, name: str, snapshot: bool) -> list[int]:
+        return sorted(a["client"] for a in self.attachments_of(name, snapshot))
 
-    def _is_attached(self, name: str, snapshot: bool) -> bool:
-        return bool(self._attachments_of(name, snapshot))
+    def is_attached(self, name: str, snapshot: bool) -> bool:
+        return bool(self.attachments_of(name, snapshot))
 
-    def _read_only(self, volume: str) -> bool:
+    def read_only(self, volume: str) -> bool:
         """A volume attached somewhere, and read-only everywhere, is made immutable."""
-        rights = [a["rights"] for a in self._attachments_of(volume, False)]
+        rights = [a["rights"] for a in self.attachments_of(volume, False)]
         return bool(rights) and "rw" not in rights
 
-    def _known_client(self, raw: Any) -> int:
+    def known_client(self, raw: Any) -> int:
         client = check_client(raw)
-        if client not in self.clients:
+        if client not in self.core.clients:
             raise invalid(f"client {client} does not exist (known clients: "
-                          f"{', '.join(map(str, sorted(self.clients)))})")
+                          f"{', '.join(map(str, sorted(self.core.clients)))})")
         return client
 
     def _client_list(self, value: Any, what: str) -> list[int]:
@@ -763,7 +799,7 @@ class Cluster:
             return []
         if not isinstance(value, list):
             raise invalid(f"{what} must be a list of client ids")
-        return [self._known_client(c) for c in value]
+        return [self.known_client(c) for c in value]
 
     def volumes_reassign(self, items: Any) -> dict[str, Any]:
         """``VolumesReassign`` and ``VolumesReassignWait`` (clients apply changes at once).
@@ -775,7 +811,7 @@ class Cluster:
             raise invalid("the reassign list must be a JSON array of items")
         # Work on a copy of the attachment table: {(name, snapshot): {client: rights}}.
         table: dict[tuple[str, bool], dict[int, str]] = {}
-        for attachment in self.attachments:
+        for attachment in self.core.attachments:
             key = (attachment["volume"], attachment["snapshot"])
             table.setdefault(key, {})[attachment["client"]] = attachment["rights"]
         before = copy.deepcopy(table)
@@ -789,12 +825,12 @@ class Cluster:
             name, snapshot = key
             removed = sorted(set(before.get(key, {})) - set(table.get(key, {})))
             if removed and not table.get(key):
-                obj = (self.snapshots if snapshot else self.volumes)[name]
-                if data.open_by_any_process(self.object_path(obj)):
+                obj = (self.core.snapshots if snapshot else self.core.volumes)[name]
+                if data.open_by_any_process(self.core.object_path(obj)):
                     kind = "snapshot" if snapshot else "volume"
                     raise SpError("busy", f"{kind} {name} is open at client {removed[0]}")
         self._apply_attachments(before, table)
-        return self.ok()
+        return self.core.ok()
 
     def _plan(self, raw: Any, table: dict[tuple[str, bool], dict[int, str]]
               ) -> tuple[tuple[str, bool], dict[int, str], bool, bool]:
@@ -805,7 +841,8 @@ class Cluster:
             raise invalid(f"snapshot {raw['snapshot']} can only be attached read-only")
         item = check_object(raw, "reassign item",
                             SNAPSHOT_REASSIGN_KEYS if snapshot else VOLUME_REASSIGN_KEYS)
-        obj = self._snapshot(item["snapshot"]) if snapshot else self._volume(item["volume"])
+        core = self.core
+        obj = core._snapshot(item["snapshot"]) if snapshot else core._volume(item["volume"])
         name = obj["name"]
         force = check_bool(item["force"], "force") if item.get("force") is not None else False
         current = dict(table.get((name, snapshot), {}))
@@ -821,7 +858,7 @@ class Cluster:
         if (rw or ro) and not force:
             writers = sorted(c for c, r in wanted.items() if r == "rw")
             readers = sorted(c for c, r in wanted.items() if r == "ro")
-            if len(writers) > 1 and not self.allow_shared_rw:
+            if len(writers) > 1 and not self.core.allow_shared_rw:
                 holders = [c for c in writers if current.get(c) == "rw"] or writers
                 raise invalid(f"volume {name} is already attached read-write to client "
                               f"{holders[0]}; attaching it read-write to another client needs "
@@ -840,41 +877,47 @@ class Cluster:
             old, new = before.get(key, {}), after.get(key, {})
             if old == new:
                 continue
-            for attachment in self._attachments_of(name, snapshot):
+            for attachment in self.attachments_of(name, snapshot):
                 if attachment["client"] not in new:
-                    self._unlink(attachment)
-                    self.attachments.remove(attachment)
+                    self.core.files.unlink(attachment)
+                    self.core.attachments.remove(attachment)
             for client, rights in sorted(new.items()):
-                attachment = next((a for a in self._attachments_of(name, snapshot)
+                attachment = next((a for a in self.attachments_of(name, snapshot)
                                    if a["client"] == client), None)
                 if attachment is None:
                     attachment = {"volume": name, "snapshot": snapshot, "client": client,
                                   "rights": rights, "pos": self._free_pos(client)}
-                    self.attachments.append(attachment)
+                    self.core.attachments.append(attachment)
                 attachment["rights"] = rights
-                self._link(attachment)
+                self.core.files.link(attachment)
             if not snapshot:
-                self.immutability.set(self.object_path(self.volumes[name]),
-                                      self._read_only(name))
+                self.core.immutability.set(self.core.object_path(self.core.volumes[name]),
+                                      self.read_only(name))
 
     def _free_pos(self, client: int) -> int:
-        used = {a["pos"] for a in self.attachments if a["client"] == client}
+        used = {a["pos"] for a in self.core.attachments if a["client"] == client}
         pos = next((p for p in range(MAX_ATTACHMENT_POS + 1) if p not in used), None)
         if pos is None:
             raise invalid(f"client {client} has no free attachment position")
         return pos
 
-    # -- device links and files ------------------------------------------------------------
+
+class DeviceFiles:
+    """Device links and object files on disk: links per client, sizes restored, files and
+    links synced with the model, immutable flags, clients."""
+
+    def __init__(self, core: Cluster):
+        self.core = core
 
     def _device(self, client: int, name: str) -> Path:
-        return self.client_dir(client) / "dev" / "storpool" / name
+        return self.core.client_dir(client) / "dev" / "storpool" / name
 
     def _by_id(self, client: int, global_id: str) -> Path:
-        return self.client_dir(client) / "dev" / "storpool-byid" / global_id
+        return self.core.client_dir(client) / "dev" / "storpool-byid" / global_id
 
-    def _link(self, attachment: dict[str, Any]) -> None:
-        obj = self._object_of(attachment)
-        target = str(self.object_path(obj))
+    def link(self, attachment: dict[str, Any]) -> None:
+        obj = self.core.attach_api.object_of(attachment)
+        target = str(self.core.object_path(obj))
         for link in (self._device(attachment["client"], attachment["volume"]),
                      self._by_id(attachment["client"], obj["globalId"])):
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -886,66 +929,68 @@ class Cluster:
                 raise invalid(f"{link} exists and is not a device link")
             link.symlink_to(target)
 
-    def _unlink(self, attachment: dict[str, Any]) -> None:
-        obj = self._object_of(attachment)
-        target = str(self.object_path(obj))
+    def unlink(self, attachment: dict[str, Any]) -> None:
+        obj = self.core.attach_api.object_of(attachment)
+        target = str(self.core.object_path(obj))
         for link in (self._device(attachment["client"], attachment["volume"]),
                      self._by_id(attachment["client"], obj["globalId"])):
             # Only our own link: another sandbox may serve the same host directory.
             if link.is_symlink() and os.readlink(link) == target:
                 link.unlink()
 
-    def _remove_file(self, obj: dict[str, Any]) -> None:
-        path = self.object_path(obj)
+    def remove_file(self, obj: dict[str, Any]) -> None:
+        path = self.core.object_path(obj)
         if path.exists():
-            self.immutability.thaw(path)
+            self.core.immutability.thaw(path)
             path.unlink()
 
     def restore_sizes(self) -> None:
         """Put back the size of any backing file a write through a link truncated or grew."""
-        for obj in self._objects():
-            path = self.object_path(obj)
+        for obj in self.core._objects():
+            path = self.core.object_path(obj)
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_size != obj["size"]:
-                    frozen = obj["name"] in self.snapshots or self._read_only(obj["name"])
-                    self.immutability.thaw(path)
+                    frozen = (obj["name"] in self.core.snapshots
+                              or self.core.attach_api.read_only(obj["name"]))
+                    self.core.immutability.thaw(path)
                     os.truncate(path, obj["size"])
                     if frozen:
-                        self.immutability.set(path, True)
+                        self.core.immutability.set(path, True)
 
     def sync_files(self, remove_orphans: bool) -> None:
         """Bring the files in line with the model: a backing file for every object (a lost
         one comes back empty), no unknown ones, right sizes, flags, and exactly the device
         links of the current attachments in every client's directory."""
-        known = {o["globalId"] for o in self._objects()}
+        known = {o["globalId"] for o in self.core._objects()}
         if remove_orphans:
-            for path in self.objects_dir.iterdir():
+            for path in self.core.objects_dir.iterdir():
                 if path.name not in known and not path.name.startswith("."):
-                    self.immutability.thaw(path)
+                    self.core.immutability.thaw(path)
                     path.unlink(missing_ok=True)
-        for obj in self._objects():
-            path = self.object_path(obj)
+        for obj in self.core._objects():
+            path = self.core.object_path(obj)
             if not path.exists():
                 log.warning("sandbox %s: the data of %s is missing; it comes back empty",
-                            self.name, obj["name"])
+                            self.core.name, obj["name"])
                 data.create_sparse(path, obj["size"])
         self.restore_sizes()
-        for obj in self._objects():
-            frozen = obj["name"] in self.snapshots or self._read_only(obj["name"])
-            self.immutability.set(self.object_path(obj), frozen)
+        for obj in self.core._objects():
+            frozen = (obj["name"] in self.core.snapshots
+                      or self.core.attach_api.read_only(obj["name"]))
+            self.core.immutability.set(self.core.object_path(obj), frozen)
         self._sync_links()
 
     def _sync_links(self) -> None:
         wanted: dict[Path, str] = {}
-        for attachment in self.attachments:
-            if attachment["client"] not in self.clients:
+        for attachment in self.core.attachments:
+            if attachment["client"] not in self.core.clients:
                 continue
-            obj = self._object_of(attachment)
-            target = str(self.object_path(obj))
+            obj = self.core.attach_api.object_of(attachment)
+            target = str(self.core.object_path(obj))
             wanted[self._device(attachment["client"], attachment["volume"])] = target
             wanted[self._by_id(attachment["client"], obj["globalId"])] = target
-        ours = str(self.objects_dir) + os.sep
-        for directory in {Path(d) for d in self.clients.values()}:
+        ours = str(self.core.objects_dir) + os.sep
+        for directory in {Path(d) for d in self.core.clients.values()}:
             for sub in ("storpool", "storpool-byid"):
                 folder = directory / "dev" / sub
                 if not folder.is_dir():
@@ -954,45 +999,50 @@ class Cluster:
                     if link.is_symlink() and os.readlink(link).startswith(ours) \
                             and link not in wanted:
                         link.unlink()
-        for attachment in self.attachments:
-            if attachment["client"] in self.clients:
-                self._link(attachment)
+        for attachment in self.core.attachments:
+            if attachment["client"] in self.core.clients:
+                self.link(attachment)
 
     def release_immutable_files(self) -> None:
         """Clear every immutable flag, so the data directory can be removed."""
-        data.release_immutable_files(self.data_dir)
+        data.release_immutable_files(self.core.data_dir)
 
     def close(self) -> None:
         """Refuse further calls (a request still in flight when its server stops must not
         set flags again) and clear the immutable flags. A new :class:`Cluster` on the same
         directory picks everything up again."""
-        with self.lock:
-            self.closed = True
+        with self.core.lock:
+            self.core.closed = True
             self.release_immutable_files()
 
     def add_client(self, client_id: int, directory: Path) -> None:
         """Register (or move) a client's host directory; its device links follow."""
         client = check_client(client_id)
         directory = Path(directory).absolute()
-        with self.transaction():
-            old = self.clients.get(client)
+        with self.core.transaction():
+            old = self.core.clients.get(client)
             if old is not None and old != str(directory):
-                for attachment in self.attachments:
+                for attachment in self.core.attachments:
                     if attachment["client"] == client:
-                        self._unlink(attachment)
-            self.clients[client] = str(directory)
-            for attachment in self.attachments:
+                        self.unlink(attachment)
+            self.core.clients[client] = str(directory)
+            for attachment in self.core.attachments:
                 if attachment["client"] == client:
-                    self._link(attachment)
-            self._bump()
+                    self.link(attachment)
+            self.core._bump()
 
-    # -- templates -------------------------------------------------------------------------
+
+class TemplateApi:
+    """Volume templates, space and status, services and client configuration."""
+
+    def __init__(self, core: Cluster):
+        self.core = core
 
     def volume_templates_list(self) -> list[dict[str, Any]]:
-        return [dict(t) for t in self.templates.values()]
+        return [dict(t) for t in self.core.templates.values()]
 
     def volume_template_describe(self, name: str) -> dict[str, Any]:
-        return dict(self._template(name))
+        return dict(self.core._template(name))
 
     def _template_size(self, value: Any) -> int | str:
         return "-" if value is None or value == "-" else check_size(value)
@@ -1000,32 +1050,32 @@ class Cluster:
     def volume_template_create(self, body: Any) -> dict[str, Any]:
         body = check_object(body, "VolumeTemplateCreate", TEMPLATE_CREATE_KEYS)
         name = check_name(body.get("name"), "template name", TEMPLATE_RE, reserved=("list",))
-        if name in self.templates:
+        if name in self.core.templates:
             raise exists("template", name)
         policy = check_policy(body)
-        parent = self._snapshot(body["parent"])["name"] if body.get("parent") else ""
+        parent = self.core._snapshot(body["parent"])["name"] if body.get("parent") else ""
         template = {"name": name, "parentName": parent,
                     "placeAll": DEFAULT_PLACEMENT, "placeTail": DEFAULT_PLACEMENT,
                     "placeHead": DEFAULT_PLACEMENT, "replication": "-",
                     "size": self._template_size(body.get("size")), "iops": "-", "bw": "-",
                     **policy}
         check_tags(body.get("tags"))
-        self.templates[name] = template
-        return self.ok()
+        self.core.templates[name] = template
+        return self.core.ok()
 
     def volume_template_update(self, name: str, body: Any) -> dict[str, Any]:
-        template = self._template(name)
+        template = self.core._template(name)
         body = check_object(body, "VolumeTemplateUpdate", TEMPLATE_UPDATE_KEYS)
         policy = check_policy(body)
         size = self._template_size(body["size"]) if body.get("size") is not None else None
-        parent = self._snapshot(body["parent"])["name"] if body.get("parent") else None
+        parent = self.core._snapshot(body["parent"])["name"] if body.get("parent") else None
         propagate = check_bool(body["propagate"], "propagate") if body.get(
             "propagate") is not None else False
         new_name = name
         if body.get("rename") is not None:
             new_name = check_name(body["rename"], "template name", TEMPLATE_RE,
                                   reserved=("list",))
-            if new_name != name and new_name in self.templates:
+            if new_name != name and new_name in self.core.templates:
                 raise exists("template", new_name)
         template.update(policy)
         if size is not None:
@@ -1033,45 +1083,46 @@ class Cluster:
         if parent is not None:
             template["parentName"] = parent
         if propagate and policy:
-            for obj in self._objects():
+            for obj in self.core._objects():
                 if obj["templateName"] == name:
                     obj.update({k: v for k, v in policy.items()
                                 if not (k == "replication" and v == "-")})
         if new_name != name:
-            self.templates[new_name] = self.templates.pop(name)
+            self.core.templates[new_name] = self.core.templates.pop(name)
             template["name"] = new_name
-            for obj in self._objects():
+            for obj in self.core._objects():
                 if obj["templateName"] == name:
                     obj["templateName"] = new_name
-        return self.ok()
+        return self.core.ok()
 
     def volume_template_delete(self, name: str) -> dict[str, Any]:
-        self._template(name)
-        users = [o["name"] for o in self._objects() if o["templateName"] == name]
+        self.core._template(name)
+        users = [o["name"] for o in self.core._objects() if o["templateName"] == name]
         if users:
             raise invalid(f"template {name} is in use by {len(users)} volume(s) and "
                           f"snapshot(s), e.g. {users[0]}")
-        del self.templates[name]
-        return self.ok()
+        del self.core.templates[name]
+        return self.core.ok()
 
     def _raw_used(self) -> int:
-        return sum(data.allocated(self.object_path(o)) * int(o["replication"])
-                   for o in self._objects())
+        return sum(data.allocated(self.core.object_path(o)) * int(o["replication"])
+                   for o in self.core._objects())
 
     def volume_templates_status(self) -> list[dict[str, Any]]:
-        raw_free = max(0, self.capacity - self._raw_used())
-        children = self._children()
+        raw_free = max(0, self.core.capacity - self._raw_used())
+        children = self.core._children()
         result = []
-        for template in self.templates.values():
+        for template in self.core.templates.values():
             replication = template["replication"]
             copies = replication if isinstance(replication, int) else DEFAULT_REPLICATION
-            volumes = [v for v in self.volumes.values() if v["templateName"] == template["name"]]
-            snaps = [s for s in self.snapshots.values()
+            volumes = [v for v in self.core.volumes.values()
+                       if v["templateName"] == template["name"]]
+            snaps = [s for s in self.core.snapshots.values()
                      if s["templateName"] == template["name"]]
-            stored = sum(self._stored(o) for o in [*volumes, *snaps])
-            on_disk = sum(self._stored(o) * int(o["replication"]) for o in [*volumes, *snaps])
+            stored = sum(self.core._stored(o) for o in [*volumes, *snaps])
+            on_disk = sum(self.core._stored(o) * int(o["replication"]) for o in [*volumes, *snaps])
             volumes_size = sum(v["size"] for v in volumes)
-            estimate = {"capacity": self.capacity // copies, "free": raw_free // copies,
+            estimate = {"capacity": self.core.capacity // copies, "free": raw_free // copies,
                         "internal": {"u1": raw_free // copies, "u2": 0, "u3": 0}}
             result.append({
                 "id": len(result) + 1, "name": template["name"],
@@ -1087,93 +1138,96 @@ class Cluster:
                                                  if s["name"] in children),
                 "onDiskSize": on_disk, "storedSize": stored,
                 "availablePlaceAll": raw_free, "availablePlaceTail": raw_free,
-                "availablePlaceHead": raw_free, "capacityPlaceAll": self.capacity,
-                "capacityPlaceTail": self.capacity, "capacityPlaceHead": self.capacity,
+                "availablePlaceHead": raw_free, "capacityPlaceAll": self.core.capacity,
+                "capacityPlaceTail": self.core.capacity, "capacityPlaceHead": self.core.capacity,
                 "stored": {**estimate, "placeAll": dict(estimate),
                            "placeTail": dict(estimate), "placeHead": dict(estimate)},
             })
         return result
 
-    # -- space and status ------------------------------------------------------------------
-
     def volumes_space(self) -> list[dict[str, Any]]:
         # A sandbox volume's file holds its parents' data too, so both numbers are the same.
-        return [{**self.summary(v), "storedSize": self._stored(v), "spaceUsed": self._stored(v)}
-                for v in self.volumes.values()]
+        return [{**self.core.summary(v), "storedSize": self.core._stored(v),
+                 "spaceUsed": self.core._stored(v)}
+                for v in self.core.volumes.values()]
 
     def snapshots_space(self) -> list[dict[str, Any]]:
-        children = self._children()
-        return [{**self.summary(s), "storedSize": self._stored(s),
-                 "spaceUsed": 0 if s["name"] in children else self._stored(s)}
-                for s in self.snapshots.values()]
+        children = self.core._children()
+        return [{**self.core.summary(s), "storedSize": self.core._stored(s),
+                 "spaceUsed": 0 if s["name"] in children else self.core._stored(s)}
+                for s in self.core.snapshots.values()]
 
     def volumes_status(self, quick: bool = False) -> dict[str, Any]:
         result = {}
-        for obj in self._objects():
-            entry = {**self.summary(obj), "status": "up",
-                     "snapshot": obj["name"] in self.snapshots, "migrating": False,
+        for obj in self.core._objects():
+            entry = {**self.core.summary(obj), "status": "up",
+                     "snapshot": obj["name"] in self.core.snapshots, "migrating": False,
                      "decreasedRedundancy": False, "balancerBlocked": False,
                      "syncingDataBytes": 0, "syncingMetaObjects": 0, "downBytes": 0,
                      "upSoonChainsCount": 0, "downDrives": [], "missingDrives": [],
                      "missingTargetDrives": [], "softEjectingDrives": []}
             if not quick:
-                entry["storedSize"] = self._stored(obj)
-                entry["onDiskSize"] = self._stored(obj) * int(obj["replication"])
+                entry["storedSize"] = self.core._stored(obj)
+                entry["onDiskSize"] = self.core._stored(obj) * int(obj["replication"])
             result[obj["name"]] = entry
         return result
-
-    # -- services --------------------------------------------------------------------------
 
     def services_list(self) -> dict[str, Any]:
         def service(service_id: int, **extra: Any) -> dict[str, Any]:
             node = {"nodeId": service_id} if service_id <= 63 else {}
             return {"id": service_id, "status": "running", "version": "sandbox",
-                    "startTime": self.started, **node, **extra}
+                    "startTime": self.core.started, **node, **extra}
 
         return {"clusterStatus": "running",
-                "clients": {str(c): service(c) for c in sorted(self.clients)},
+                "clients": {str(c): service(c) for c in sorted(self.core.clients)},
                 "servers": {str(s): service(s, missingDisks=[], pendingDisks=[])
                             for s in (1, 2, 3)},
                 "mgmt": {"1": service(1, prio=0, active=True)},
                 "bridges": {}, "iscsiTargets": {}}
 
     def clients_config_dump(self) -> list[dict[str, Any]]:
-        return [{"id": c, "generation": self.generation, "clientGeneration": self.generation,
-                 "configStatus": "ok", "delay": 0} for c in sorted(self.clients)]
+        generation = self.core.generation
+        return [{"id": c, "generation": generation, "clientGeneration": generation,
+                 "configStatus": "ok", "delay": 0} for c in sorted(self.core.clients)]
 
     def client_config_wait(self, client: str) -> list[dict[str, Any]]:
-        client_id = self._known_client(client)
+        client_id = self.core.attach_api.known_client(client)
         return [c for c in self.clients_config_dump() if c["id"] == client_id]
 
-    # -- locations, exports and backups ----------------------------------------------------
+
+class RemoteApi:
+    """Remote locations: backups sent and received, exports, copies from a remote."""
+
+    def __init__(self, core: Cluster):
+        self.core = core
 
     def add_location(self, name: str, url: str, token: str, location_id: str) -> None:
         """Register another sandbox cluster as the remote location ``name``."""
         check_name(name, "location name", VOLUME_RE, LOCATION_LIMIT, ("list",))
         if not isinstance(location_id, str) or not LOCATION_ID_RE.match(location_id):
             raise invalid(f"invalid location id {location_id!r}: must match [a-z0-9]+")
-        if location_id == self.location_id:
+        if location_id == self.core.location_id:
             raise invalid(f"location {name} has this cluster's own id {location_id}")
-        with self.transaction():
-            self.locations[name] = {"id": location_id, "url": url.rstrip("/"), "token": token}
-            self._bump()
+        with self.core.transaction():
+            self.core.locations[name] = {"id": location_id, "url": url.rstrip("/"), "token": token}
+            self.core._bump()
 
     def locations_list(self) -> dict[str, Any]:
         return {"locations": [{"id": loc["id"], "name": name, "sendBufferSize": 0,
-                               "recvBufferSize": 0} for name, loc in self.locations.items()]}
+                               "recvBufferSize": 0} for name, loc in self.core.locations.items()]}
 
     def clusters_list(self) -> dict[str, Any]:
         # This cluster first, then the one cluster of every registered location.
         return {"clusters": [{"id": SUBCLUSTER_ID, "location": name, "name": name}
-                             for name in [self.name, *self.locations]]}
+                             for name in [self.core.name, *self.core.locations]]}
 
     def location(self, name: Any) -> dict[str, Any]:
-        if not isinstance(name, str) or name not in self.locations:
+        if not isinstance(name, str) or name not in self.core.locations:
             raise not_found("location", name)
-        return self.locations[name]
+        return self.core.locations[name]
 
     def location_name(self, location_id: str) -> str | None:
-        return next((n for n, loc in self.locations.items() if loc["id"] == location_id),
+        return next((n for n, loc in self.core.locations.items() if loc["id"] == location_id),
                     None)
 
     def prepare_backups(self, volumes: list[Any], location: Any,
@@ -1182,30 +1236,30 @@ class Cluster:
         transaction). They are ``bind`` snapshots: they live as long as their volume.
         Returns one transfer description per volume."""
         target = self.location(location)
-        plan = [self._volume(v) for v in volumes]
+        plan = [self.core._volume(v) for v in volumes]
         if len({v["name"] for v in plan}) != len(plan):
             raise invalid("a volume is listed twice")
         transfers = []
         for volume in plan:
-            snapshot = self._take_snapshot(volume, None, {**volume["tags"], **tags})
+            snapshot = self.core.snap_api.take_snapshot(volume, None, {**volume["tags"], **tags})
             snapshot["bound"] = True
             transfers.append({
-                "location": target, "path": self.object_path(snapshot),
+                "location": target, "path": self.core.object_path(snapshot),
                 "meta": {"volume": volume["name"], "size": snapshot["size"],
                          "tags": snapshot["tags"], "snapshot": snapshot["name"],
                          "snapshotGlobalId": snapshot["globalId"],
                          "volumeGlobalId": volume["globalId"],
                          "volumeVisibleId": volume["visibleVolumeId"],
                          "creationTimestamp": snapshot["creationTimestamp"],
-                         "source": self.location_id}})
-        self._bump()
+                         "source": self.core.location_id}})
+        self.core._bump()
         return transfers
 
     def receive_backup(self, meta: dict[str, Any], staged: Path) -> str:
         """Keep a snapshot another cluster sent (its data already in ``staged``); returns
         its global id here. Receiving the same snapshot again returns the first copy."""
         source, source_id = str(meta["source"]), str(meta["snapshotGlobalId"])
-        for snapshot in self.snapshots.values():
+        for snapshot in self.core.snapshots.values():
             if snapshot.get("_source") == source and snapshot.get("_sourceId") == source_id:
                 staged.unlink(missing_ok=True)
                 return snapshot["globalId"]
@@ -1213,20 +1267,20 @@ class Cluster:
         volume = str(meta["volume"])
         tags = check_tags(meta.get("tags"))
         name: str | None = f"{volume}@{source_id}"
-        if not SNAPSHOT_RE.match(name) or len(name) >= NAME_LIMIT or self._taken(name):
+        if not SNAPSHOT_RE.match(name) or len(name) >= NAME_LIMIT or self.core._taken(name):
             name = None  # e.g. an anonymous volume's backup: an anonymous snapshot
         base = {"size": size, "templateName": "", "replication": DEFAULT_REPLICATION,
                 "placeAll": DEFAULT_PLACEMENT, "placeTail": DEFAULT_PLACEMENT,
                 "placeHead": DEFAULT_PLACEMENT, "iops": "-", "bw": "-"}
-        snapshot = self._new_snapshot(name, base, tags, volume, "")
+        snapshot = self.core._new_snapshot(name, base, tags, volume, "")
         snapshot.update(backup=True, backupOfGlobalId=str(meta["volumeGlobalId"]),
                         backupOfVisibleVolumeId=int(meta["volumeVisibleId"]),
                         _source=source, _sourceId=source_id, _exports=[source])
-        path = self.object_path(snapshot)
+        path = self.core.object_path(snapshot)
         os.replace(staged, path)
-        self.immutability.set(path, True)
-        self.snapshots[snapshot["name"]] = snapshot
-        self._bump()
+        self.core.immutability.set(path, True)
+        self.core.snapshots[snapshot["name"]] = snapshot
+        self.core._bump()
         return snapshot["globalId"]
 
     def exported_to(self, location_id: str) -> list[dict[str, Any]]:
@@ -1235,7 +1289,7 @@ class Cluster:
         return [{"name": s["name"], "globalId": s["globalId"], "size": s["size"],
                  "creationTimestamp": s["creationTimestamp"], "onVolume": s["onVolume"],
                  "tags": dict(s["tags"]), "backupOf": s.get("_sourceId")}
-                for s in self.snapshots.values()
+                for s in self.core.snapshots.values()
                 if not s["deleted"] and location_id in s.get("_exports", [])]
 
     def export_for(self, global_id: str, location_id: str) -> dict[str, Any]:
@@ -1247,29 +1301,29 @@ class Cluster:
 
     def snapshot_export(self, body: Any) -> dict[str, Any]:
         body = check_object(body, "SnapshotExport", {"snapshot", "location"})
-        snapshot = self._snapshot(body.get("snapshot"))
+        snapshot = self.core._snapshot(body.get("snapshot"))
         location_id = self.location(body.get("location"))["id"]
         exports = snapshot.setdefault("_exports", [])
         if location_id not in exports:
             exports.append(location_id)
-        return self.ok()
+        return self.core.ok()
 
     def snapshot_unexport(self, body: Any) -> dict[str, Any]:
         body = check_object(body, "SnapshotUnexport", {"snapshot", "location", "all", "force"})
-        snapshot = self._snapshot(body.get("snapshot"))
+        snapshot = self.core._snapshot(body.get("snapshot"))
         if body.get("all"):
             snapshot["_exports"] = []
         else:
             location_id = self.location(body.get("location"))["id"]
             snapshot["_exports"] = [x for x in snapshot.get("_exports", [])
                                     if x != location_id]
-        return self.ok()
+        return self.core.ok()
 
     def local_copies(self) -> dict[tuple[str, str], str]:
         """``(location name, remote global id) -> local snapshot name`` of pulled copies."""
         copies: dict[tuple[str, str], str] = {}
         # Named copies win over the anonymous ones under VolumeFromRemote volumes.
-        for snapshot in sorted(self.snapshots.values(), key=lambda s: not s["autoName"]):
+        for snapshot in sorted(self.core.snapshots.values(), key=lambda s: not s["autoName"]):
             if snapshot.get("_remoteId") and not snapshot["deleted"]:
                 copies[(snapshot["_remoteLocation"], snapshot["_remoteId"])] = snapshot["name"]
         return copies
@@ -1289,10 +1343,10 @@ class Cluster:
         if name is not None:
             check_name(name, "volume name" if volume else "snapshot name",
                        VOLUME_RE if volume else SNAPSHOT_RE)
-            if self._taken(name):
+            if self.core._taken(name):
                 raise exists("volume" if volume else "snapshot", name)
         if body.get("template") is not None:
-            self._template(body["template"])
+            self.core._template(body["template"])
         check_policy(body)
         check_tags(body.get("tags"))
         return body
@@ -1302,30 +1356,30 @@ class Cluster:
         """Keep a snapshot copied from a remote location (data in ``staged``); with
         ``volume``, also a volume named ``body["name"]`` on top of it."""
         self.check_from_remote(body, volume)  # again: things may have changed meanwhile
-        template = self._template(body["template"]) if body.get("template") else None
+        template = self.core._template(body["template"]) if body.get("template") else None
         base = {"size": check_size(remote["size"]), "templateName": "",
-                **self._resolve_policy(body, template, None)}
+                **self.core.vol_api.resolve_policy(body, template, None)}
         if template is not None:
             base["templateName"] = template["name"]
         tags = {**check_tags(remote.get("tags")), **check_tags(body.get("tags"))}
-        snapshot = self._new_snapshot(None if volume else body.get("name"), base, tags,
+        snapshot = self.core._new_snapshot(None if volume else body.get("name"), base, tags,
                                       str(remote.get("onVolume") or remote["name"]), "")
         snapshot.update(_remoteLocation=body["remoteLocation"], _remoteId=body["remoteId"],
                         bound=volume)
-        path = self.object_path(snapshot)
+        path = self.core.object_path(snapshot)
         os.replace(staged, path)
-        self.immutability.set(path, True)
-        self.snapshots[snapshot["name"]] = snapshot
+        self.core.immutability.set(path, True)
+        self.core.snapshots[snapshot["name"]] = snapshot
         if body.get("export"):
             snapshot["_exports"] = [self.location(body["remoteLocation"])["id"]]
         if not volume:
-            return self.ok()
-        clone = self._new_object(body["name"], snapshot["size"], snapshot["templateName"],
+            return self.core.ok()
+        clone = self.core._new_object(body["name"], snapshot["size"], snapshot["templateName"],
                                  snapshot["name"], dict(tags),
                                  {k: snapshot[k] for k in POLICY_KEYS if k in snapshot})
-        data.sparse_copy(path, self.object_path(clone))
-        self.volumes[clone["name"]] = clone
-        return self.ok()
+        data.sparse_copy(path, self.core.object_path(clone))
+        self.core.volumes[clone["name"]] = clone
+        return self.core.ok()
 
 
 def _no_disks() -> dict[str, Any]:

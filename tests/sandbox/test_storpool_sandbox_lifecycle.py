@@ -199,8 +199,8 @@ def test_command_line_release_and_bad_arguments(tmp_path):
     sandbox = StorPoolSandbox(tmp_path / "killed", "t")  # never stopped: flags stay set
     cluster = sandbox.cluster
     with cluster.transaction():
-        cluster.volume_create({"name": "v", "size": MIB})
-        cluster.volume_snapshot("v", {"name": "s"})  # an immutable file
+        cluster.vol_api.volume_create({"name": "v", "size": MIB})
+        cluster.snap_api.volume_snapshot("v", {"name": "s"})  # an immutable file
     sandbox.server.server_close()
     cli = [sys.executable, "-m", "onestorpool.cli", "sandbox", "storpool"]
     done = subprocess.run([*cli, "--data", str(tmp_path / "killed"), "--release"],
