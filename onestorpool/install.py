@@ -267,9 +267,13 @@ def vmm_execrc_plan(path: Path, text: str) -> Plan:
 
 def write_like(path: Path, data: str, like: Path | None = None) -> None:
     """Replace ``path`` atomically, with the mode and owner of ``like`` (default: itself)."""
+    path = path.resolve()  # a linked oned.conf stays a link; its target is rewritten
     reference = (like or path).stat()
     temporary = path.with_name(f".{path.name}.onestorpool-new")
-    temporary.write_bytes(data.encode())
+    with open(temporary, "wb") as out:
+        out.write(data.encode("utf-8", "surrogateescape"))
+        out.flush()
+        os.fsync(out.fileno())
     os.chmod(temporary, reference.st_mode & 0o7777)
     if os.geteuid() == 0:
         os.chown(temporary, reference.st_uid, reference.st_gid)

@@ -272,3 +272,18 @@ def test_edit_round_trip_is_exact():
 def test_parse_errors_name_the_line():
     with pytest.raises(onedconf.ParseError, match="line 2"):
         onedconf.parse('A = 1\nB = [ C = "x"\n')
+
+
+def test_bytes_that_are_not_utf8_and_a_linked_oned_conf_survive(front_end):
+    etc = front_end / "etc/one"
+    real = etc / "oned.conf.real"
+    original = b"# caf\xe9 (latin-1)\n" + (etc / "oned.conf").read_bytes()
+    real.write_bytes(original)
+    (etc / "oned.conf").unlink()
+    (etc / "oned.conf").symlink_to("oned.conf.real")
+    assert run(install.install, options(front_end))[0] == 0
+    assert (etc / "oned.conf").is_symlink()
+    assert real.read_bytes().startswith(b"# caf\xe9 (latin-1)\n")
+    assert b'NAME = "storpool"' in real.read_bytes()
+    assert run(install.uninstall, options(front_end))[0] == 0
+    assert real.read_bytes() == original and (etc / "oned.conf").is_symlink()
