@@ -3,8 +3,9 @@ what it finds missing; the exit status is 1 when a check failed (``--json`` for 
 
 The checks follow the seed's requirements: oned reachable, the StorPool API reachable with
 the token, a ``<px>-ds-<ID>`` template for every StorPool datastore, the oned.conf entries
-(as ``onestorpool install`` writes them), qemu-img, oneadmin in group disk, a StorPool client
-id (``SP_OURID``) for every host, the event log writable by oneadmin, the subscriber.
+(as ``onestorpool install`` writes them), the driver executables in oned's remotes,
+qemu-img, oneadmin in group disk, a StorPool client id (``SP_OURID``) for every host, the
+event log writable by oneadmin, the subscriber.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class Doctor:
 
     def run(self) -> list[Check]:
         for step in (self.configuration, self.oned, self.storpool_api, self.templates,
-                     self.oned_conf_entries, self.qemu_img, self.group_disk, self.client_ids,
-                     self.event_log, self.subscriber):
+                     self.oned_conf_entries, self.drivers, self.qemu_img, self.group_disk,
+                     self.client_ids, self.event_log, self.subscriber):
             try:
                 step()
             except Exception as exc:  # a check that breaks is a failed check, not a crash
@@ -158,6 +159,21 @@ class Doctor:
         else:
             self.add("oned.conf", OK, f"{self.oned_conf} has the add-on's entries"
                      + (f" ({'; '.join(plan.notes)})" if plan.notes else ""))
+
+    def drivers(self) -> None:
+        from onestorpool import install
+        from onestorpool.config import remotes_dir
+
+        target = remotes_dir()
+        stale = install.stale_remotes(target, None)
+        if stale:
+            names = ", ".join(str(p.relative_to(target)) for p in stale[:3])
+            more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+            self.add("drivers", FAIL, f"missing or out of date in {target}: {names}{more}",
+                     "onestorpool install (or reinstall the package), then, as oneadmin, "
+                     "onehost sync --force")
+        else:
+            self.add("drivers", OK, f"the add-on's driver executables are in {target}")
 
     def qemu_img(self) -> None:
         path = shutil.which("qemu-img")

@@ -392,7 +392,7 @@ def install(options: Options, out: Callable[[str], None] = print,
         if options.dry_run:
             out(f"would install the driver executables into {target}")
         else:
-            stale = _stale_remotes(target, options.python)
+            stale = stale_remotes(target, options.python)
             if stale:
                 changed = True
                 installed = install_remotes(target, options.python)
@@ -506,7 +506,7 @@ def _own_like_remotes(installed: list[Path], target: Path) -> None:
                 os.chown(where, owner.st_uid, owner.st_gid)
 
 
-def _stale_remotes(target: Path, python: str | None) -> list[Path]:
+def stale_remotes(target: Path, python: str | None) -> list[Path]:
     """The driver executables under ``target`` that are missing or differ (content or mode)
     from what :func:`install_remotes` writes; it renders them into a scratch directory."""
     import tempfile

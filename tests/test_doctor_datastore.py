@@ -74,13 +74,16 @@ def test_doctor_all_green_then_each_missing_piece_named_with_its_fix(cloud, caps
     assert "TM_MAD_CONF for storpool" in checks["oned.conf"]["detail"]
     assert checks["oned.conf"]["fix"].startswith("onestorpool install")
 
+    assert checks["drivers"]["status"] == "fail"
+    assert "datastore/storpool/" in checks["drivers"]["detail"]
     opts = install.Options(oned_conf=conf, vmm_execrc=cloud / "none", skip_group=True,
-                           skip_remotes=True, skip_vmm_execrc=True)
+                           skip_vmm_execrc=True)
     install.install(opts, out=lambda line: None)
     code, checks = doctor(capsys)
     assert {name: c["status"] for name, c in checks.items()} == {
         "configuration": "ok", "oned": "ok", "StorPool API": "ok",
-        "datastore templates": "ok", "oned.conf": "ok", "qemu-img": "ok", "group disk": "ok",
+        "datastore templates": "ok", "oned.conf": "ok", "drivers": "ok", "qemu-img": "ok",
+        "group disk": "ok",
         "SP_OURID": "ok", "event log": "ok", "subscriber": "skip"}, checks
     assert code == 0
 
