@@ -678,10 +678,10 @@ def vm_disk_usage(ctx: TmContext) -> dict[int, str]:
     """``DISK_SIZE``/``SNAPSHOT_SIZE`` lines (MiB used) of each running VM of this system
     datastore, keyed by VM id."""
     from onestorpool import oneapi
-    from onestorpool.one import parse_vm_pool
+    from onestorpool.one import iter_vm_pool
 
-    vms = [vm for vm in parse_vm_pool(oneapi.one_call("one.vmpool.info", -2, -1, -1, 3))
-           if vm.last_history is not None and vm.last_history.ds_id == ctx.datastore.id]
+    vms = [vm for vm in iter_vm_pool(oneapi.one_call("one.vmpool.info", -2, -1, -1, 3))
+           if vm.system_ds == ctx.datastore.id]
     if not vms:
         return {}
     used = {v.get("name"): int(v.get("spaceUsed") or 0) for v in ctx.sp.volumes_space()}
@@ -694,10 +694,10 @@ def vm_disk_usage(ctx: TmContext) -> dict[int, str]:
             volume = disk_volume(ctx.naming, vm, disk.disk_id)
             if volume in used:
                 lines.append(f"DISK_SIZE=[ID={disk.disk_id},SIZE={used[volume] // MIB}]")
-            for snapshot in disk.snapshots:
-                name = ctx.naming.disk_snapshot(volume, snapshot.id)
+            for snapshot_id in disk.snapshot_ids:
+                name = ctx.naming.disk_snapshot(volume, snapshot_id)
                 if name in snapshot_used:
-                    lines.append(f"SNAPSHOT_SIZE=[ID={snapshot.id},DISK_ID={disk.disk_id},"
+                    lines.append(f"SNAPSHOT_SIZE=[ID={snapshot_id},DISK_ID={disk.disk_id},"
                                  f"SIZE={snapshot_used[name] // MIB}]")
         if lines:
             usage[vm.id] = "\n".join(lines) + "\n"

@@ -6,12 +6,12 @@ import re
 
 from onestorpool.errors import InputError
 from onestorpool.naming import Naming, volume_from_source
-from onestorpool.one import Vm
+from onestorpool.one import PoolVm, Vm
 
 VMSNAP_RE = re.compile(r"^VMSNAP:VM:(?P<vm>[0-9]+)-DISK:(?P<disk>[0-9]+)-VMSNAP:(?P<snap>[0-9]+)$")
 
 
-def disk_volume(naming: Naming, vm: Vm, disk_id: int) -> str:
+def disk_volume(naming: Naming, vm: Vm | PoolVm, disk_id: int) -> str:
     """Image disks: the image volume, or its per-VM clone (non-persistent, CDROM);
     volatile disks: ``<px>-sys-<VM>-<DISK>-<fmt>``; the context disk: ``...-iso``."""
     if vm.context_disk_id == disk_id:

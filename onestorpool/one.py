@@ -288,20 +288,22 @@ def _prolog_end(raw: bytes) -> int:
             return position
 
 
-def _parser(forgiving: bool) -> etree.XMLParser:
+def _parser(forgiving: bool, huge: bool = False) -> etree.XMLParser:
     # A parser per call: construction costs microseconds and sharing one across the
     # subscriber's threads is not something lxml promises. ``encoding`` overrides whatever the
     # document declares: oned only writes UTF-8, and a UTF-16 document cannot sneak a DOCTYPE
     # past the prolog check.
     return etree.XMLParser(encoding="utf-8", resolve_entities=False, no_network=True,
-                           load_dtd=False, dtd_validation=False, huge_tree=False,
+                           load_dtd=False, dtd_validation=False, huge_tree=huge,
                            remove_comments=True, remove_pis=True, recover=forgiving)
 
 
 def parse_xml(data: str | bytes, what: str = "XML", forgiving: bool = False,
               max_bytes: int = MAX_XML_BYTES) -> etree._Element:
     """The root element of ``data``. ``forgiving`` lets lxml recover from malformed markup
-    (API hook messages); DOCTYPE, entities and size are refused either way."""
+    (API hook messages); DOCTYPE, entities and size are refused either way. A ``max_bytes``
+    above :data:`MAX_XML_BYTES` also lifts libxml2's text-node limit (a pool listing inside
+    one XML-RPC string); with entities off, that only costs memory in proportion."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:
         raise InputError(f"{what}: larger than {_size(max_bytes)}")
@@ -311,7 +313,7 @@ def parse_xml(data: str | bytes, what: str = "XML", forgiving: bool = False,
     if raw.startswith(b"<!", start):
         raise InputError(f"{what}: DOCTYPE and entity declarations are not accepted")
     try:
-        root = etree.fromstring(raw, _parser(forgiving))
+        root = etree.fromstring(raw, _parser(forgiving, huge=max_bytes > MAX_XML_BYTES))
     except etree.XMLSyntaxError as exc:
         detail = " ".join(str(exc.msg).split())  # libxml2 messages may span lines
         raise InputError(f"{what}: malformed XML: {detail}") from None
@@ -867,11 +869,99 @@ def parse_vm(payload: str | bytes) -> Vm:
     return _vm(_root(payload, "VM"))
 
 
-def parse_vm_pool(payload: str | bytes) -> tuple[Vm, ...]:
-    """``VM_POOL`` (``one.vmpool.info``): every VM in it."""
-    pool = _root(payload, "VM_POOL")
-    return tuple(_vm(_Node(element, f"VM_POOL/VM[{position}]"))
-                 for position, element in enumerate(pool.element.findall("VM"), 1))
+@dataclass(frozen=True)
+class PoolDisk:
+    """The few fields of a ``TEMPLATE/DISK`` that name its volume (see :func:`iter_vm_pool`)."""
+
+    disk_id: int
+    image_id: int | None
+    source: str
+    clone: bool
+    type: str
+    format: str
+    snapshot_ids: tuple[int, ...]
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.format or default if key == "FORMAT" else default
+
+
+@dataclass(frozen=True)
+class PoolVm:
+    """A VM of a pool listing, reduced to what names its volumes: the monitor reads
+    thousands of them, and full :class:`Vm` objects cost seconds and hundreds of MB."""
+
+    id: int
+    system_ds: int | None  # of the last history record
+    context_disk_id: int | None
+    disks: tuple[PoolDisk, ...]
+
+    def disk(self, disk_id: int) -> PoolDisk:
+        for disk in self.disks:
+            if disk.disk_id == disk_id:
+                return disk
+        raise InputError(f"VM {self.id} has no disk {disk_id}")
+
+
+MAX_POOL_BYTES = 1 << 30
+
+
+def iter_vm_pool(payload: str | bytes, max_bytes: int = MAX_POOL_BYTES) -> Iterator[PoolVm]:
+    """The VMs of a ``VM_POOL`` body one by one, read incrementally (each VM's elements are
+    freed once read); the same refusals as :func:`parse_xml` (DOCTYPE, entities, size)."""
+    import io
+
+    raw = decode_payload(payload, "VM_POOL")
+    if len(raw) > max_bytes:
+        raise InputError(f"VM_POOL: larger than {_size(max_bytes)}")
+    start = _prolog_end(raw)
+    if raw.startswith(b"<!", start):
+        raise InputError("VM_POOL: DOCTYPE and entity declarations are not accepted")
+
+    def number(text: str | None, what: str) -> int | None:
+        text = (text or "").strip()
+        if not text:
+            return None
+        if not _INT_RE.fullmatch(text):
+            raise InputError(f"VM_POOL/{what}: expected an integer, got {text[:40]!r}")
+        return int(text)
+
+    events = etree.iterparse(io.BytesIO(raw), events=("end",), tag="VM", load_dtd=False,
+                             resolve_entities=False, no_network=True, huge_tree=False)
+    try:
+        for _, element in events:
+            if element.getparent() is None or element.getparent().tag != "VM_POOL":
+                continue
+            vm_id = number(element.findtext("ID"), "VM/ID")
+            if vm_id is None:
+                raise InputError("VM_POOL/VM/ID: missing")
+            snapshots: dict[int, list[int]] = {}
+            for tree in element.iterfind("SNAPSHOTS"):
+                disk = number(tree.findtext("DISK_ID"), f"VM[{vm_id}]/SNAPSHOTS/DISK_ID")
+                snapshots[disk or 0] = [number(s.findtext("ID"), f"VM[{vm_id}]/SNAPSHOT/ID")
+                                        or 0 for s in tree.iterfind("SNAPSHOT")]
+            disks = []
+            for disk in element.iterfind("TEMPLATE/DISK"):
+                fields = {child.tag: child.text for child in disk}  # one pass, not a find each
+                disk_id = number(fields.get("DISK_ID"), f"VM[{vm_id}]/DISK/DISK_ID")
+                if disk_id is None:
+                    raise InputError(f"VM_POOL/VM[{vm_id}]/DISK/DISK_ID: missing")
+                disks.append(PoolDisk(
+                    disk_id, number(fields.get("IMAGE_ID"), f"VM[{vm_id}]/DISK/IMAGE_ID"),
+                    (fields.get("SOURCE") or "").strip(),
+                    (fields.get("CLONE") or "").strip().upper() == "YES",
+                    (fields.get("TYPE") or "").strip(), (fields.get("FORMAT") or "").strip(),
+                    tuple(snapshots.get(disk_id, ()))))
+            history = element.findall("HISTORY_RECORDS/HISTORY")
+            system_ds = number(history[-1].findtext("DS_ID"), f"VM[{vm_id}]/DS_ID") \
+                if history else None
+            context = number(element.findtext("TEMPLATE/CONTEXT/DISK_ID"),
+                             f"VM[{vm_id}]/CONTEXT/DISK_ID")
+            yield PoolVm(vm_id, system_ds, context, tuple(disks))
+            element.clear(keep_tail=True)
+            while element.getprevious() is not None:
+                del element.getparent()[0]
+    except etree.XMLSyntaxError as exc:
+        raise InputError(f"VM_POOL: malformed XML: {' '.join(str(exc.msg).split())}") from None
 
 
 def parse_image(payload: str | bytes) -> Image:

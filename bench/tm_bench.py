@@ -1,0 +1,251 @@
+"""Transfer manager actions: wall time against an interpreter floor, StorPool calls per
+action, and the system datastore monitor at scale.
+
+Run: ``.venv/bin/python bench/tm_bench.py [--rounds N] [--vms N] [--write]`` (``--write``
+updates the ``## Transfer manager`` section of BENCHMARKS.md).
+
+* Each action's executable is run as oned runs it, against a VM with 8 StorPool disks that
+  the oned sandbox deployed; the floor is ``python3 -I -c "import json, http.client"``
+  (an interpreter that could talk to StorPool at all). Medians of interleaved rounds.
+* Calls are counted by the StorPool sandbox.
+* ``monitor`` at scale: ``--vms`` running VMs (3 disks and 6 disk snapshots each) served by
+  a stand-in oned (``one.vmpool.info``) and a stand-in StorPool API (``VolumesSpace``,
+  ``SnapshotsSpace``, ``VolumeTemplatesStatus``) on loopback; wall time and the peak RSS of
+  the action's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from xmlrpc.server import SimpleXMLRPCServer
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
+
+from eventlog_bench import write_named_section  # noqa: E402
+
+from onestorpool.drivers.install import shipped_remotes  # noqa: E402
+from onestorpool.sandbox.frontend import make_frontend  # noqa: E402
+from onestorpool.sandbox.oned import OnedSandbox  # noqa: E402
+from onestorpool.sandbox.storpool import StorPoolSandbox  # noqa: E402
+
+MIB = 1 << 20
+FLOOR = [sys.executable, "-I", "-c", "import json, http.client"]
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed: {done.stderr}")
+    return elapsed
+
+
+def lifecycle(rounds: int) -> tuple[list[tuple[str, float, float, int]], float]:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        with StorPoolSandbox(root / "sp", "bench") as sandbox:
+            frontend = make_frontend(root / "fe", sandbox)
+            frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\n")
+            env = {k: v for k, v in frontend.env.items() if k.startswith("ONESTORPOOL_")}
+            remotes = root / "remotes"
+            for kind in ("datastore", "tm"):
+                (remotes / kind).mkdir(parents=True)
+                (remotes / kind / "storpool").symlink_to(shipped_remotes() / kind / "storpool")
+            oned = OnedSandbox(root / "oned", remotes, driver_env=env,
+                               storpool_admin=(sandbox.url, sandbox.token),
+                               live_disk_snapshots={"kvm-storpool"}).start()
+            try:
+                image_ds = oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool",
+                                                 DISK_TYPE="BLOCK")
+                system_ds = oned.create_datastore("sys", "SYSTEM_DS", TM_MAD="storpool")
+                node1, _node2 = oned.create_host("node1"), oned.create_host("node2")
+                image = oned.create_image(image_ds, "base", size_mb=4)
+                disks = "".join(f'DISK=[IMAGE_ID="{image}"]\n' for _ in range(4)) + "".join(
+                    'DISK=[TYPE="fs",SIZE="4"]\n' for _ in range(4))
+                vm = oned.instantiate(f'NAME="b"\nCPU="1"\nMEMORY="64"\n{disks}', node1,
+                                      system_ds)
+                return _measure(oned, sandbox, rounds, vm, image, image_ds, system_ds)
+            finally:
+                oned.stop()
+
+
+def _measure(oned, sandbox, rounds, vm, image, image_ds, system_ds):
+    env = oned.drivers.env
+    tm = oned.remotes / "tm" / "storpool"
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm}"
+    source = f"localhost:one-ds-{image_ds}/one-img-{image}"
+    steps: list[tuple[str, list[list[str]]]] = [
+        ("snap_create + snap_delete", [
+            [str(tm / "snap_create"), f"node1:{vm_dir}/disk.0", "90", str(vm), str(image_ds)],
+            [str(tm / "snap_delete"), f"node1:{vm_dir}/disk.0", "90", str(vm), str(image_ds)]]),
+        ("delete + clone (disk 0)", [
+            [str(tm / "delete"), f"node1:{vm_dir}/disk.0", str(vm), str(image_ds)],
+            [str(tm / "clone"), source, f"node1:{vm_dir}/disk.0", str(vm), str(image_ds)]]),
+        ("delete + mkimage (volatile disk 4)", [
+            [str(tm / "delete"), f"node1:{vm_dir}/disk.4", str(vm), str(system_ds)],
+            [str(tm / "mkimage"), "4", "raw", f"node1:{vm_dir}/disk.4", str(vm),
+             str(system_ds)]]),
+        ("premigrate + postmigrate, 8 disks", [
+            [str(tm / "premigrate"), "node1", "node2", vm_dir, str(vm), str(system_ds)],
+            [str(tm / "postmigrate"), "node1", "node2", vm_dir, str(vm), str(system_ds)],
+            [str(tm / "premigrate"), "node2", "node1", vm_dir, str(vm), str(system_ds)],
+            [str(tm / "postmigrate"), "node2", "node1", vm_dir, str(vm), str(system_ds)]]),
+        ("monitor (system datastore)", [[str(tm / "monitor"), str(system_ds)]]),
+    ]
+    samples: dict[str, list[float]] = {name: [] for name, _ in steps}
+    floors: list[float] = []
+    calls: dict[str, int] = {}
+    for _ in range(rounds):
+        floors.append(timed(FLOOR, env))
+        for name, commands in steps:
+            sandbox.api_calls.clear()
+            elapsed = sum(timed([sys.executable, *argv], env) for argv in commands)
+            samples[name].append(elapsed / len(commands))
+            calls[name] = len(sandbox.api_calls)
+    floor = statistics.median(floors)
+    return ([(name, statistics.median(samples[name]), statistics.median(samples[name]) / floor,
+              calls[name]) for name, _ in steps], floor)
+
+
+# -- monitor at scale ----------------------------------------------------------------------
+
+
+def vm_pool_xml(vms: int, system_ds: int) -> str:
+    parts = ["<VM_POOL>"]
+    for vm in range(vms):
+        disks = "".join(
+            f"<DISK><DISK_ID>{d}</DISK_ID><IMAGE_ID>{d}</IMAGE_ID><SOURCE>one-ds-1/one-img-{d}"
+            f"</SOURCE><CLONE>YES</CLONE><TM_MAD>storpool</TM_MAD><TYPE>BLOCK</TYPE></DISK>"
+            for d in range(3))
+        snapshots = "".join(
+            f"<SNAPSHOTS><DISK_ID>{d}</DISK_ID>" + "".join(
+                f"<SNAPSHOT><ID>{s}</ID><NAME>s</NAME><DATE>0</DATE><PARENT>-1</PARENT>"
+                f"<SIZE>1</SIZE></SNAPSHOT>" for s in range(2)) + "</SNAPSHOTS>"
+            for d in range(3))
+        parts.append(
+            f"<VM><ID>{vm}</ID><UID>0</UID><GID>0</GID><NAME>vm{vm}</NAME><STATE>3</STATE>"
+            f"<LCM_STATE>3</LCM_STATE><DEPLOY_ID>one-{vm}</DEPLOY_ID><TEMPLATE>{disks}"
+            f"</TEMPLATE><USER_TEMPLATE/>{snapshots}<HISTORY_RECORDS><HISTORY><SEQ>0</SEQ>"
+            f"<HOSTNAME>node1</HOSTNAME><HID>0</HID><DS_ID>{system_ds}</DS_ID></HISTORY>"
+            "</HISTORY_RECORDS></VM>")
+    parts.append("</VM_POOL>")
+    return "".join(parts)
+
+
+def monitor_at_scale(vms: int) -> tuple[float, float, int]:
+    system_ds = 0
+    volumes = [{"name": f"one-img-{d}-{vm}-{d}", "spaceUsed": 5 * MIB, "storedSize": MIB}
+               for vm in range(vms) for d in range(3)]
+    snapshots = [{"name": f"one-img-{d}-{vm}-{d}-snap{s}", "spaceUsed": MIB}
+                 for vm in range(vms) for d in range(3) for s in range(2)]
+    replies = {
+        "VolumesSpace": json.dumps({"data": volumes}).encode(),
+        "SnapshotsSpace": json.dumps({"data": snapshots}).encode(),
+        "VolumeTemplatesStatus": json.dumps({"data": [{"name": f"one-ds-{system_ds}", "stored": {
+            "capacity": 1 << 40, "free": 1 << 39}}]}).encode()}
+    served: list[str] = []
+
+    class StorPool(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            query = self.path.rsplit("/", 1)[-1]
+            served.append(query)
+            body = replies[query]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    pool = vm_pool_xml(vms, system_ds)
+    datastore = (f"<DATASTORE><ID>{system_ds}</ID><UID>0</UID><GID>0</GID><NAME>sys</NAME>"
+                 "<DS_MAD>-</DS_MAD><TM_MAD>storpool</TM_MAD><BASE_PATH>/x</BASE_PATH>"
+                 "<TYPE>1</TYPE><DISK_TYPE>0</DISK_TYPE><STATE>0</STATE><CLUSTERS/>"
+                 "<TEMPLATE/></DATASTORE>")
+    oned = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=True)
+    oned.register_function(lambda *a: [True, pool, 0], "one.vmpool.info")
+    oned.register_function(lambda *a: [True, datastore, 0], "one.datastore.info")
+    storpool = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StorPool)
+    for server in (oned, storpool):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "etc").mkdir()
+        (root / "etc/storpool.conf").write_text(
+            f"SP_API_HTTP_HOST=127.0.0.1\nSP_API_HTTP_PORT={storpool.server_address[1]}\n"
+            "SP_AUTH_TOKEN=x\n")
+        (root / "remotes").mkdir()
+        (root / "remotes/VERSION").write_text("5.10.0\n")  # printed, not pushed
+        (root / "remotes/tm").mkdir()
+        (root / "remotes/tm/storpool").symlink_to(shipped_remotes() / "tm" / "storpool")
+        auth = root / "one_auth"
+        auth.write_text("oneadmin:x\n")
+        env = {**os.environ, "ONESTORPOOL_ROOT": str(root),
+               "ONESTORPOOL_EVENTLOG": str(root / "events.db"), "ONE_AUTH": str(auth),
+               "ONE_XMLRPC": f"http://127.0.0.1:{oned.server_address[1]}/RPC2"}
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, str(root / "remotes/tm/storpool/monitor"),
+                               str(system_ds)], capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL)
+        elapsed = time.perf_counter() - started
+    oned.shutdown()
+    storpool.shutdown()
+    if done.returncode != 0:
+        raise SystemExit(f"monitor failed: {done.stderr}")
+    assert done.stdout.count("VM=[") == vms, "every VM reported"
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return elapsed, peak, len(served)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--vms", type=int, default=10_000)
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = parser.parse_args()
+    results, floor = lifecycle(args.rounds)
+    elapsed, peak, calls = monitor_at_scale(args.vms)
+    lines = ["| action | median ms | ratio to the floor (goal 3x) | StorPool calls |",
+             "|---|---:|---|---:|",
+             f"| floor: `python3 -I -c \"import json, http.client\"` | {floor * 1000:.0f} | "
+             "1.00x | |"]
+    lines += [f"| {name} (per action) | {value * 1000:.0f} | {ratio:.2f}x "
+              f"({'met' if ratio <= 3 else 'not met'}) | {count} |"
+              for name, value, ratio, count in results]
+    scale = (f"`monitor` of a system datastore with {args.vms:,} running VMs "
+             f"({3 * args.vms:,} volumes, {6 * args.vms:,} snapshots): {elapsed:.2f} s "
+             f"(goal 2 s: {'met' if elapsed <= 2 else 'not met'}), peak RSS {peak:.0f} MB "
+             f"(goal 300 MB: {'met' if peak <= 300 else 'not met'}), {calls} StorPool calls "
+             "(constant).")
+    table = "\n".join(lines)
+    print(table)
+    print(scale)
+    if args.write:
+        note = (f"Measured {time.strftime('%Y-%m-%d')}, {args.rounds} interleaved rounds, "
+                "development virtualenv; `.venv/bin/python bench/tm_bench.py --write`. "
+                "Pairs of actions are timed together and reported per action; calls are per "
+                "pair.")
+        write_named_section("Transfer manager", f"{note}\n\n{table}\n\n- {scale}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
