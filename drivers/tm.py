@@ -465,11 +465,38 @@ def mv(ctx: TmContext) -> str:
             host, client = ctx.host(target.host)
             attach_exclusively(ctx.sp, volume, client, mode, ctx.config["ATTACH_TIMEOUT"])
             link_disk(host, volume, path)
-    if target.disk_id is None and state not in _DETACH:
-        host = hosts.get(target.host)
-        host.run(["mkdir", "-p", host.path(target.path)])
+    if target.disk_id is None:
+        dst_host = hosts.get(target.host)
+        if ctx.config["SP_SYSTEM"] == "ssh" and (src_host.name, source.path) != (
+                dst_host.name, target.path):
+            move_folder(src_host, source.path, dst_host, target.path)
+            ctx.event["folder_moved"] = True
+        elif state not in _DETACH:
+            dst_host.run(["mkdir", "-p", dst_host.path(target.path)])
     ctx.event.update(lcm_state=state.name, volumes=[v for v, _, _ in moved])
     return ""
+
+
+def move_folder(src: hosts.Host, src_path: str, dst: hosts.Host, dst_path: str) -> None:
+    """``SP_SYSTEM=ssh``: the VM folder's files (checkpoint, deployment files, disk links)
+    stream from one host to the other through ``tar`` (sparse files stay sparse), then the
+    source is removed."""
+    dst.run(["mkdir", "-p", dst.path(dst_path)])
+    reader = src.popen(["tar", "-C", src.path(src_path), "-cSf", "-", "."],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # --skip-old-files: the disk links the disks' own mv made there already stay
+    writer = dst.popen(["tar", "-C", dst.path(dst_path), "--skip-old-files", "-xSf", "-"],
+                       stdin=reader.stdout, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # the writer holds it; the reader sees a closed pipe if it dies
+    _, written_error = writer.communicate(timeout=3600)
+    read_error = reader.stderr.read()
+    reader.stderr.close()
+    if reader.wait() != 0 or writer.returncode != 0:
+        error = (read_error or written_error or b"").decode(errors="replace").strip()
+        raise StorageError(f"mv: copying {src.name}:{src_path} to {dst.name}:{dst_path} "
+                           f"failed: {error[-200:]}")
+    src.run(["rm", "-rf", src.path(src_path)])
 
 
 # -- migration ----------------------------------------------------------------------

@@ -301,3 +301,28 @@ def test_system_datastore_monitor_reports_vm_disks(make_world, tmp_path, release
     vm = w.srv.vm.info(vm_id)
     assert {d.ID: d.SIZE for d in vm.MONITORING.DISK_SIZE} == {0: 3}
     assert ("VM=[" in run.stdout) is (release == "5.10")
+
+
+@pytest.mark.parametrize("mode", ["ssh", "shared"])
+def test_stop_resume_moves_the_vm_folder_in_ssh_mode(cloud, mode):
+    w, _image_ds, system_ds, (node1, node2) = cloud
+    w.frontend.write_rc(f"ONE_PX=one\nDELAY_DELETE=0\nSP_SYSTEM={mode}\n")
+    vm_id = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="2"')
+    folder = disk_link(w, "node1", system_ds, vm_id, 0).parent
+    (folder / "vm.notes").write_bytes(b"kept" * 1000)  # a file of the VM folder
+    w.srv.vm.action("stop", vm_id)
+    w.oned.wait_vm(vm_id, "STOPPED")
+    on_frontend = disk_link(w, "localhost", system_ds, vm_id, 0).parent
+    assert (on_frontend / "checkpoint").exists() is (mode == "ssh")
+    assert (folder / "checkpoint").exists() is (mode == "shared")
+    w.srv.vm.action("resume", vm_id)
+    w.srv.vm.deploy(vm_id, node2, False, system_ds)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    moved = disk_link(w, "node2", system_ds, vm_id, 0).parent
+    assert (moved / "vm.notes").exists() is (mode == "ssh")
+    if mode == "ssh":
+        assert (moved / "vm.notes").read_bytes() == b"kept" * 1000
+        assert (moved / "checkpoint").exists() and not on_frontend.exists()
+    assert attachments(w).get(f"one-sys-{vm_id}-0-raw") == {client_of(w, "node2")}
+    with disk_link(w, "node2", system_ds, vm_id, 0).open("rb") as dev:
+        dev.read(1)  # the disk link on the new host leads to the device
