@@ -482,6 +482,29 @@ class ImageRegistry:
                 self.core.snapshot_ops.saveas_mkfs_done(image, run.ok, run.payload)
         self.core._submit(lambda: self.core.ds_api.monitor_datastore(image.ds_id))
 
+    def unlock_image(self, image: Image) -> None:
+        """``Image::set_state_unlock`` (release-6.10.5 src/image/Image.cc:1031): LOCKED is
+        READY, LOCKED_USED (_PERS) USED (_PERS) and the VMs waiting in CLONING are told
+        (``trigger_disk_lock_success``)."""
+        with self.core.lock:
+            notify = bool(image.vms)
+            if image.state == ImageState.LOCKED:
+                image.state, notify = ImageState.READY, False
+            elif image.state == ImageState.LOCKED_USED:
+                image.state = ImageState.USED
+            elif image.state == ImageState.LOCKED_USED_PERS:
+                image.state = ImageState.USED_PERS
+            elif image.state == ImageState.ERROR:
+                image.state = ImageState.READY if not image.vms else (
+                    ImageState.USED_PERS if image.persistent else ImageState.USED)
+            else:
+                notify = False
+            self.core._update_image(image)
+            for vm_id in list(image.vms) if notify else []:
+                vm = self.core.vms.get(vm_id)
+                if vm is not None:
+                    self.core.vm_pool.disk_lock_success(vm)
+
     def _cp_done(self, image: Image, ok: bool, payload: str) -> None:
         """``ImageManager::_cp``: SOURCE and FORMAT (6.0+ requires FORMAT)."""
         words = payload.split()
@@ -494,7 +517,7 @@ class ImageRegistry:
                                          "returned.")
                 self.core._set_image_state(image, ImageState.ERROR)
                 return
-            self.core._set_image_state(image, ImageState.READY)
+            self.core.image_api.unlock_image(image)
             return
         self.core._image_error(image, self.core._with_info("Error copying image in the datastore",
                                                  payload))
@@ -509,7 +532,7 @@ class ImageRegistry:
             self.core._set_image_state(image, ImageState.ERROR)
             return
         image.source = payload if self.core.version >= (6, 0) else (payload.split() or [""])[0]
-        self.core._set_image_state(image, ImageState.READY)
+        self.core.image_api.unlock_image(image)
 
     def image_info(self, image_id: int, decrypt: bool = False) -> str:
         with self.core.lock:
@@ -637,7 +660,7 @@ class ImageOps:
                         if len(words) > 1:
                             clone.format = words[1]
                         clone.cloning_id = -1
-                        self.core._set_image_state(clone, ImageState.READY)
+                        self.core.image_api.unlock_image(clone)
                     else:
                         self.core._image_error(clone, self.core._with_info(
                             f"Error cloning from Image {image_id}", result.payload))
@@ -703,7 +726,7 @@ class ImageOps:
                                "snap_flatten": "Error flattening image snapshot"}[action]
                     self.core._image_error(image, self.core._with_info(message, result.payload))
                 image.target_snapshot = -1
-                self.core._set_image_state(image, ImageState.READY)
+                self.core.image_api.unlock_image(image)
 
         self.core._submit(run)
         return image_id

@@ -104,11 +104,17 @@ class VmPool:
                                            f"machine. {error}")
             self.core._new_id("vm")
             self.core.vms[vm_id] = vm
-            self.take_images(vm, vm.disks)
-            # VirtualMachinePool::allocate sets prev_state = state, then publishes the new
-            # VM's state once, always (src/vm/VirtualMachinePool.cc, release-5.10.0 ...)
+            # VirtualMachinePool::allocate sets prev_state = state (src/vm/
+            # VirtualMachinePool.cc, release-5.10.0 ...); VirtualMachine::insert takes the
+            # images and makes a VM with a locked one CLONING (src/vm/VirtualMachine.cc:1152)
             vm.prev_state, vm.prev_lcm_state = vm.state, vm.lcm_state
+            self.take_images(vm, vm.disks)
+            if any(d.get("CLONING") == "YES" for d in vm.disks):
+                vm.state = S.CLONING
+            # then the new VM's state is published once, always
             self.core.hooks.publish(*vm_state_message(vm, self.core.version))
+            if vm.state == S.CLONING:  # insert's "missing unlock callbacks" check (:1256)
+                self.disk_lock_success(vm)
             self.core.changed.notify_all()
             return vm_id, X.vm_body(vm, all_history=False, version=self.core.version)
 
@@ -138,6 +144,8 @@ class VmPool:
         if str(user.get("SUBMIT_ON_HOLD", template.get("SUBMIT_ON_HOLD", ""))).upper() \
                 == "YES":
             hold = True
+        if hold:  # VirtualMachinePool::allocate: SUBMIT_ON_HOLD = true, kept in TEMPLATE
+            template["SUBMIT_ON_HOLD"] = "YES"
         disks = template.get("DISK", [])
         if isinstance(disks, dict):
             disks = [disks]
@@ -224,37 +232,79 @@ class VmPool:
         disk.update(IMAGE_UID=str(image.uid), IMAGE_UNAME="oneadmin")
         return image
 
-    def check_images(self, disks: list[dict[str, str]]) -> str:
-        """``ImageManager::acquire_image``'s refusals (a LOCKED image is refused too: the
-        sandbox has no CLONING state for VMs)."""
+    def check_images(self, disks: list[dict[str, str]], attach: bool = False) -> str:
+        """``ImageManager::acquire_image``'s refusals (release-6.10.5
+        src/image/ImageManagerActions.cc:88): a LOCKED image (still being copied) is taken
+        by a new VM, which waits in CLONING, but not by an attach."""
+        locked = (ImageState.LOCKED, ImageState.LOCKED_USED, ImageState.LOCKED_USED_PERS)
         for disk in disks:
             image = self.core.images.get(int(disk.get("IMAGE_ID", -1) or -1))
             if image is None:
                 continue
             state = ImageState(image.state)
-            if state == ImageState.USED_PERS or (state == ImageState.USED and
-                                                 image.persistent):
+            shareable = str(image.template.get("PERSISTENT_TYPE", "")).upper() == "SHAREABLE"
+            if state in (ImageState.USED_PERS, ImageState.LOCKED_USED_PERS) and not shareable:
                 return f"Cannot acquire image {image.id}, it is persistent and already in use"
-            if state in (ImageState.LOCKED, ImageState.LOCKED_USED,
-                         ImageState.LOCKED_USED_PERS):
+            if state in locked and attach:
                 return f"Cannot acquire image {image.id}, it is locked"
-            if state not in (ImageState.READY, ImageState.USED):
-                return f"Cannot acquire image {image.id} in state {state.name}"
+            if state not in (ImageState.READY, ImageState.USED, ImageState.USED_PERS, *locked):
+                return f"Cannot acquire image {image.id}, it is in state: {state.name}"
         return ""
 
     def take_images(self, vm: Vm, disks: list[dict[str, str]]) -> None:
-        """Each image becomes USED (USED_PERS) with one more running VM."""
+        """Each image gets one more running VM: READY becomes USED (USED_PERS), LOCKED
+        becomes LOCKED_USED (_PERS); then ``Image::disk_attribute`` gives the disk the new
+        IMAGE_STATE and CLONING=YES while the image is locked (src/image/Image.cc:675)."""
+        locked = (ImageState.LOCKED, ImageState.LOCKED_USED, ImageState.LOCKED_USED_PERS)
         for disk in disks:
             image = self.core.images.get(int(disk.get("IMAGE_ID", -1) or -1))
             if image is None:
                 continue
             image.vms.append(vm.id)
-            image.state = ImageState.USED_PERS if image.persistent else ImageState.USED
+            if image.state == ImageState.READY:
+                image.state = ImageState.USED_PERS if image.persistent else ImageState.USED
+            elif image.state == ImageState.LOCKED:
+                image.state = (ImageState.LOCKED_USED_PERS if image.persistent
+                               else ImageState.LOCKED_USED)
             self.core._update_image(image)
+            disk["IMAGE_STATE"] = str(image.state)
+            if image.state in locked:
+                disk["CLONING"] = "YES"
+            else:
+                disk.pop("CLONING", None)
+
+    def disk_lock_success(self, vm: Vm) -> None:
+        """``LifeCycleManager::trigger_disk_lock_success`` (release-6.10.5
+        src/lcm/LifeCycleStates.cc:2213): the cloning disks whose image is USED get its
+        SOURCE and FORMAT; all ready: PENDING (HOLD with SUBMIT_ON_HOLD), an image in
+        ERROR: CLONING_FAILURE, else still CLONING."""
+        if vm.state not in (S.CLONING, S.CLONING_FAILURE):
+            return
+        cloning = [d for d in vm.disks if d.get("CLONING") == "YES"]
+        ready, error = 0, False
+        for disk in cloning:
+            image = self.core.images.get(int(disk.get("IMAGE_ID", -1) or -1))
+            if image is None:
+                continue
+            if image.state in (ImageState.USED, ImageState.USED_PERS):
+                ready += 1
+                disk.pop("CLONING", None)
+                disk["SOURCE"] = image.source
+                if image.format:
+                    disk.update(DRIVER=image.format, FORMAT=image.format)
+            elif image.state == ImageState.ERROR:
+                error = True
+        if ready == len(cloning):
+            hold = str(vm.template.get("SUBMIT_ON_HOLD", "")).upper() == "YES"
+            state = S.HOLD if hold else S.PENDING
+        else:
+            state = S.CLONING_FAILURE if error else S.CLONING
+        self.core._set_vm_state(vm, state, 0)
 
     def release_images(self, vm: Vm, disks: list[dict[str, str]] | None = None) -> None:
         """``ImageManager::release_image``: a persistent image keeps the disk's snapshots;
-        READY again when no VM uses it."""
+        with no VM left USED (USED_PERS) is READY again (a non-persistent one only without
+        clone operations), LOCKED_USED (_PERS) LOCKED."""
         for disk in disks if disks is not None else vm.disks:
             image = self.core.images.get(int(disk.get("IMAGE_ID", -1) or -1))
             if image is None or vm.id not in image.vms:
@@ -264,8 +314,13 @@ class VmPool:
                 image.snapshots = [_copy_snapshot(s) for s in tree.snapshots] if tree else []
                 image.next_snapshot = tree.next_snapshot if tree else image.next_snapshot
             image.vms.remove(vm.id)
-            if not image.vms and image.state in (ImageState.USED, ImageState.USED_PERS):
-                image.state = ImageState.READY
+            if not image.vms:
+                if image.state == ImageState.USED_PERS or (
+                        image.state == ImageState.USED and image.cloning_ops == 0):
+                    image.state = ImageState.READY
+                elif image.state == ImageState.LOCKED_USED_PERS or (
+                        image.state == ImageState.LOCKED_USED and image.cloning_ops == 0):
+                    image.state = ImageState.LOCKED
             self.core._update_image(image)
 
     def vm_info(self, vm_id: int, decrypt: bool = False) -> str:

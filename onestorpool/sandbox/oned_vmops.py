@@ -78,7 +78,7 @@ class DiskOps:
                                                          vectors[0])
             except ValueError as error:
                 raise OneFailure(ACTION, f"[{method}] {error}", vm_id) from None
-            error = self.core.vm_pool.check_images([disk])
+            error = self.core.vm_pool.check_images([disk], attach=True)
             if error:
                 raise OneFailure(ACTION, f"[{method}] {error}", vm_id)
             used = {d.get("TARGET", "") for d in vm.disks}

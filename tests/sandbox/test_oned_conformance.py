@@ -553,3 +553,42 @@ def test_which_calls_publish_api_events():
         assert not publishes_api_event("one.hooklog.info", Version(version))
         assert publishes_api_event("one.system.version", Version(version))
         assert publishes_api_event("one.zone.raftstatus", Version(version))
+
+
+def test_vm_on_an_image_still_being_copied_waits_in_cloning(world):
+    """A VM may take a LOCKED image: acquire_image makes it LOCKED_USED (release-6.10.5
+    src/image/ImageManagerActions.cc:88), the disk gets CLONING=YES (src/image/Image.cc:675)
+    and the VM starts in CLONING (src/vm/VirtualMachine.cc:1152), published at allocate
+    with PREV_STATE PENDING and again by the update of insert's lock check (:1256); when
+    the copy ends Image::set_state_unlock (Image.cc:1031) makes the image USED and
+    trigger_disk_lock_success (src/lcm/LifeCycleStates.cc:2213) gives the disk its SOURCE
+    and the VM PENDING."""
+    gate = world.tmp / "mkfs-may-finish"
+    world.oned.driver_env["FAKE_DS_GATE"] = f"mkfs:{gate}"
+    ds = world.srv.datastore.allocate('NAME="fk"\nDS_MAD="fake"\nTM_MAD="fake"', -1)
+    try:
+        image_id = world.srv.image.allocate('NAME="slow"\nSIZE="1"', ds)
+        assert world.srv.image.info(image_id).STATE == 4  # LOCKED: mkfs still running
+        sent = len(world.oned.hooks.sent)
+        vm_id = world.srv.vm.allocate(world.vm_template("v", f'IMAGE_ID="{image_id}"'),
+                                      False)
+        vm = world.srv.vm.info(vm_id)
+        disk = vm.TEMPLATE["DISK"]
+        assert (vm.STATE, vm.PREV_STATE) == (10, 10)
+        assert (disk["CLONING"], disk["IMAGE_STATE"], disk["SOURCE"]) == ("YES", "9", None)
+        assert world.srv.image.info(image_id).STATE == 9  # LOCKED_USED
+        vm_events = [(k, _message(p)) for k, p in world.oned.hooks.sent[sent:]
+                     if k.startswith("EVENT STATE VM/")]
+        assert [(k.split()[2], m.findtext("VM/PREV_STATE")) for k, m in vm_events] == [
+            (f"VM/CLONING/LCM_INIT/{vm_id}", "1"), (f"VM/CLONING/LCM_INIT/{vm_id}", "1")]
+    finally:
+        gate.write_text("")
+    world.oned.wait_vm(vm_id, "PENDING")
+    disk = world.srv.vm.info(vm_id).TEMPLATE["DISK"]
+    assert "CLONING" not in disk and disk["SOURCE"] == f"fake/img-{image_id}"
+    assert world.srv.image.info(image_id).STATE == 2
+    images = _states(world.oned.hooks.sent[sent:], "EVENT STATE IMAGE/")
+    assert images == ["IMAGE/LOCKED_USED/", "IMAGE/USED/"]
+    world.srv.vm.action("terminate", vm_id)
+    world.oned.wait_vm(vm_id, "DONE")
+    assert world.srv.image.info(image_id).STATE == 1

@@ -68,6 +68,7 @@ def test_bodies_validate_against_opennebula_xsds(world):
     image_ds, system_ds, image_id, vm_id = running_vm(world)
     oned = world.oned
     world.srv.vm.snapshotcreate(vm_id, "system")  # TEMPLATE/SNAPSHOT
+    oned.wait_idle()  # HOTPLUG_SNAPSHOT until the hypervisor answers
     world.srv.vm.disksnapshotcreate(vm_id, 0, "disk")  # the top-level SNAPSHOTS
     oned.wait_idle()
     assert oned.vms[vm_id].disk_snapshots and oned.vms[vm_id].template["SNAPSHOT"]
