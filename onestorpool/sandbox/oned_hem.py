@@ -171,7 +171,10 @@ class HookExecutionManager:
         if not command.startswith("/"):
             command = f"{base}/{command}"
         stdin = ""
-        as_stdin = str(hook.template.get("ARGUMENTS_STDIN", "")).lower() in ("yes", "true")
+        # Hook#as_stdin? (release-6.10.5 src/hem/onehem-server.rb:194): Ruby's
+        # ``casecmp('yes') || casecmp('true')`` stops at the first, always truthy,
+        # integer: only YES (any case) passes the arguments on stdin, TRUE does not
+        as_stdin = str(hook.template.get("ARGUMENTS_STDIN", "")).lower() == "yes"
         if as_stdin:
             stdin = arguments
         elif arguments:

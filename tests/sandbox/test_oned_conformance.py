@@ -592,3 +592,23 @@ def test_vm_on_an_image_still_being_copied_waits_in_cloning(world):
     world.srv.vm.action("terminate", vm_id)
     world.oned.wait_vm(vm_id, "DONE")
     assert world.srv.image.info(image_id).STATE == 1
+
+
+def test_arguments_stdin_only_for_yes(world):
+    """onehem's Hook#as_stdin? (release-6.10.5 src/hem/onehem-server.rb:194) evaluates
+    ``astdin.casecmp('yes') || astdin.casecmp('true')``: the first integer is truthy in
+    Ruby, so only YES passes the arguments on stdin; TRUE leaves them on the command
+    line."""
+    logs = {}
+    for name, value in (("yes", "YES"), ("true", "true")):
+        logs[name], _fail = _recorder(world, f"rec-{name}")
+        world.srv.hook.allocate(f'NAME="{name}"\nTYPE="api"\nCALL="one.image.allocate"\n'
+                                f'COMMAND="rec-{name}"\nARGUMENTS="word"\n'
+                                f'ARGUMENTS_STDIN="{value}"')
+    image_ds, _ = world.datastores()
+    with pytest.raises(pyone.OneException):
+        world.srv.image.allocate('NAME="bad"', image_ds)
+    _wait_records(world, 0, 1)
+    _wait_records(world, 1, 1)
+    assert logs["yes"].read_text().startswith("args=\nstdin=word\n")  # YES: on stdin
+    assert logs["true"].read_text().startswith("args=word\nstdin=\n")  # true: argv
