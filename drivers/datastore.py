@@ -51,6 +51,7 @@ from onestorpool.drivers.storage import (
     mib,
     qos_class,
     random_suffix,
+    retire_volume,
     revert_volume,
     round_up,
     snapshots_with_prefix,
@@ -448,21 +449,9 @@ def rm(ctx: DsContext) -> str:
     delay = ctx.config["DELAY_DELETE"]
     remote = ctx.config["REMOTE_BACKUP_DELETE"]
     exists = ctx.sp.volume_exists(volume)
-    if exists and remote is not None:
-        location, extra = remote
-        # Keep a named tombstone; the subscriber (or `onestorpool remote-send`) ships it.
-        tombstone = ctx.naming.tombstone(volume, int(time.time()))
-        keep = max(delay, 48 * 3600)
-        ctx.sp.volume_snapshot(volume, tombstone, delete_after=keep,
-                               tags={**ctx.tags.base(), "tombstone": "y"})
-        ctx.event.update(tombstone=tombstone, keep_seconds=keep, created=[tombstone],
-                         effect={"type": "remote_backup", "key": f"remote_backup:{tombstone}",
-                                 "snapshot": tombstone, "location": location,
-                                 "tags": _parse_extra_tags(extra)})
-        delay = 0  # the tombstone already keeps the data
     if exists:
-        kept = delete_volume(ctx.sp, volume, delay=delay)
-        ctx.event.update(deleted=True, delayed_snapshot=kept)
+        ctx.event.update(retire_volume(ctx.sp, ctx.naming, ctx.tags, volume, delay=delay,
+                                       remote=remote))
     deleted = []
     for snap in snapshots_with_prefix(ctx.sp, ctx.naming.disk_snapshot_prefix(volume)):
         if ctx.naming.parse(snap["name"]) and delete_snapshot(ctx.sp, snap["name"]):
@@ -477,20 +466,6 @@ def rm(ctx: DsContext) -> str:
     if parsed is not None and parsed.kind == "image":
         delete_volume(ctx.sp, ctx.naming.staging(parsed.image_id))
     return ""
-
-
-def _parse_extra_tags(extra: str) -> dict[str, str]:
-    """``REMOTE_BACKUP_DELETE`` extra args: ``tag k=v [k=v...]`` as the CLI took them."""
-    words = extra.split()
-    if words and words[0] == "tag":
-        words = words[1:]
-    tags = {}
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_\-.:]+", key):
-            raise InputError(f"REMOTE_BACKUP_DELETE: expected tag k=v, got {word!r}")
-        tags[key] = value
-    return tags
 
 
 # -- stat: size of a source ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from onestorpool.errors import AddonError
+from onestorpool.errors import AddonError, InputError
 from onestorpool.hosts import Host
 from onestorpool.storpool import AlreadyExists, Busy, NotFound, StorPoolClient
 
@@ -129,6 +129,44 @@ def _holds_data(sp: StorPoolClient, volume: Mapping[str, Any]) -> bool:
         if entry.get("name") == volume.get("name"):
             return int(entry.get("storedSize") or 0) > 0
     return True  # not listed: be safe and keep it
+
+
+def retire_volume(sp: StorPoolClient, naming: Any, tags: Tags, volume: str, *, delay: int,
+                  remote: tuple[str, str] | None) -> dict[str, Any]:
+    """Delete a volume that held a user's data, as ``rm`` and the TM's ``delete`` do: with
+    ``REMOTE_BACKUP_DELETE`` (``remote`` = location and extra arguments) a named tombstone
+    snapshot is kept for the subscriber to ship (a ``remote_backup`` effect), else the
+    ``DELAY_DELETE`` snapshot. Returns the event's fields."""
+    fields: dict[str, Any] = {}
+    if remote is not None:
+        location, extra = remote
+        tombstone = naming.tombstone(volume, int(time.time()))
+        keep = max(delay, 48 * 3600)
+        sp.volume_snapshot(volume, tombstone, delete_after=keep,
+                           tags={**tags.base(), "tombstone": "y"})
+        fields.update(tombstone=tombstone, keep_seconds=keep, created=[tombstone],
+                      effect={"type": "remote_backup", "key": f"remote_backup:{tombstone}",
+                              "snapshot": tombstone, "location": location,
+                              "tags": parse_extra_tags(extra)})
+        delay = 0  # the tombstone already keeps the data
+    fields.update(deleted=True, delayed_snapshot=delete_volume(sp, volume, delay=delay))
+    return fields
+
+
+def parse_extra_tags(extra: str) -> dict[str, str]:
+    """``REMOTE_BACKUP_DELETE`` extra args: ``tag k=v [k=v...]`` as the CLI took them."""
+    import re
+
+    words = extra.split()
+    if words and words[0] == "tag":
+        words = words[1:]
+    tags = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_\-.:]+", key):
+            raise InputError(f"REMOTE_BACKUP_DELETE: expected tag k=v, got {word!r}")
+        tags[key] = value
+    return tags
 
 
 def delete_snapshot(sp: StorPoolClient, name: str) -> bool:

@@ -36,6 +36,7 @@ from onestorpool.drivers.storage import (
     delete_volume,
     detach_all,
     qos_class,
+    retire_volume,
     revert_volume,
     round_up,
 )
@@ -396,7 +397,8 @@ def delete(ctx: TmContext) -> str:
         disk = vm.disk(where.disk_id)
         volume = disk_volume(ctx.naming, vm, disk.disk_id)
         if not disk.source or volume != volume_from_source(disk.source):
-            removed += _delete_with_snapshots(ctx, volume, delay)  # the VM's own volume
+            removed += _delete_with_snapshots(ctx, volume, delay,  # the VM's own volume
+                                              ctx.config["REMOTE_BACKUP_DELETE"])
         else:  # the image itself: it stays, without the VM's tags
             detach_all(ctx.sp, volume)
             ctx.sp.volume_update(volume, tags={ctx.tags.vm_tag: "", "type": "", "diskid": ""})
@@ -406,9 +408,11 @@ def delete(ctx: TmContext) -> str:
     return ""
 
 
-def _delete_with_snapshots(ctx: TmContext, volume: str, delay: int) -> list[str]:
-    """The volume (delayed) and its disk snapshots ``<volume>-snap<N>``, matched by name
-    parsing: ``one-sys-5-1-raw`` never takes ``one-sys-5-10-raw`` or another prefix's."""
+def _delete_with_snapshots(ctx: TmContext, volume: str, delay: int,
+                           remote: tuple[str, str] | None = None) -> list[str]:
+    """The volume (delayed, or a tombstone for ``remote`` backup) and its disk snapshots
+    ``<volume>-snap<N>``, matched by name parsing: ``one-sys-5-1-raw`` never takes
+    ``one-sys-5-10-raw`` or another prefix's."""
     removed = []
     for snapshot in ctx.sp.snapshots_list():
         name = str(snapshot.get("name", ""))
@@ -418,7 +422,9 @@ def _delete_with_snapshots(ctx: TmContext, volume: str, delay: int) -> list[str]
             removed.append(name)
     with contextlib.suppress(NotFound):
         if ctx.sp.volume_exists(volume):
-            delete_volume(ctx.sp, volume, delay=delay)
+            # one volume per disk: its remote-backup effect is the action's one effect
+            ctx.event.update(retire_volume(ctx.sp, ctx.naming, ctx.tags, volume, delay=delay,
+                                           remote=remote))
             removed.append(volume)
     return removed
 

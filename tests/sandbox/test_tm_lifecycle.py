@@ -326,3 +326,56 @@ def test_stop_resume_moves_the_vm_folder_in_ssh_mode(cloud, mode):
     assert attachments(w).get(f"one-sys-{vm_id}-0-raw") == {client_of(w, "node2")}
     with disk_link(w, "node2", system_ds, vm_id, 0).open("rb") as dev:
         dev.read(1)  # the disk link on the new host leads to the device
+
+
+def test_terminate_keeps_a_tombstone_for_remote_backup(cloud):
+    w, image_ds, system_ds, (node1, _node2) = cloud
+    w.frontend.write_rc('ONE_PX=one\nDELAY_DELETE=0\nREMOTE_BACKUP_DELETE="backup-site"\n')
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"', 'TYPE="fs",SIZE="2"')
+    w.srv.vm.action("terminate", vm_id)
+    w.oned.wait_vm(vm_id, "DONE")
+    deletes = [e for e in w.frontend.events() if e.type == "tm.delete" and "effect" in e.payload]
+    effects = sorted(e.payload["effect"]["snapshot"].split("-ONEDELETE-")[0] for e in deletes)
+    assert effects == sorted([f"one-img-{base}-{vm_id}-0", f"one-sys-{vm_id}-1-raw"])
+    assert all(e.payload["effect"]["location"] == "backup-site" for e in deletes)
+    left = {s["name"] for s in w.frontend.sp.snapshots_list() if not s.get("deleted")}
+    assert {e.payload["effect"]["snapshot"] for e in deletes} <= left  # kept to be shipped
+    assert not {v["name"] for v in w.frontend.sp.volumes_list()} - {f"one-img-{base}"}
+
+
+def test_a_vm_laid_out_by_the_bash_addon_is_taken_over(cloud):
+    """Volumes, tags and links exactly as the Bash add-on made them: migrated, snapshotted
+    and terminated by this driver."""
+    w, image_ds, system_ds, (node1, node2) = cloud
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"', 'TYPE="fs",SIZE="2"')
+    sp = w.frontend.sp
+    # the Bash add-on's tags on a non-persistent disk (reference §4 clone, §5 tags)
+    sp.volume_update(f"one-img-{base}-{vm_id}-0", tags={
+        "virt": "one", "nloc": "one", "nvm": str(vm_id), "type": "NPERS", "diskid": "0",
+        "vc-policy": "no"})
+    w.srv.vm.migrate(vm_id, node2, True, False, -1, 0)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    n2 = client_of(w, "node2")
+    assert attachments(w).get(f"one-img-{base}-{vm_id}-0") == {n2}
+    assert attachments(w).get(f"one-sys-{vm_id}-1-raw") == {n2}
+    assert sp.volume(f"one-img-{base}-{vm_id}-0")["tags"]["vc-policy"] == "no"  # kept
+    w.srv.vm.disksnapshotcreate(vm_id, 0, "s")
+    w.oned.wait_idle()
+    w.srv.vm.action("terminate", vm_id)
+    w.oned.wait_vm(vm_id, "DONE")
+    assert w.frontend.storpool_names() == {f"one-img-{base}"}
+
+
+def test_a_failing_action_leaves_nothing_half_created(cloud):
+    w, _image_ds, system_ds, (node1, _node2) = cloud
+    w.frontend.sp.volume_template_delete(f"one-ds-{system_ds}")  # the admin's step undone
+    vm_id = w.srv.vm.allocate(w.vm_template("v", 'TYPE="fs",SIZE="2"'), False)
+    w.srv.vm.deploy(vm_id, node1, False, system_ds)
+    w.oned.wait_vm(vm_id, "ACTIVE", "PROLOG_FAILURE")
+    error = w.srv.vm.info(vm_id).USER_TEMPLATE["ERROR"]
+    assert f"StorPool template one-ds-{system_ds} does not exist" in error
+    assert "INFO:" not in error and "ERROR MESSAGE" not in error
+    assert w.frontend.storpool_names() == set() and attachments(w) == {}
