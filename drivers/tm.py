@@ -469,6 +469,8 @@ def mv(ctx: TmContext) -> str:
                     ctx.sp.detach(volume, [src_client], force=True)
         if state in _ATTACH or state in _MOVE:
             host, client = ctx.host(target.host)
+            if ctx.is_system_ds:
+                _follow_datastore(ctx, volume)
             attach_exclusively(ctx.sp, volume, client, mode, ctx.config["ATTACH_TIMEOUT"])
             link_disk(host, volume, path)
     if target.disk_id is None:
@@ -481,6 +483,18 @@ def mv(ctx: TmContext) -> str:
             dst_host.run(["mkdir", "-p", dst_host.path(target.path)])
     ctx.event.update(lcm_state=state.name, volumes=[v for v, _, _ in moved])
     return ""
+
+
+def _follow_datastore(ctx: TmContext, volume: str) -> None:
+    """A VM moved to another system datastore (``DS_MIGRATE``): its volatile and context
+    volumes keep their data and take the new datastore's template (placement, capacity)."""
+    parsed = ctx.naming.parse(volume)
+    if parsed is None or parsed.kind not in ("volatile", "context"):
+        return
+    template = ctx.naming.template(ctx.datastore.id)
+    if ctx.sp.volume(volume).get("templateName") != template:
+        ctx.sp.volume_update(volume, template=template)
+        ctx.event.setdefault("template_changed", []).append(volume)
 
 
 def move_folder(src: hosts.Host, src_path: str, dst: hosts.Host, dst_path: str) -> None:

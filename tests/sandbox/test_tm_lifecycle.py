@@ -379,3 +379,24 @@ def test_a_failing_action_leaves_nothing_half_created(cloud):
     assert f"StorPool template one-ds-{system_ds} does not exist" in error
     assert "INFO:" not in error and "ERROR MESSAGE" not in error
     assert w.frontend.storpool_names() == set() and attachments(w) == {}
+
+
+def test_migration_to_another_storpool_system_datastore(cloud):
+    w, _image_ds, system_ds, (node1, node2) = cloud
+    other_ds = w.oned.create_datastore("spsys2", "SYSTEM_DS", TM_MAD="storpool")
+    vm_id = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="2"', context=True)
+    volume = f"one-sys-{vm_id}-0-raw"
+    payload = os.urandom(MIB)
+    with disk_link(w, "node1", system_ds, vm_id, 0).open("r+b") as dev:
+        dev.write(payload)
+    w.srv.vm.action("poweroff", vm_id)
+    w.oned.wait_vm(vm_id, "POWEROFF")
+    w.srv.vm.migrate(vm_id, node2, False, False, other_ds, 0)
+    w.oned.wait_vm(vm_id, "POWEROFF")
+    w.oned.wait_idle()
+    for name in (volume, f"one-sys-{vm_id}-1-iso"):
+        assert w.frontend.sp.volume(name)["templateName"] == f"one-ds-{other_ds}", name
+    w.srv.vm.action("resume", vm_id)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    with disk_link(w, "node2", other_ds, vm_id, 0).open("rb") as dev:
+        assert dev.read(MIB) == payload
