@@ -261,7 +261,8 @@ class OnedSandbox(SandboxCore):
         for ds_id, template in DEFAULT_DATASTORES:  # what every oned has from the start
             self.datastores[ds_id] = self.ds_api.new_datastore(ds_id, dict(template))
         self.sched = Scheduler(self.lock, self.vms, self.hosts, self.datastores, self.version,
-                               self.session, self.dispatch, self.lifecycle.vm_deploy)
+                               self.session, self.dispatch, self.lifecycle.vm_deploy,
+                               self.recovery.vm_migrate)
         self._write_credentials()
         self._stopping = threading.Event()
         self._serving = False

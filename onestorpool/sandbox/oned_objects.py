@@ -268,6 +268,7 @@ class Vm:
     # deploy after 'stop' is a PROLOG_RESUME, after 'undeploy' a PROLOG_UNDEPLOY.
     previous_action: str = ""
     saveas_from: int = 3  # the state a disk save-as returns to (ACTIVE: RUNNING)
+    resched: int = 0  # RESCHED: the scheduler is to move the VM (one.vm.action resched)
 
     @property
     def disks(self) -> list[dict[str, str]]:

@@ -7,7 +7,8 @@ cluster 0) whose free CPU and memory fit it, with the default policies of ``sche
 ``DEFAULT_DS_SCHED`` POLICY 1, striping: the host with the fewest running VMs, the system
 datastore with the most free space). A resumed VM (stopped or undeployed) is rescheduled the
 same way but keeps its system datastore (``VirtualMachineXML`` ``resume``, release-6.10.5
-``src/scheduler/src/pool/VirtualMachineXML.cc`` line 68).
+``src/scheduler/src/pool/VirtualMachineXML.cc`` line 68). A RUNNING VM with RESCHED is
+migrated (cold) to another host that fits.
 
 How the placement reaches oned depends on the release: up to 6.10 ``mm_sched`` is an
 XML-RPC client calling ``one.vm.deploy(vid, hid, false, dsid, "")``
@@ -35,13 +36,14 @@ class Scheduler:
     def __init__(self, lock: threading.RLock, vms: dict[int, Vm], hosts: dict[int, Host],
                  datastores: dict[int, Datastore], version: Version, session: str,
                  dispatch: Callable[[str, tuple[Any, ...]], list[Any]],
-                 deploy: Callable[..., Any]):
+                 deploy: Callable[..., Any], migrate: Callable[..., Any]):
         self.lock = lock
         self.vms, self.hosts, self.datastores = vms, hosts, datastores
         self.version = version
         self.session = session
         self.dispatch = dispatch
         self.deploy = deploy
+        self.migrate = migrate
 
     def _load(self, host: Host) -> tuple[float, int]:
         """CPU (in hundredths) and memory (KB) the host's VMs take."""
@@ -93,9 +95,37 @@ class Scheduler:
             return -1
         return min(systems, key=lambda d: (-d.free_mb, d.id)).id
 
+    def reschedulings(self) -> list[tuple[int, int]]:
+        """(vm, host) for every RUNNING VM with RESCHED: another host that fits."""
+        chosen = []
+        with self.lock:
+            for vm in sorted(self.vms.values(), key=lambda v: v.id):
+                if not (vm.resched and vm.state == VmState.ACTIVE and vm.lcm_state == 3):
+                    continue
+                hosts = [(len(h.vms), h.id) for h in self.hosts.values()
+                         if h.id != vm.last.hid and self._fits(vm, h)]
+                if hosts:
+                    chosen.append((vm.id, min(hosts)[1]))
+        return chosen
+
     def schedule_once(self) -> list[tuple[int, int]]:
-        """One pass; returns the (vm, host) pairs oned accepted."""
+        """One pass; returns the (vm, host) pairs oned accepted: the migrations of
+        rescheduled VMs (sched.conf LIVE_RESCHEDS 0, COLD_MIGRATE_MODE 0:
+        ``one.vm.migrate(vid, hid, false, false, -1, 0)``, VirtualMachinePoolXML.cc:166),
+        then the deployments."""
         placed = []
+        for vm_id, host_id in self.reschedulings():
+            if self.version >= (7, 0):
+                try:
+                    self.migrate(vm_id, host_id, False, False, -1, 0)
+                except OneFailure:
+                    continue
+                placed.append((vm_id, host_id))
+            else:
+                reply = self.dispatch("one.vm.migrate",
+                                      (self.session, vm_id, host_id, False, False, -1, 0))
+                if reply[0]:
+                    placed.append((vm_id, host_id))
         for vm_id, host_id, ds_id in self.placements():
             if self.version >= (7, 0):
                 try:

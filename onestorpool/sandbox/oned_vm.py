@@ -73,6 +73,10 @@ TEMPLATE_ATTRIBUTES = frozenset("""
     TEMPLATE_ID TM_MAD_SYSTEM TPM VMGROUP SCHED_ACTION SECURITY_GROUP_RULE
     AUTOMATIC_REQUIREMENTS AUTOMATIC_DS_REQUIREMENTS AUTOMATIC_NIC_REQUIREMENTS
     MEMORY_ENCRYPTION QEMU_GA_EXEC""".split())
+# Actions that cancel a pending rescheduling (set_resched(false) in release-6.10.5
+# src/lcm/LifeCycleActions.cc and DispatchManager::reboot)
+CLEARS_RESCHED = frozenset("""terminate terminate-hard poweroff poweroff-hard undeploy
+    undeploy-hard stop suspend reboot reboot-hard""".split())
 # Failure LCM states terminate treats as "recover --delete" (DispatchManager::terminate).
 FAILURE_STATES = frozenset(LCM[n] for n in """
     BOOT_FAILURE BOOT_MIGRATE_FAILURE PROLOG_MIGRATE_FAILURE PROLOG_FAILURE EPILOG_FAILURE
@@ -718,6 +722,8 @@ class VmActions:
                                          f"{error}", vm_id)
             if vm.history and action not in ("resched", "unresched"):
                 vm.last.action = ACTION_NUMBERS.get(action, 0)
+            if action in CLEARS_RESCHED:  # LifeCycleManager::trigger_<action>, reboot
+                vm.resched = 0
             return vm_id
 
     @staticmethod
@@ -821,8 +827,14 @@ class VmActions:
         return ""
 
     def _resched(self, vm: Vm, action: str) -> str:
-        if not (vm.state == S.ACTIVE and vm.lcm_state == LCM["RUNNING"]):
-            return self._not_available(vm)
+        """``DispatchManager::resched`` (release-6.10.5 src/dm/DispatchManagerActions.cc:
+        929): the RESCHED flag of a POWEROFF or RUNNING/UNKNOWN VM."""
+        if not (vm.state == S.POWEROFF or (vm.state == S.ACTIVE and vm.lcm_state in (
+                LCM["RUNNING"], LCM["UNKNOWN"]))):
+            return (f"Could not set rescheduling flag for VM {vm.id}, wrong state "
+                    f"{S(vm.state).name}.")
+        vm.resched = int(action == "resched")
+        self.core._update_vm(vm)
         return ""
 
     def shutdown(self, vm: Vm, hard: bool) -> None:
@@ -1037,6 +1049,7 @@ class Recovery:
                                          f"[{host_id}] and datastore [{vm.last.ds_id}]",
                                  vm_id)
             system = self.core.datastores[vm.last.ds_id if ds_id < 0 else ds_id]
+            vm.resched = 0  # trigger_migrate / trigger_live_migrate
             vm.last.action = ACTION_NUMBERS["live-migrate" if live else "migrate"]
             vm.last.etime = now()
             vm.history.append(History(len(vm.history), target.name, target.id, system.id,

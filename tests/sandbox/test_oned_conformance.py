@@ -612,3 +612,35 @@ def test_arguments_stdin_only_for_yes(world):
     _wait_records(world, 1, 1)
     assert logs["yes"].read_text().startswith("args=\nstdin=word\n")  # YES: on stdin
     assert logs["true"].read_text().startswith("args=word\nstdin=\n")  # true: argv
+
+
+@pytest.mark.parametrize(("version", "api_event"), [("6.10", True), ("7.0", False)])
+def test_resched_flag_and_rescheduling(make_world, version, api_event):
+    """one.vm.action resched sets RESCHED on a RUNNING/UNKNOWN or POWEROFF VM
+    (release-6.10.5 src/dm/DispatchManagerActions.cc:929), refused otherwise; the
+    scheduler migrates such a VM to another host that fits (cold, sched.conf
+    LIVE_RESCHEDS=0: one.vm.migrate over XML-RPC up to 6.10,
+    src/scheduler/src/pool/VirtualMachinePoolXML.cc:166; inside oned from 7.0), and the
+    migration clears the flag (trigger_migrate, src/lcm/LifeCycleActions.cc:271)."""
+    w = make_world(one_version=version)
+    _image_ds, system_ds = w.datastores()
+    first, second = w.oned.create_host("node1"), w.oned.create_host("node2")
+    vm_id = w.oned.instantiate(w.vm_template("r"), first, system_ds)
+    pending = w.srv.vm.allocate(w.vm_template("p"), True)
+    with pytest.raises(pyone.OneActionException,
+                       match=f"Could not set rescheduling flag for VM {pending}, wrong "
+                             "state HOLD"):
+        w.srv.vm.action("resched", pending)
+    w.srv.vm.action("resched", vm_id)
+    assert w.srv.vm.info(vm_id).RESCHED == 1
+    assert w.oned.schedule_once() == [(vm_id, second)]
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    vm = w.srv.vm.info(vm_id)
+    assert vm.RESCHED == 0
+    assert second == vm.HISTORY_RECORDS.HISTORY[-1].HID
+    migrations = [k for k, _ in w.oned.hooks.sent if k.startswith("EVENT API one.vm.migrate")]
+    assert len(migrations) == (1 if api_event else 0)
+    w.srv.vm.action("resched", vm_id)
+    w.srv.vm.action("unresched", vm_id)
+    assert w.srv.vm.info(vm_id).RESCHED == 0
