@@ -632,9 +632,9 @@ def snap_revert(ctx: DsContext) -> str:
 
 
 def revert_to_snapshot(ctx: DsContext, volume: str, snapshot: str) -> None:
-    aside = revert_volume(ctx.sp, ctx.naming, volume, snapshot,
-                          delay=ctx.config["DELAY_DELETE"], tags=ctx.tags.base(ctx.qos()))
-    ctx.event.update(reverted_from=snapshot, old_volume=aside)
+    kept = revert_volume(ctx.sp, volume, snapshot, delay=ctx.config["DELAY_DELETE"],
+                         tags=ctx.tags.base(ctx.qos()))
+    ctx.event.update(reverted_from=snapshot, kept_snapshot=kept)
 
 
 def snap_flatten(ctx: DsContext) -> str:

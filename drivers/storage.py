@@ -221,27 +221,28 @@ def random_suffix(length: int) -> str:
         secrets.choice(alphabet) for _ in range(length - 1))
 
 
-def revert_volume(sp: StorPoolClient, naming: Any, volume: str, snapshot: str, *,
-                  delay: int, tags: Mapping[str, str] | None = None) -> str:
-    """Replace ``volume`` by a copy of ``snapshot``, keeping the old volume until the new one
-    exists: rename aside, create from the snapshot, then delete the old one (``delay``).
-    An interruption at any point leaves the data under one of the two names; returns the
-    name the old volume had aside."""
+def revert_volume(sp: StorPoolClient, volume: str, snapshot: str, *, delay: int,
+                  tags: Mapping[str, str] | None = None) -> str | None:
+    """Give ``volume`` the data of ``snapshot`` (one of its own) in place, with StorPool's
+    ``VolumeRevert``, after keeping its current data as a ``delay``-second snapshot.
+    Each step is atomic on the cluster: interrupted anywhere, the volume holds either its
+    old data or the snapshot's, never nothing (the Bash add-on renamed the volume aside
+    first). The volume keeps its name, template and size (grown back if the snapshot is
+    smaller). Returns the name of the kept snapshot, if any."""
     current = sp.volume(volume)
     sp.snapshot(snapshot)  # NotFound before anything changes
-    aside = naming.revert_temp(volume, int(time.time()), random_suffix(8))
-    merged = {**current.get("tags", {}), **(tags or {})}
     detach_all(sp, volume)
-    with Rollback() as undo:
-        sp.volume_update(volume, rename=aside)
-        undo.push(f"rename {aside} back to {volume}", sp.volume_update, aside, rename=volume)
-        create_volume(sp, volume, parent=snapshot,
-                      template=current.get("templateName") or None, tags=merged)
-        undo.push(f"delete {volume}", delete_volume, sp, volume)
-        if int(current.get("size") or 0) > int(sp.volume(volume).get("size") or 0):
-            sp.volume_update(volume, size=int(current["size"]))
-    delete_volume(sp, aside, delay=delay)
-    return aside
+    kept = None
+    if delay > 0 and _holds_data(sp, current):
+        reply = sp.volume_snapshot(volume, delete_after=delay, tags={"del": "y"})
+        kept = reply.get("autoName") or reply.get("snapshotGlobalId")
+    sp.volume_revert(volume, snapshot)
+    size = int(current.get("size") or 0)
+    if size > int(sp.volume(volume).get("size") or 0):
+        sp.volume_update(volume, size=size)
+    if tags:
+        sp.volume_update(volume, tags={**current.get("tags", {}), **tags})
+    return kept
 
 
 class Rollback:

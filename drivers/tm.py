@@ -630,8 +630,8 @@ def snap_delete(ctx: TmContext) -> str:
 
 
 def snap_revert(ctx: TmContext) -> str:
-    """The disk's data replaced by the snapshot's; the old volume is kept until the new one
-    exists, then deleted (delayed), and the disk attached and linked again."""
+    """The disk's data replaced by the snapshot's in place (the old data kept for
+    ``DELAY_DELETE``), and the disk attached and linked again."""
     dst, snap_id, vm_id, _ds = ctx.expect(4, "host:path snap_id vm_id ds_id")
     where = Location.parse(dst)
     vm = ctx.vm(parse_id(vm_id, "vm_id"))
@@ -639,13 +639,13 @@ def snap_revert(ctx: TmContext) -> str:
     volume = disk_volume(ctx.naming, vm, disk.disk_id)
     snapshot = ctx.naming.disk_snapshot(volume, parse_id(snap_id, "snap_id"))
     host, client = ctx.host(where.host)
-    aside = revert_volume(ctx.sp, ctx.naming, volume, snapshot, delay=ctx.config["DELAY_DELETE"],
-                          tags=ctx.tags.for_vm(vm.id, disk.disk_id, disk_kind(
-                              disk, disk.persistent), disk_qos(ctx, disk)))
+    kept = revert_volume(ctx.sp, volume, snapshot, delay=ctx.config["DELAY_DELETE"],
+                         tags=ctx.tags.for_vm(vm.id, disk.disk_id, disk_kind(
+                             disk, disk.persistent), disk_qos(ctx, disk)))
     attach_exclusively(ctx.sp, volume, client, attach_mode(ctx, disk),
                        ctx.config["ATTACH_TIMEOUT"])
     link_disk(host, volume, where.path)
-    ctx.event.update(volume=volume, reverted_from=snapshot, old_volume=aside)
+    ctx.event.update(volume=volume, reverted_from=snapshot, kept_snapshot=kept)
     return ""
 
 
