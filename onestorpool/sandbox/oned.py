@@ -60,10 +60,10 @@ snapshot operations (``oned_vmops``), all around the shared core (``oned_core``)
 Not emulated: backups and restore (``one.vm.backup``/``restore`` answer "not emulated"),
 nor any other registered method without a handler; ``one.vm.recover`` retry, NICs and
 networks, ACLs and quotas (users and groups are read-only), the hook REP socket (hooks run
-inside the sandbox), CLONING VMs (a LOCKED image is refused), resched migrations, oned's
-periodic VM monitoring, the 6.4.7/6.6.3 ``one_datastore -i`` convention
-(``<action> - <id>``); the capacity check waits for a datastore's first monitoring (oned
-would refuse with FREE_MB 0); text template syntax errors are not bison's exact words.
+inside the sandbox), oned's periodic VM monitoring, the 6.4.7/6.6.3 ``one_datastore -i``
+convention (``<action> - <id>``); the capacity check waits for a datastore's first
+monitoring (oned would refuse with FREE_MB 0); text template syntax errors are not
+bison's exact words.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ from onestorpool.sandbox.oned_cluster import DEFAULT_DATASTORES, ClusterPool
 from onestorpool.sandbox.oned_core import ONEADMIN_HOME, SandboxCore
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
 from onestorpool.sandbox.oned_hooks import HookManager
+from onestorpool.sandbox.oned_methods import RELEASES
 from onestorpool.sandbox.oned_objects import (
     IMAGE_STATES,
     LCM_STATES,
@@ -194,6 +195,9 @@ class OnedSandbox(SandboxCore):
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.version = Version(one_version)
+        if str(self.version) not in RELEASES:
+            raise ValueError(f"OpenNebula {one_version}: the oned sandbox emulates "
+                             f"{', '.join(RELEASES)}")
         self.remotes = install_remotes(self.directory, remotes, self.version)
         self.session = session
         self.frontend = frontend
@@ -492,8 +496,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=2633, help="XML-RPC port (oned: 2633)")
     parser.add_argument("--hook-endpoint", default="tcp://127.0.0.1:2101",
                         help="hook bus PUB endpoint (one_hm: tcp://127.0.0.1:2101)")
-    parser.add_argument("--one-version", default="6.10",
-                        help="OpenNebula release whose conventions to follow (5.10 ... 7.x)")
+    parser.add_argument("--one-version", default="6.10", choices=RELEASES,
+                        help="OpenNebula release whose conventions to follow")
     parser.add_argument("--remotes", type=Path, default=None,
                         help="drivers' remotes directory (default: the add-on's)")
     parser.add_argument("--hosts", type=Path, default=None,

@@ -102,6 +102,10 @@ CHANGES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 
 
+# The releases the sandbox emulates (bodies, methods, driver conventions): 5.10 ... 7.0
+RELEASES = ("5.10", *CHANGES)
+
+
 def release_methods(version: Version) -> frozenset[str]:
     """The methods of the newest release not newer than ``version``."""
     methods = set(BASE[1])

@@ -644,3 +644,14 @@ def test_resched_flag_and_rescheduling(make_world, version, api_event):
     w.srv.vm.action("resched", vm_id)
     w.srv.vm.action("unresched", vm_id)
     assert w.srv.vm.info(vm_id).RESCHED == 0
+
+
+def test_only_the_emulated_releases_are_offered(tmp_path):
+    """Each release the sandbox claims has its bodies, methods and conventions here; any
+    other is refused rather than answered with a neighbour's forms."""
+    from onestorpool.sandbox.oned import OnedSandbox
+    from onestorpool.sandbox.oned_methods import RELEASES
+
+    assert RELEASES == VERSIONS
+    with pytest.raises(ValueError, match=r"emulates 5\.10, 5\.12"):
+        OnedSandbox(tmp_path, tmp_path / "remotes", one_version="7.2")
