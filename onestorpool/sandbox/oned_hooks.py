@@ -161,7 +161,10 @@ class HookManager:
                 return f"Unkown state condition: {on}"
             template.update(STATE=state, LCM_STATE=lcm)
         elif resource in ("HOST", "IMAGE", "NET"):
-            if resource == "IMAGE" and self.version < (6, 0):
+            # Hook::set_hook knows IMAGE from 6.0, NET from 6.4 (HookStateImage.cc,
+            # HookStateVirtualNetwork.cc appear at release-6.0.0 and release-6.4.0)
+            if (resource == "IMAGE" and self.version < (6, 0)) or (
+                    resource == "NET" and self.version < (6, 4)):
                 return f"Invalid resource type: {resource}"
             state = str(template.get("STATE", "")).upper()
             if not state:

@@ -655,3 +655,33 @@ def test_only_the_emulated_releases_are_offered(tmp_path):
     assert RELEASES == VERSIONS
     with pytest.raises(ValueError, match=r"emulates 5\.10, 5\.12"):
         OnedSandbox(tmp_path, tmp_path / "remotes", one_version="7.2")
+
+
+@pytest.mark.parametrize(("version", "resource", "known"), [
+    ("5.12", "IMAGE", False), ("6.0", "IMAGE", True), ("6.2", "NET", False),
+    ("6.4", "NET", True), ("5.10", "HOST", True)])
+def test_state_hook_resources_per_release(version, resource, known):
+    """Hook::set_hook (src/hm/Hook.cc) builds a state hook for the resources its release
+    has a HookState class for: IMAGE from release-6.0.0 (HookStateImage.cc), NET from
+    release-6.4.0 (HookStateVirtualNetwork.cc)."""
+    from pathlib import Path
+
+    from onestorpool.sandbox.oned_hookbus import HookBus
+    from onestorpool.sandbox.oned_hooks import HookManager
+    from onestorpool.sandbox.oned_objects import OneFailure
+
+    bus = HookBus()
+    hooks = HookManager(bus, Version(version), Path("/nonexistent"),
+                        lambda host, path: Path("/nonexistent"), {})
+    try:
+        text = f'NAME="h"\nTYPE="state"\nRESOURCE="{resource}"\nSTATE="READY"\nCOMMAND="c"'
+        if resource == "HOST":
+            text = text.replace("READY", "MONITORED")
+        if known:
+            assert hooks.allocate(text)[0] == 0
+        else:
+            with pytest.raises(OneFailure, match=f"Invalid resource type: {resource}"):
+                hooks.allocate(text)
+    finally:
+        hooks.close()
+        bus.close()
