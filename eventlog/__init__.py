@@ -12,7 +12,6 @@ from typing import Any
 
 from onestorpool.eventlog.record import Record, scrub
 from onestorpool.eventlog.store import (
-    DEFAULT_PATH,
     AlreadyDone,
     Event,
     EventLog,
@@ -21,7 +20,7 @@ from onestorpool.eventlog.store import (
     default_path,
 )
 
-__all__ = ["DEFAULT_PATH", "AlreadyDone", "Event", "EventLog", "EventLogError", "Record",
+__all__ = ["AlreadyDone", "Event", "EventLog", "EventLogError", "Record",
            "Transaction", "append_event", "default_path", "scrub"]
 
 

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from onestorpool.config import DEFAULT_EVENT_LOG
 from onestorpool.errors import InputError
 from onestorpool.eventlog.record import Record, to_json_value
-from onestorpool.eventlog.store import DEFAULT_PATH, EventLog, EventLogError
+from onestorpool.eventlog.store import EventLog, EventLogError
 
 SUBJECTS = ("vm", "image", "datastore", "volume", "snapshot")
 
@@ -237,7 +238,7 @@ def cmd_checkpoint(log: EventLog, args: argparse.Namespace) -> int:
 DESCRIPTION = "Audit, verify, export and replay the add-on's event log. Times are UTC."
 LOG_HELP = ("the event log database, before or after the command (default: "
             "$ONESTORPOOL_EVENTLOG, else EVENT_LOG of addon-storpoolrc, else "
-            f"{DEFAULT_PATH})")
+            f"{DEFAULT_EVENT_LOG})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,6 @@ from onestorpool.eventlog.record import (
     pack_payload,
 )
 
-DEFAULT_PATH = "/var/lib/one/onestorpool/events.db"
 ARCHIVED = "log.archived"  # the record that names an archive cut (archive.py, verify.py)
 BUSY_TIMEOUT_MS = 30_000
 # Records one transaction may append: every other writer waits for it (1000 take ~20 ms).
@@ -176,13 +175,12 @@ class AlreadyDone(EventLogError):
 
 
 def default_path() -> str:
-    """``$ONESTORPOOL_EVENTLOG``, else ``/var/lib/one/onestorpool/events.db`` (under
-    ``$ONESTORPOOL_ROOT`` when set: the sandbox's fake root, as for every default path)."""
-    explicit = os.environ.get("ONESTORPOOL_EVENTLOG")
-    if explicit:
-        return explicit
-    root = os.environ.get("ONESTORPOOL_ROOT", "/")
-    return os.path.join(root, DEFAULT_PATH.lstrip("/"))
+    """Where the add-on's log is: ``$ONESTORPOOL_EVENTLOG``, else ``EVENT_LOG`` of
+    addon-storpoolrc, else ``/var/lib/one/onestorpool/events.db`` (under
+    ``$ONESTORPOOL_ROOT``); resolved by :func:`onestorpool.config.event_log_path`."""
+    from onestorpool.config import event_log_path
+
+    return str(event_log_path())
 
 
 class _EventFields(NamedTuple):
