@@ -313,18 +313,24 @@ def _import_data(ctx: DsContext, final: str, template: str) -> None:
             create_volume(ctx.sp, final, size=size, template=template, tags=tags)
             undo.push(f"delete {final}", delete_volume, ctx.sp, final)
             if facts.format == "raw":
-                with attached(ctx.sp, final, host, client, timeout=timeout) as device, \
-                        open(local.path, "rb") as source:
-                    written = _stream_into(host, device, _Source(source, local.length), size,
-                                           ctx.config["COPY_CMD_DD_BS"])
-                if written != local.length:
-                    raise StorageError(f"cp: wrote {written} of {local.length} bytes")
+                _copy_file_into(ctx, local, final, host, client, size)
             elif not host.ssh:
                 with attached(ctx.sp, final, host, client, timeout=timeout) as device:
                     progress(f"cp: writing {facts.format} image into {final}")
                     _qemu_convert(host, local.path, facts.format, device, "raw")
             else:
                 _convert_on_bridge(ctx, local, facts, final, host, client)
+
+
+def _copy_file_into(ctx: DsContext, local: _LocalImage, volume: str, host: hosts.Host,
+                    client: int, capacity: int) -> None:
+    """The local file's bytes into ``volume`` on ``host``, all of them (counted)."""
+    with attached(ctx.sp, volume, host, client, timeout=ctx.config["ATTACH_TIMEOUT"]) as device, \
+            open(local.path, "rb") as source:
+        written = _stream_into(host, device, _Source(source, local.length), capacity,
+                               ctx.config["COPY_CMD_DD_BS"])
+    if written != local.length:
+        raise StorageError(f"cp: wrote {written} of {local.length} bytes")
 
 
 def _convert_on_bridge(ctx: DsContext, local: _LocalImage, facts: ImageFacts, final: str,
@@ -341,12 +347,7 @@ def _convert_on_bridge(ctx: DsContext, local: _LocalImage, facts: ImageFacts, fi
         create_volume(ctx.sp, staging, size=staging_size,
                       template=ctx.naming.template(ctx.datastore.id), tags=ctx.tags.base())
         undo.push(f"delete {staging}", delete_volume, ctx.sp, staging)
-        with attached(ctx.sp, staging, host, client, timeout=timeout) as device, \
-                open(local.path, "rb") as source:
-            written = _stream_into(host, device, _Source(source, local.length), staging_size,
-                                   ctx.config["COPY_CMD_DD_BS"])
-        if written != local.length:
-            raise StorageError(f"cp: wrote {written} of {local.length} bytes")
+        _copy_file_into(ctx, local, staging, host, client, staging_size)
         with attached(ctx.sp, staging, host, client, mode="ro", timeout=timeout) as src, \
                 attached(ctx.sp, final, host, client, timeout=timeout) as dst:
             progress(f"cp: converting {facts.format} to raw on {host.name}")
