@@ -40,12 +40,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onestorpool.errors import AddonError
+from onestorpool.sandbox.oned_methods import RELEASES
 
 PIDS = "sandbox.pids"
 ENV = "sandbox.env"
 # The OpenNebula releases whose driver conventions, hook bus and failure display the oned
-# sandbox follows (onestorpool.sandbox.oned); 7.2's gRPC and one.internal.* are not.
-ONE_VERSIONS = ("5.10", "5.12", "6.0", "6.2", "6.4", "6.6", "6.8", "6.10", "7.0")
+# sandbox follows (its per-release XML-RPC registries); 7.2's gRPC and one.internal.* are not.
+ONE_VERSIONS = RELEASES
 DEFAULT_ONE_VERSION = "6.10"
 SESSION = "oneadmin:sandbox"
 FRONTEND_CLIENT_ID = 1  # the front-end's StorPool client ([localhost] in storpool.conf)
