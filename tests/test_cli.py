@@ -161,3 +161,16 @@ def test_log_tail_follow_ends_quietly_on_ctrl_c(event_log):
 def test_log_stats_dates_say_utc(event_log):
     out = run("log", "stats", "--log", str(event_log)).stdout
     assert next(line for line in out.splitlines() if "ds.cp" in line).endswith(" (UTC)")
+
+
+def test_a_storpool_sandbox_port_in_use_names_the_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("sandbox", "storpool", "--port", str(port), "--data", str(tmp_path / "d"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"ERROR: cannot start the StorPool sandbox: 127.0.0.1:{port}"
+                                      " is already in use (--port)")

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hmac
 import http.client
 import json
@@ -875,7 +876,11 @@ def main(argv: list[str]) -> int:
                                   capacity=args.capacity,
                                   allow_shared_rw=args.allow_shared_rw,
                                   keep_alive=not args.http10)
-    except (OSError, RuntimeError, ValueError, SpError) as exc:
+    except OSError as exc:
+        taken = exc.errno == errno.EADDRINUSE
+        reason = f"{args.host}:{args.port} is already in use (--port)" if taken else str(exc)
+        parser.exit(1, f"ERROR: cannot start the StorPool sandbox: {reason}\n")
+    except (RuntimeError, ValueError, SpError) as exc:
         parser.exit(1, f"ERROR: cannot start the StorPool sandbox: {exc}\n")
 
     def stop(*_: object) -> None:  # shutdown() waits for serve_forever: not from its thread
