@@ -167,6 +167,34 @@ def _tm_main(action: str, argv: list[str]) -> int:
     return 0
 
 
+def run_vmm_action(action: str, argv: list[str] | None = None) -> int:
+    """Entry point of the KVM local actions ``drivers/remotes/vmm/kvm/<script>``."""
+    return run_driver(f"onestorpool-vmm-{action}", lambda args: _vmm_main(action, args), argv)
+
+
+def _vmm_main(action: str, argv: list[str]) -> int:
+    from onestorpool import config as config_module
+    from onestorpool import oneapi
+    from onestorpool.drivers import vmm
+
+    with ActionRecord("vmm", action) as record:
+        record.payload = {"args": list(argv)}
+        func = vmm.ACTIONS.get(action)
+        if func is None:
+            raise InputError(f"{action}: not a StorPool KVM local action")
+        ctx = vmm.VmmContext(action, list(argv), sys.stdin.read(), config_module.load(),
+                             oneapi.vm_info, oneapi.datastore_info)
+        try:
+            stdout = func(ctx)
+        finally:
+            ctx.close()
+            record.payload.update(ctx.event)
+            if ctx.vm_id is not None:
+                record.subjects = {"vm": ctx.vm_id}
+    emit(stdout)
+    return 0
+
+
 def run_export_delete(argv: list[str] | None = None) -> int:
     """``export.delete <bridge> <file>``: the marketplace's DISPOSE_CMD after an export."""
     return run_driver("onestorpool-ds-export.delete", _export_delete_main, argv)

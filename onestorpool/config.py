@@ -246,6 +246,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SP_API_TIMEOUT", "300", parse_float, "StorPool API read timeout (s)"),
     Setting("SP_API_RETRY_DEADLINE", "60", parse_float,
             "give up retrying StorPool calls after this many seconds"),
+    Setting("DEPLOY_TWEAKS", "volatile2dev cache-io persistent-cdrom", parse_words,
+            "domain XML tweaks deploy-tweaks applies (a VM's T_* attributes turn one on or "
+            "off): volatile2dev cache-io iothreads ioeventfd scsi-queues nic-queues cpu "
+            "cputune-shares persistent-cdrom disk-serial", datastore=True),
     Setting("MKFS", "mkfs", parse_str, "mkfs command"),
     Setting("MKSWAP", "mkswap", parse_str, "mkswap command"),
     Setting("ALT_STATS", "0", parse_bool, "count internal u2+u3 as free"),
@@ -255,6 +259,17 @@ SETTINGS: tuple[Setting, ...] = (
             "where 'onestorpool log checkpoint' also publishes the chain head: file:/PATH "
             "or volume:NAME (empty: syslog only)"),
     Setting("LOG_TO_FILE", "", parse_str, "also log to /var/log/one/addon-storpool.log"),
+    Setting("HOOK_ENDPOINT", "tcp://localhost:2101", parse_str,
+            "oned's hook bus (one_hm's PUB socket) the subscriber connects to ($ONE_ZMQ wins)"),
+    Setting("SUBSCRIBER_RECONCILE_INTERVAL", "5m", parse_duration,
+            "the subscriber compares oned, StorPool and the log this often (and on start and "
+            "after a reconnect): PUB/SUB loses messages"),
+    Setting("SUBSCRIBER_CHECKPOINT_INTERVAL", "1h", parse_duration,
+            "the subscriber checkpoints the event log this often (see EVENT_LOG_ANCHOR; "
+            "0: never)"),
+    Setting("CLEANUP_ORPHAN_SNAPSHOTS", "1", parse_bool,
+            "the subscriber deletes the add-on's StorPool snapshots of VMs and images that "
+            "OpenNebula no longer has (never tombstones, never another instance's)"),
     # The endpoint of a datastore's own cluster; cluster defaults come from /etc/storpool.conf.
     Setting("SP_API_HTTP_HOST", "", parse_str, "StorPool API host", datastore=True),
     Setting("SP_API_HTTP_PORT", "", parse_optional_int, "StorPool API port", datastore=True),
@@ -270,7 +285,7 @@ LEGACY_NAMES = frozenset("""
     SP_SPACE_USED_LVMWAY MONITOR_VMSNAPSHOTS MONITOR_SEND_UDP MONITOR_ADDRESS
     MONITOR_PORT NC_WAIT_TIME MONITOR_HOST_ID SP_JSON_PATH SP_FE_JSON_PATH
     MONITOR_SYNC_REMOTE MV_DETACH_ALL CDROM_BACKWARD_COMPATIBILITY SKIP_RESERVED_CPU
-    DEPLOY_TWEAKS POLL_DISK_INFO_DEBUG DEBUG_INTERACTIVE SP_CLUSTER_ID
+    POLL_DISK_INFO_DEBUG DEBUG_INTERACTIVE SP_CLUSTER_ID
 """.split())
 LEGACY_PATTERNS = re.compile(
     r"^(D*DEBUG_\w+|\w+_DEBUG(_VERBOSE)?|T_\w+|SP_CMD_\w+|FS_OPTS_\w+|"

@@ -1,0 +1,212 @@
+"""KVM local actions (``VM_MAD ... -l deploy=deploy-tweaks,attach_disk=attach_disk.storpool,
+save=tmsave,restore=tmrestore,snapshotcreate=snapshot_create-storpool,...``): one function
+per action, run on the front-end by ``one_vmm_exec`` with oned's parameters, the VM id and
+the host appended, and the action's data base64-encoded on stdin (the domain XML for deploy,
+``VMM_DRIVER_ACTION_DATA`` for the others). Reference: addon-storpool.md §4b.
+
+The hypervisor's own work stays with the host's native KVM scripts
+(``<SCRIPTS_REMOTE_DIR>/vmm/kvm/<action>``), reached through :mod:`onestorpool.hosts`; these
+actions do the StorPool part around them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from onestorpool import hosts
+from onestorpool.config import Config
+from onestorpool.drivers import vmm_tweaks
+from onestorpool.errors import InputError
+from onestorpool.one import Datastore, Vm, VmmAction, decode_payload, parse_vmm_action
+
+log = logging.getLogger("onestorpool.drivers")
+
+
+@dataclass
+class VmmContext:
+    action: str
+    args: list[str]
+    stdin: str
+    config: Config  # the add-on rc; :meth:`for_vm` adds the system datastore's attributes
+    load_vm: Callable[[int], Vm]
+    load_datastore: Callable[[int], Datastore]
+    event: dict[str, Any] = field(default_factory=dict)
+    vm_id: int | None = None
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _sp: Any = None
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def action_data(self) -> VmmAction:
+        if not self.stdin.strip():
+            raise InputError(f"{self.action}: no VMM_DRIVER_ACTION_DATA on stdin")
+        data = parse_vmm_action(self.stdin.strip())
+        self.vm_id = data.vm.id
+        return data
+
+    def datastore_config(self, vm: Vm) -> tuple[Datastore, Config]:
+        """The VM's system datastore and the configuration it gives."""
+        if vm.system_ds_id is None:
+            raise InputError(f"VM {vm.id} has no history record (no system datastore)")
+        datastore = self.load_datastore(vm.system_ds_id)
+        self.config = self.config.for_datastore(datastore.template,
+                                                f"datastore {datastore.id}")
+        return datastore, self.config
+
+    @property
+    def sp(self) -> Any:
+        if self._sp is None:
+            from onestorpool.storpool import StorPoolClient
+
+            self._sp = self._stack.enter_context(StorPoolClient.from_config(self.config))
+        return self._sp
+
+    def native(self, host: hosts.Host, action: str, argv: list[str], stdin: bytes,
+               timeout: float = 600) -> str:
+        """The host's native ``vmm/kvm/<action>``; its stdout."""
+        remote_dir = (self.config.extra.get("SCRIPTS_REMOTE_DIR")
+                      or os.environ.get("SCRIPTS_REMOTE_DIR") or "/var/tmp/one")
+        script = host.path(posixpath.join(remote_dir, "vmm", "kvm", action))
+        done = host.run([script, *argv], stdin=stdin, timeout=timeout, check=False)
+        if done.returncode != 0:  # the hypervisor's reason first: oned shows 100 characters
+            reason = _last_line(done.stderr.decode("utf-8", "replace")) or "no error output"
+            raise hosts.HostCommandError(f"{reason} (native {action} on {host.name}, exit "
+                                         f"{done.returncode})")
+        return done.stdout.decode("utf-8", "replace")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def parse_id(text: str, what: str) -> int:
+    if not text.lstrip("-").isdigit():
+        raise InputError(f"{what} must be an integer, got {text!r}")
+    return int(text)
+
+
+# -- deploy --------------------------------------------------------------------------------
+
+
+def deploy(ctx: VmmContext) -> str:
+    """``deploy-tweaks <deployment file> <host> <vm> <host>``, the domain on stdin: the
+    tweaks of :mod:`vmm_tweaks` applied, then the host's native ``deploy`` with the result;
+    prints the domain id it printed."""
+    if len(ctx.args) < 3:
+        raise InputError("deploy: expected deployment_file host vm_id [host]")
+    dfile, host_name = ctx.args[0], ctx.args[1]
+    vm_id = parse_id(ctx.args[2], "vm_id")
+    ctx.vm_id = vm_id
+    domain = decode_payload(ctx.stdin.strip(), "domain XML") if ctx.stdin.strip() else b""
+    if not domain:
+        domain = _read_frontend(dfile)
+    vm = ctx.load_vm(vm_id)
+    datastore, config = ctx.datastore_config(vm)
+    names = [t.name for t in vmm_tweaks.TWEAKS
+             if vmm_tweaks.enabled(t, config["DEPLOY_TWEAKS"], vm)]
+    outcome = vmm_tweaks.apply_tweaks(domain, vmm_tweaks.TweakInput(vm, config.extra), names)
+    ctx.event.update(host=host_name, tweaks=outcome.applied, dropped=outcome.dropped)
+    remote = posixpath.join(datastore.base_path.rstrip("/"), str(vm.id),
+                            posixpath.basename(dfile))
+    host = hosts.get(host_name)
+    output = ctx.native(host, "deploy", [host.path(remote), host_name, str(vm.id), host_name],
+                        outcome.xml.encode())
+    domain_id = _last_line(output)
+    if not domain_id:
+        raise InputError(f"deploy: the native deploy on {host_name} printed no domain id")
+    ctx.event["domain"] = domain_id
+    return domain_id
+
+
+def _read_frontend(path: str) -> bytes:
+    try:
+        with open(hosts.frontend().path(path), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InputError(f"deploy: no domain on stdin and {path} unreadable: "
+                         f"{exc.strerror}") from None
+
+
+# -- attach_disk ------------------------------------------------------------------------------
+
+
+def attach_disk(ctx: VmmContext) -> str:
+    """``attach_disk.storpool <domain> <source> <target> <target index> <drv msg?> <vm>
+    <host>``: a CD-ROM into an empty persistent drive (``change-media --insert``); a
+    StorPool disk handed to the native ``attach_disk`` as a block device."""
+    data = ctx.action_data()
+    vm = data.vm
+    disk = vm.attaching_disk
+    if disk is None:
+        raise InputError(f"attach_disk: VM {vm.id} has no disk being attached (ATTACH=YES)")
+    host = hosts.get(data.host)
+    ctx.datastore_config(vm)
+    ctx.event.update(disk_id=disk.disk_id, host=host.name)
+    params = ctx.args[:-2]  # oned's parameters, without the id and host appended
+    if disk.is_cdrom and (disk.get("DEV_PREFIX") or disk.target[:2]) == "hd":
+        target = insert_cdrom(ctx, host, data.deploy_id, disk.target, data.disk_target_path)
+        ctx.event.update(inserted=target)
+        return ""
+    payload = ctx.stdin.strip()
+    if disk.tm_mad == "storpool" and (disk.disk_type.upper(), disk.type.upper()) not in (
+            ("BLOCK", "BLOCK"), ("BLOCK", "CDROM")):
+        payload = _as_block(payload)
+        ctx.event["as_block"] = True
+    ctx.native(host, "attach_disk", [*params, str(vm.id), host.name], payload.encode())
+    return ""
+
+
+def _as_block(payload: str) -> str:
+    """The action's XML with the attaching DISK's ``DISK_TYPE=BLOCK`` and ``TYPE=BLOCK``
+    (``CDROM`` stays), base64 again when it came so."""
+    raw = decode_payload(payload, "VMM driver action")
+    root = etree.fromstring(raw, etree.XMLParser(resolve_entities=False, no_network=True))
+    for disk in root.iterfind("VM/TEMPLATE/DISK"):
+        if (disk.findtext("ATTACH") or "").upper() != "YES":
+            continue
+        for tag, value in (("DISK_TYPE", "BLOCK"),
+                           ("TYPE", "CDROM" if (disk.findtext("TYPE") or "").upper() == "CDROM"
+                            else "BLOCK")):
+            element = disk.find(tag)
+            if element is None:
+                element = etree.SubElement(disk, tag)
+            element.text = value
+    text = etree.tostring(root)
+    return text.decode() if payload.lstrip().startswith("<") else base64.b64encode(
+        text).decode()
+
+
+def insert_cdrom(ctx: VmmContext, host: hosts.Host, domain: str, target: str,
+                 source: str) -> str:
+    """The CD-ROM into the domain's drive ``target`` if it is empty, else into the first
+    empty ``hd*`` drive (the deploy tweak made them)."""
+    uri = ctx.config.extra.get("LIBVIRT_URI") or "qemu:///system"
+    dump = host.run(["virsh", "-c", uri, "dumpxml", domain], timeout=60).stdout
+    root = etree.fromstring(dump, etree.XMLParser(resolve_entities=False, no_network=True))
+    empty = [d.find("target").get("dev") for d in root.iterfind("devices/disk")
+             if d.get("device") == "cdrom" and d.find("source") is None
+             and d.find("target") is not None
+             and d.find("target").get("dev", "").startswith("hd")]
+    if not empty:
+        raise InputError(f"attach_disk: domain {domain} has no empty CD-ROM drive to insert "
+                         "into (deploy it with the persistent-cdrom tweak)")
+    chosen = target if target in empty else empty[0]
+    host.run(["virsh", "-c", uri, "change-media", domain, chosen, source, "--insert",
+              "--live", "--block"], timeout=60)
+    return chosen
+
+
+ACTIONS: dict[str, Callable[[VmmContext], str]] = {
+    "deploy": deploy, "attach_disk": attach_disk,
+}

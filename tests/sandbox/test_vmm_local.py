@@ -1,0 +1,111 @@
+"""The add-on's KVM local actions run by the oned sandbox as one_vmm_exec runs them, with the
+real StorPool TM and datastore drivers: the hosts' native KVM scripts are stand-ins that hand
+every domain to libvirt's in-process test driver (define and start), so each produced domain
+XML goes through the parser a real host uses."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from onestorpool.drivers.install import shipped_remotes
+
+pytest_plugins = ["tests.sandbox.conftest_oned"]  # fixtures: make_world
+
+FAKE = Path(__file__).resolve().parent / "fake_remotes"
+NATIVE_DEPLOY = textwrap.dedent("""\
+    #!/bin/sh
+    # native vmm/kvm/deploy stand-in: the domain from stdin into the deployment file, then
+    # libvirt's test driver defines and starts it (one virsh process: its state is per process)
+    set -e
+    mkdir -p "$(dirname "$1")"
+    cat > "$1"
+    name=$(sed -n 's:.*<name>\\(.*\\)</name>.*:\\1:p' "$1" | head -n1)
+    virsh -c test:///default "define $1; start $name" >"$1.virsh" 2>&1 || {
+        cat "$1.virsh" >&2; exit 1; }
+    echo "$name"
+    """)
+
+
+def kvm_remotes(directory: Path, native_log: Path) -> Path:
+    """remotes/: the add-on's datastore and TM drivers, and vmm/kvm with the add-on's local
+    actions beside the recording stand-ins."""
+    remotes = directory / "remotes"
+    for kind in ("datastore", "tm"):
+        (remotes / kind).mkdir(parents=True)
+        (remotes / kind / "storpool").symlink_to(shipped_remotes() / kind / "storpool")
+    kvm = remotes / "vmm" / "kvm"
+    kvm.mkdir(parents=True)
+    for source in [*(shipped_remotes() / "vmm" / "kvm").iterdir(),
+                   *(FAKE / "vmm" / "kvm").iterdir()]:
+        (kvm / source.name).symlink_to(source)
+    return remotes
+
+
+def install_native(w, host: str, scripts: dict[str, str]) -> Path:
+    kvm = w.frontend.root / "hosts" / host / "var/tmp/one/vmm/kvm"
+    kvm.mkdir(parents=True, exist_ok=True)
+    for name, text in scripts.items():
+        (kvm / name).write_text(text)
+        (kvm / name).chmod(0o755)
+    return kvm
+
+
+@pytest.fixture
+def cloud(make_world, tmp_path):
+    if shutil.which("virsh") is None:
+        pytest.skip("virsh (libvirt-clients) is not installed")
+    w = make_world(remotes=kvm_remotes(tmp_path / "r", tmp_path / "native.log"),
+                   vmm_local="deploy=deploy-tweaks")
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\nT_NIC_QUEUES=2\n")
+    image_ds = w.oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool",
+                                       DISK_TYPE="BLOCK")
+    system_ds = w.oned.create_datastore("spsys", "SYSTEM_DS", TM_MAD="storpool")
+    hosts = [w.oned.create_host(name) for name in ("node1", "node2")]
+    for name in ("node1", "node2"):
+        install_native(w, name, {"deploy": NATIVE_DEPLOY})
+    return w, image_ds, system_ds, hosts
+
+
+def events(w, kind: str) -> list[dict]:
+    return [{"type": e.type, **e.payload} for e in w.frontend.events()
+            if e.type.startswith(kind)]
+
+
+def test_deploy_tweaks_through_oned(cloud):
+    w, image_ds, system_ds, (node1, _node2) = cloud
+    base = w.oned.create_image(image_ds, "base", size_mb=4)
+    vm_id = w.oned.instantiate(w.vm_template(
+        "web", f'IMAGE_ID="{base}"', 'TYPE="fs",SIZE="6",FORMAT="raw"', context=True,
+        extra='T_IOTHREADS_OVERRIDE="1"\nT_PERSISTENT_CDROM="3"\n'), node1, system_ds)
+    vm = w.srv.vm.info(vm_id)
+    assert f"one-{vm_id}" == vm.DEPLOY_ID  # what the native deploy printed
+    deployed = (w.frontend.root / "hosts/node1" /
+                f"var/lib/one/datastores/{system_ds}/{vm_id}/deployment.0")
+    doc = etree.parse(str(deployed)).getroot()
+    disks = doc.findall("devices/disk")
+    # the volatile disk (1) and the context CD-ROM (2) are block devices on StorPool now
+    assert [(d.get("type"), d.get("device")) for d in disks] == [
+        ("block", "disk"), ("block", "disk"), ("block", "cdrom"), ("block", "cdrom"),
+        ("block", "cdrom")]  # T_PERSISTENT_CDROM=3: three drives, the context's counted
+    assert {(d.find("driver").get("cache"), d.find("driver").get("io"))
+            for d in disks[:3]} == {("none", "native")}
+    assert doc.findtext("iothreads") == "1"
+    assert [d.find("source") for d in disks[3:]] == [None, None]  # empty, for hot insert
+    (record,) = [e for e in events(w, "vmm.deploy")]
+    assert record["type"] == "vmm.deploy" and record["domain"] == f"one-{vm_id}"
+    assert record["tweaks"] == ["volatile2dev", "cache-io", "iothreads", "persistent-cdrom"]
+
+
+def test_a_refused_deploy_reaches_the_user(cloud):
+    w, _image_ds, system_ds, (node1, _node2) = cloud
+    install_native(w, "node1", {"deploy": "#!/bin/sh\necho 'libvirt: no room' >&2\nexit 1\n"})
+    vm_id = w.srv.vm.allocate(w.vm_template("x", 'TYPE="fs",SIZE="6",FORMAT="raw"'), False)
+    w.srv.vm.deploy(vm_id, node1, False, system_ds)
+    w.oned.wait_vm(vm_id, "ACTIVE", "BOOT_FAILURE")
+    assert "libvirt: no room" in w.srv.vm.info(vm_id).USER_TEMPLATE["ERROR"]
+    assert [e["type"] for e in events(w, "vmm.deploy")] == ["vmm.deploy.failed"]
