@@ -34,7 +34,8 @@ class Command:
 
 GROUPS = {"sandbox": "the embedded sandboxes: a StorPool API cluster and an oned, to try the "
                      "add-on and to test it",
-          "datastore": "StorPool datastores in OpenNebula"}
+          "datastore": "StorPool datastores in OpenNebula",
+          "subscriber": "the hook-bus subscriber: side effects of oned's state changes"}
 
 COMMANDS: list[Command] = [
     Command(("sandbox", "up"), "onestorpool.sandbox.up",
@@ -48,6 +49,8 @@ COMMANDS: list[Command] = [
             "run the oned sandbox in the foreground", None),
     Command(("log",), "onestorpool.eventlog.cli",
             "audit, verify, export and replay the event log"),
+    Command(("subscriber", "run"), "onestorpool.subscribers.daemon",
+            "listen to oned's hook bus and perform the side effects, exactly once"),
     Command(("remote-send",), "onestorpool.subscribers.remote_send",
             "send tombstones of deleted images to the remote location", None),
     Command(("config",), "onestorpool.config",

@@ -9,6 +9,7 @@ failed, ``onestorpool log replay --execute`` (or ``onestorpool remote-send``) ru
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from onestorpool.errors import AddonError
@@ -38,16 +39,38 @@ def storpool_for(effect: dict[str, Any]) -> StorPoolClient:
     return StorPoolClient.from_config(cfg)
 
 
-def remote_backup(record: Record, log: EventLog) -> dict[str, Any]:
+CONFIRM_TIMEOUT = 600.0  # seconds a sent backup may take to show on the remote
+
+
+def _on_remote(sp: StorPoolClient, location: str, tombstone: str,
+               remote_id: str | None = None) -> dict[str, Any] | None:
+    """The remote copy of ``tombstone`` the location lists (by its id, else by the
+    ``tombstone`` tag every copy we send carries), or None."""
+    for remote in sp.snapshots_remote_list():
+        if remote.get("location") != location:
+            continue
+        if remote_id is not None and remote.get("remoteId") == remote_id:
+            return remote
+        if remote.get("tags", {}).get("tombstone") == tombstone:
+            return remote
+    return None
+
+
+def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | None = None,
+                  sleep: Any = time.sleep) -> dict[str, Any]:
+    """Ship the tombstone ``record`` asks for, once: a copy already on the remote (sent by
+    an earlier run that died before recording it) is the outcome. Nothing local is
+    deleted before the remote lists the copy; the tombstone itself then expires on its own
+    (``deleteAfter`` set by the driver)."""
     effect = record.payload["effect"]
     tombstone, location = str(effect["snapshot"]), str(effect["location"])
     tags = {**effect.get("tags", {}), "tombstone": tombstone}
+    timeout = CONFIRM_TIMEOUT if confirm_timeout is None else confirm_timeout
     with storpool_for(effect) as sp:
-        for remote in sp.snapshots_remote_list():
-            if remote.get("location") == location and remote.get("tags", {}).get(
-                    "tombstone") == tombstone:
-                return {"remote_id": remote["remoteId"], "location": location,
-                        "note": "found on the remote already"}
+        found = _on_remote(sp, location, tombstone)
+        if found is not None:
+            return {"remote_id": found.get("remoteId"), "location": location,
+                    "snapshot": tombstone, "note": "found on the remote already"}
         try:
             sp.snapshot(tombstone)
         except NotFound:
@@ -58,16 +81,24 @@ def remote_backup(record: Record, log: EventLog) -> dict[str, Any]:
         with contextlib.suppress(NotFound):
             sp.volume_delete(carrier)
         sp.volume_create(carrier, parent=tombstone, tags={"virt": "one", "carrier": "y"})
-        try:
-            reply = sp.volume_backup(carrier, location, tags=tags)
-        finally:
-            with contextlib.suppress(NotFound):
-                sp.volume_delete(carrier)
-        # The local snapshot the backup was taken from is of no further use here.
+        reply = sp.volume_backup(carrier, location, tags=tags)
+        remote_id = reply.get("remoteId")
+        deadline = time.monotonic() + timeout
+        while (found := _on_remote(sp, location, tombstone, remote_id)) is None:
+            if time.monotonic() >= deadline:
+                # the carrier and the snapshot being sent stay: the transfer may go on;
+                # the next run finds the copy (by its tag) or sends again
+                raise EffectError(f"{tombstone}: the backup sent to {location} "
+                                  f"({remote_id}) is not listed there after {timeout:.0f}s")
+            sleep(min(5.0, max(0.1, timeout / 100)))
+        # Confirmed: only now the local helpers go.
+        with contextlib.suppress(NotFound):
+            sp.volume_delete(carrier)
         if reply.get("autoName"):
             with contextlib.suppress(NotFound):
                 sp.snapshot_delete(reply["autoName"])
-    return {"remote_id": reply.get("remoteId"), "location": location, "snapshot": tombstone}
+    return {"remote_id": found.get("remoteId") or remote_id, "location": location,
+            "snapshot": tombstone}
 
 
 register_handler("remote_backup", remote_backup)

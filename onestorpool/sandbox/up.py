@@ -99,9 +99,9 @@ def local_actions(remotes: Path) -> str:
 
 
 def _subscriber_command(directory: Path) -> list[str] | None:
-    """The hook-bus subscriber daemon's command line, once it exists (the seam ``up`` and
-    ``down`` use): None while the add-on has no daemon to run."""
-    return None
+    """The hook-bus subscriber daemon's command line (the seam ``up`` and ``down`` use);
+    it finds oned and the bus in the environment ``up`` gives it."""
+    return [sys.executable, "-m", "onestorpool.cli", "subscriber", "run"]
 
 
 def write_configuration(directory: Path, sp_port: int, token: str) -> None:
@@ -158,7 +158,11 @@ def up(directory: Path, one_version: str) -> int:
         wait_until(lambda: oned_answers(oned_port), "oned sandbox", started["oned"], log)
         subscriber = _subscriber_command(directory)
         if subscriber is not None:
-            started["subscriber"] = _spawn(subscriber, directory / "subscriber.log", env)
+            started["subscriber"] = _spawn(
+                subscriber, directory / "subscriber.log",
+                {**env, "ONE_XMLRPC": f"http://127.0.0.1:{oned_port}/RPC2",
+                 "ONE_AUTH": str(directory / "one_auth"),
+                 "ONE_ZMQ": f"tcp://127.0.0.1:{hook_port}"})
     except BaseException:
         for process in started.values():
             process.terminate()

@@ -1,0 +1,391 @@
+"""``onestorpool subscriber run``: the side effects of oned's state changes, from its hook bus.
+
+A ZeroMQ SUB socket connects to one_hm's PUB socket (``HOOK_ENDPOINT``, ``$ONE_ZMQ`` wins,
+``--endpoint`` wins over both) and subscribes only to the keys a route needs
+(:data:`ROUTES`). The loop, in the kombu consumer's shape:
+
+* polls the socket (and its monitor) with a one-second timeout, so a stop request, a due
+  reconciliation or checkpoint and the systemd watchdog are noticed;
+* drains what arrived, decodes each message (two frames, base64, forgiving XML for API
+  messages); a malformed one is logged and recorded (``hook.malformed``) and skipped;
+* appends every message it routes (``hook.received``) in one batch *before* acting on it,
+  then runs the route's action; the action's decisions and outcomes are records too;
+* follows the event log itself: an effect a driver requested (``remote_backup`` from
+  ``rm``/``delete``) is run within a second even if no bus message announced it (oned
+  publishes nothing when an image's ``rm`` has finished);
+* reconciles (:mod:`onestorpool.subscribers.reconcile`) on start, after every reconnect
+  (the socket monitor reports it) and every ``SUBSCRIBER_RECONCILE_INTERVAL``;
+* checkpoints the log every ``SUBSCRIBER_CHECKPOINT_INTERVAL`` (``EVENT_LOG_ANCHOR``);
+* SIGTERM/SIGINT set ``should_stop``: the action in flight finishes, nothing is cut.
+
+Readiness (after the first reconciliation), status, watchdog pings and stopping go to
+systemd (:mod:`onestorpool.subscribers.notify`). ZeroMQ reconnects by itself (every
+``RECONNECT_IVL`` up to ``RECONNECT_IVL_MAX``) and ZMTP heartbeats detect a silent peer, so
+an oned restart is a disconnect, a reconnect and a reconciliation. An error in an action is
+recorded and the loop goes on; an error of the loop itself (the log unwritable) backs off
+and retries, so the daemon never crash-loops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from onestorpool.errors import AddonError
+from onestorpool.eventlog.store import HOST, Event, EventLog
+from onestorpool.one import HookEvent, parse_hook_message
+from onestorpool.subscribers.notify import Notifier
+
+RECEIVED = "hook.received"
+MALFORMED = "hook.malformed"
+BATCH = 1000  # messages appended per transaction at most
+
+
+@dataclass(frozen=True)
+class Route:
+    """``prefix``: the ZeroMQ subscription; ``matches``: the exact filter after receiving
+    (prefix matching over-matches); ``action(daemon, event, seq)`` does the work."""
+
+    name: str
+    prefix: bytes
+    matches: Callable[[HookEvent], bool]
+    action: Callable[[Daemon, HookEvent, int], None]
+
+
+def _vm_done(daemon: Daemon, event: HookEvent, seq: int) -> None:
+    """A VM is DONE: the effects its disks' ``delete`` requested (tombstones to ship), then
+    its snapshots the drivers left behind."""
+    daemon.run_effects()
+    if event.object_id is not None:
+        daemon.cleanup_vm(event.object_id, seq)
+
+
+def _image_deleted(daemon: Daemon, event: HookEvent, seq: int) -> None:
+    """``one.image.delete`` succeeded: oned runs the datastore's ``rm`` next; its effect is
+    picked up by following the log (and leftovers by reconciliation). Look a few times
+    soon."""
+    daemon.scan_soon()
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("vm.done", b"EVENT STATE VM/DONE/",
+          lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "DONE", _vm_done),
+    Route("image.delete", b"EVENT API one.image.delete ",
+          lambda e: e.kind == "API" and e.method == "one.image.delete" and bool(e.success),
+          _image_deleted),
+)
+
+
+def endpoint(config: Any, given: str | None = None) -> str:
+    if given:
+        return given
+    if os.environ.get("ONE_ZMQ", "").strip():
+        return os.environ["ONE_ZMQ"].strip()
+    return str(config["HOOK_ENDPOINT"])
+
+
+def _api_object_id(event: HookEvent) -> int | None:
+    for parameter in event.parameters:
+        if parameter.position == 2 and parameter.direction == "IN":
+            try:
+                return int(parameter.value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class Daemon:
+    def __init__(self, endpoint: str, log: EventLog, *, reconcile_every: float = 300,
+                 checkpoint_every: float = 3600, routes: tuple[Route, ...] = ROUTES,
+                 notifier: Notifier | None = None, effects_every: float = 1.0,
+                 reconcile: Callable[..., dict[str, Any]] | None = None,
+                 context: zmq.Context | None = None):
+        self.endpoint, self.log, self.routes = endpoint, log, routes
+        self.reconcile_every, self.checkpoint_every = reconcile_every, checkpoint_every
+        self.effects_every = effects_every
+        self.notifier = notifier or Notifier()
+        self.context = context or zmq.Context.instance()
+        self._reconcile = reconcile
+        self.should_stop = False
+        self.writer = f"subscriber@{HOST}:{os.getpid()}"
+        self.counts = {"received": 0, "handled": 0, "malformed": 0, "failed": 0,
+                       "reconciliations": 0}
+        self._cursor = log.head()[0]  # effects requested after this are picked up live
+        self._next_effects = 0.0
+        self._soon: list[float] = []
+        self._next_reconcile = 0.0
+        self._reconcile_why = "start"
+        self._connected = False
+        self.socket: zmq.Socket | None = None
+        self.monitor: zmq.Socket | None = None
+
+    # -- the socket ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        sub = self.context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)  # read fast, queue here rather than at one_hm
+        sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+        sub.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+        sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+        for route in self.routes:
+            sub.setsockopt(zmq.SUBSCRIBE, route.prefix)
+        self.monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sub.connect(self.endpoint)
+        self.socket = sub
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.disable_monitor()
+            self.socket.close()
+        if self.monitor is not None:
+            self.monitor.close()
+        self.socket = self.monitor = None
+
+    def _on_monitor(self) -> None:
+        assert self.monitor is not None
+        while self.monitor.poll(0):
+            message = recv_monitor_message(self.monitor)
+            if message["event"] == zmq.EVENT_CONNECTED:
+                revived = not self._connected and self.counts["reconciliations"] > 0
+                self._connected = True
+                self.log.append(Event("subscriber.connected", self.writer,
+                                      {"endpoint": self.endpoint}))
+                if revived:  # on_revived: what was published meanwhile is lost
+                    self._reconcile_why, self._next_reconcile = "reconnected", 0.0
+            elif message["event"] == zmq.EVENT_DISCONNECTED and self._connected:
+                self._connected = False  # on_connection_error: ZeroMQ reconnects by itself
+                self.log.append(Event("subscriber.disconnected", self.writer,
+                                      {"endpoint": self.endpoint}))
+                print(f"WARN: hook bus {self.endpoint}: disconnected; reconnecting",
+                      file=sys.stderr)
+
+    # -- messages -----------------------------------------------------------------------
+
+    def receive(self) -> list[tuple[Route, HookEvent, int]]:
+        """Drain the socket (up to :data:`BATCH`), decode and route; append the batch."""
+        assert self.socket is not None
+        routed: list[tuple[Route, HookEvent, Event]] = []
+        records: list[Event] = []
+        while len(records) < BATCH and self.socket.poll(0):
+            frames = self.socket.recv_multipart()
+            self.counts["received"] += 1
+            try:
+                event = parse_hook_message(frames)
+            except Exception as exc:  # bad framing, base64, XML: log and skip
+                self.counts["malformed"] += 1
+                key = frames[0][:120].decode("ascii", "replace") if frames else ""
+                print(f"WARN: hook bus: skipped a malformed message {key!r}: {exc}",
+                      file=sys.stderr)
+                records.append(Event(MALFORMED, self.writer,
+                                     {"key": key, "frames": len(frames),
+                                      "error": str(exc)[:300]}))
+                continue
+            route = next((r for r in self.routes if r.matches(event)), None)
+            if route is None:
+                continue  # a prefix over-match (another key sharing the prefix)
+            record = self._record(route, event)
+            records.append(record)
+            routed.append((route, event, record))
+        seqs = self.log.append_batch(records) if records else []
+        by_record = dict(zip((id(r) for r in records), seqs, strict=True))
+        return [(route, event, by_record[id(record)]) for route, event, record in routed]
+
+    def _record(self, route: Route, event: HookEvent) -> Event:
+        payload: dict[str, Any] = {"route": route.name, "key": event.key.strip(),
+                                   "kind": event.kind}
+        vm = image = None
+        if event.kind == "API":
+            payload.update(method=event.method, success=event.success)
+            object_id = _api_object_id(event)
+            if event.method.startswith("one.image."):
+                image = object_id
+            elif event.method.startswith("one.vm."):
+                vm = object_id
+        else:
+            payload.update(object=event.object, state=event.state, lcm_state=event.lcm_state,
+                           remote_host=event.remote_host)
+            if event.object == "VM":
+                vm = event.object_id
+            elif event.object == "IMAGE":
+                image = event.object_id
+        return Event(RECEIVED, self.writer, payload, vm=vm, image=image)
+
+    def dispatch(self, routed: list[tuple[Route, HookEvent, int]]) -> None:
+        """Each routed message's action (``seq``: its ``hook.received`` record)."""
+        for route, event, seq in routed:
+            try:
+                route.action(self, event, seq)
+                self.counts["handled"] += 1
+            except Exception as exc:
+                self.counts["failed"] += 1
+                print(f"WARN: {route.name} ({event.key.strip()}): {exc}", file=sys.stderr)
+                self.log.append(Event("subscriber.failed", self.writer,
+                                      {"route": route.name, "key": event.key.strip(),
+                                       "request_seq": seq,
+                                       "error": f"{type(exc).__name__}: {exc}"}))
+
+    # -- actions ------------------------------------------------------------------------
+
+    def run_effects(self) -> None:
+        """The effects requested since the last look (new records only: the failed ones
+        wait for reconciliation, their retry)."""
+        from onestorpool.subscribers.reconcile import run_pending
+
+        head = self.log.head()[0]
+        if head > self._cursor:
+            run_pending(self.log, self._cursor)
+            self._cursor = head
+
+    def scan_soon(self) -> None:
+        now = time.monotonic()
+        self._soon.extend(now + delay for delay in (0.5, 2, 5, 15))
+
+    def cleanup_vm(self, vm_id: int, seq: int) -> None:
+        from onestorpool import config as config_module
+        from onestorpool.storpool import StorPoolClient
+        from onestorpool.subscribers.cleanup import Owners, cleanup
+
+        config = config_module.load()
+        if not config["CLEANUP_ORPHAN_SNAPSHOTS"]:
+            return
+        with StorPoolClient.from_config(config) as sp:
+            cleanup(self.log, sp, config.naming(), (config["LOC_TAG"], config.loc_tag_value),
+                    Owners(gone_vm=vm_id), position=seq)
+
+    def reconcile(self, why: str) -> None:
+        from onestorpool.subscribers import reconcile
+
+        run = self._reconcile or reconcile.reconcile
+        try:
+            summary = run(self.log, why=why)
+        finally:
+            self.counts["reconciliations"] += 1
+            self._next_reconcile = time.monotonic() + self.reconcile_every
+        self._cursor = max(self._cursor, self.log.head()[0])
+        self.notifier.status(f"reconciled ({why}): {summary}")
+
+    def checkpoint(self) -> None:
+        from onestorpool import config as config_module
+        from onestorpool.eventlog.anchor import checkpoint, checkpoint_due, configured_target
+
+        if self.checkpoint_every <= 0 or not checkpoint_due(self.log, self.checkpoint_every):
+            return
+        config = config_module.load()
+        file, volume = configured_target(config["EVENT_LOG_ANCHOR"])
+        if volume is not None:
+            from onestorpool.storpool import StorPoolClient
+
+            with StorPoolClient.from_config(config) as sp:
+                checkpoint(self.log, volume=volume, client=sp)
+        else:
+            from pathlib import Path
+
+            checkpoint(self.log, file=None if file is None else Path(file))
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        self.should_stop = True
+
+    def step(self, timeout: float = 1.0) -> None:
+        """One turn of the loop (tests drive it directly)."""
+        assert self.socket is not None and self.monitor is not None
+        self.notifier.watchdog()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        ready = dict(poller.poll(int(timeout * 1000)))
+        if self.monitor in ready:
+            self._on_monitor()
+        if self.socket in ready:
+            self.dispatch(self.receive())
+        now = time.monotonic()
+        if self.should_stop:
+            return
+        if now >= self._next_reconcile:
+            self.reconcile(self._reconcile_why)
+            self._reconcile_why = "periodic"
+        due = [t for t in self._soon if t <= now]
+        if now >= self._next_effects or due:
+            self._soon = [t for t in self._soon if t > now]
+            self.run_effects()
+            self._next_effects = now + self.effects_every
+        self.checkpoint()
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.connect()
+        self.log.append(Event("subscriber.started", self.writer,
+                              {"endpoint": self.endpoint,
+                               "subscriptions": [r.prefix.decode() for r in self.routes]}))
+        failures = 0
+        try:
+            self.reconcile("start")
+            self.notifier.ready(f"listening on {self.endpoint}")
+            while not self.should_stop:
+                try:
+                    self.step()
+                    failures = 0
+                except (AddonError, OSError, zmq.ZMQError) as exc:
+                    # the log or a peer failing: back off, never crash-loop
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    print(f"WARN: subscriber: {exc}; again in {delay:.1f}s", file=sys.stderr)
+                    deadline = time.monotonic() + delay
+                    while not self.should_stop and time.monotonic() < deadline:
+                        self.notifier.watchdog()
+                        time.sleep(0.2)
+        finally:
+            self.notifier.stopping()
+            self.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            try:
+                self.log.append(Event("subscriber.stopped", self.writer, dict(self.counts)))
+            except AddonError as exc:
+                print(f"WARN: subscriber: the stop was not recorded: {exc}", file=sys.stderr)
+        return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", help="oned's hook bus (default: $ONE_ZMQ, else "
+                                           "HOOK_ENDPOINT of the configuration)")
+    parser.add_argument("--log", help="event log database (default: the configured one)")
+    parser.add_argument("--reconcile-interval", type=float, metavar="SECONDS",
+                        help="default: SUBSCRIBER_RECONCILE_INTERVAL")
+    parser.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
+                        help="default: SUBSCRIBER_CHECKPOINT_INTERVAL (0: never)")
+    parser.add_argument("--once", action="store_true",
+                        help="reconcile once and exit (no bus): a timer's or an admin's run")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from onestorpool import config as config_module
+
+    config = config_module.load()
+    with EventLog.open(args.log) as log:
+        if args.once:
+            from onestorpool.subscribers.reconcile import reconcile
+
+            print(reconcile(log, why="once"))
+            return 0
+        daemon = Daemon(
+            endpoint(config, args.endpoint), log,
+            reconcile_every=args.reconcile_interval if args.reconcile_interval is not None
+            else config["SUBSCRIBER_RECONCILE_INTERVAL"],
+            checkpoint_every=args.checkpoint_interval if args.checkpoint_interval is not None
+            else config["SUBSCRIBER_CHECKPOINT_INTERVAL"])
+        print(f"subscriber: listening on {daemon.endpoint}, log {log.path}", flush=True)
+        return daemon.run()

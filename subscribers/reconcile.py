@@ -1,0 +1,127 @@
+"""Reconciliation: what a lost hook message left undone, found from oned, StorPool and the log.
+
+PUB/SUB drops messages while the subscriber is down, reconnecting or slow, so the bus is a
+hint and these are the sources of truth. One pass:
+
+1. every effect the log holds as requested and not done (failed ones included: this is
+   their retry) runs through :func:`~onestorpool.eventlog.replay.run_effect`;
+2. tombstones on StorPool that no log record asks to ship (a driver that died between its
+   snapshot and its append) get a ``remote_backup`` request appended, when
+   ``REMOTE_BACKUP_DELETE`` names a location, and then run like the others;
+3. with ``CLEANUP_ORPHAN_SNAPSHOTS`` on, the add-on's snapshots of VMs and images oned no
+   longer has are removed (:mod:`onestorpool.subscribers.cleanup`); an unreachable oned
+   removes nothing.
+
+The pass ends with one ``subscriber.reconciled`` record counting what it did.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from onestorpool.eventlog.projections import pending_effects
+from onestorpool.eventlog.replay import load_handlers, run_effect
+from onestorpool.eventlog.store import HOST, Event, EventLog
+from onestorpool.subscribers.cleanup import Owners, cleanup
+
+RECONCILED = "subscriber.reconciled"
+
+
+def oned_owners() -> Owners:
+    """The VMs (any state but DONE) and images oned has; unknown when oned does not answer."""
+    from onestorpool import oneapi
+    from onestorpool.one import iter_vm_pool, parse_xml
+
+    try:
+        vms = frozenset(vm.id for vm in iter_vm_pool(
+            oneapi.one_call("one.vmpool.info", -2, -1, -1, -1)))
+    except Exception as exc:
+        print(f"WARN: reconcile: oned's VM pool unreadable, no VM snapshot removed: {exc}",
+              file=sys.stderr)
+        vms = None
+    try:
+        pool = parse_xml(oneapi.one_call("one.imagepool.info", -2, -1, -1), "IMAGE_POOL")
+        images = frozenset(int(i) for i in pool.xpath("IMAGE/ID/text()"))
+    except Exception as exc:
+        print(f"WARN: reconcile: oned's image pool unreadable, no image snapshot removed: "
+              f"{exc}", file=sys.stderr)
+        images = None
+    return Owners(vms=vms, images=images)
+
+
+def run_pending(log: EventLog, since_seq: int = 0, runner: str = "subscriber") -> dict[str, int]:
+    load_handlers()
+    counts: dict[str, int] = {}
+    for pending in pending_effects(log, since_seq):
+        outcome = run_effect(log, pending.requested_by, runner)
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.status == "failed":
+            print(f"WARN: effect {outcome.key} failed: {outcome.detail}", file=sys.stderr)
+    return counts
+
+
+def request_unrequested_tombstones(log: EventLog, config: Any, sp: Any) -> int:
+    """Append a ``remote_backup`` request for each of the instance's tombstones that no
+    record asks to ship and no remote lists yet."""
+    location = config["REMOTE_BACKUP_DELETE"]
+    if not location:
+        return 0
+    from onestorpool.drivers.storage import parse_extra_tags
+
+    naming, loc = config.naming(), (config["LOC_TAG"], config.loc_tag_value)
+    requested = {r.effect_key for r in log.read(effects_only=True)}
+    tombstones = [s for s in sp.snapshots_list()
+                  if not s.get("deleted") and (s.get("tags") or {}).get(loc[0]) == loc[1]
+                  and (p := naming.parse(str(s.get("name", "")))) is not None
+                  and p.kind == "tombstone"
+                  and f"remote_backup:{s['name']}" not in requested]
+    if not tombstones:
+        return 0
+    shipped = {(r.get("location"), (r.get("tags") or {}).get("tombstone"))
+               for r in sp.snapshots_remote_list()}
+    events = []
+    for snapshot in tombstones:
+        name = str(snapshot["name"])
+        if (location[0], name) in shipped:
+            continue
+        effect = {"type": "remote_backup", "key": f"remote_backup:{name}", "snapshot": name,
+                  "location": location[0], "tags": parse_extra_tags(location[1])}
+        events.append(Event("subscriber.requested", _writer("reconcile"),
+                            {"effect": effect, "reason": "tombstone without a request"},
+                            snapshot=name))
+    if events:
+        log.append_batch(events)
+    return len(events)
+
+
+def reconcile(log: EventLog, *, why: str, owners: Callable[[], Owners] = oned_owners,
+              runner: str = "subscriber") -> dict[str, Any]:
+    from onestorpool import config as config_module
+    from onestorpool.storpool import StorPoolClient
+
+    config = config_module.load()
+    summary: dict[str, Any] = {"why": why}
+    start = log.head()[0]
+    try:
+        with StorPoolClient.from_config(config) as sp:
+            summary["requested"] = request_unrequested_tombstones(log, config, sp)
+    except Exception as exc:
+        summary["tombstones_error"] = f"{type(exc).__name__}: {exc}"
+    summary["effects"] = run_pending(log, 0, runner)
+    if config["CLEANUP_ORPHAN_SNAPSHOTS"]:
+        try:
+            with StorPoolClient.from_config(config) as sp:
+                summary["cleanup"] = cleanup(
+                    log, sp, config.naming(), (config["LOC_TAG"], config.loc_tag_value),
+                    owners, position=start, runner=runner)
+        except Exception as exc:
+            summary["cleanup_error"] = f"{type(exc).__name__}: {exc}"
+    log.append(Event(RECONCILED, _writer("reconcile"), summary))
+    return summary
+
+
+def _writer(what: str) -> str:
+    return f"subscriber/{what}@{HOST}:{os.getpid()}"
