@@ -124,7 +124,7 @@ class Daemon:
         self._soon: list[float] = []
         self._next_reconcile = 0.0
         self._reconcile_why = "start"
-        self._connected = False
+        self._connected = self._ever_connected = False
         self.socket: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
 
@@ -157,8 +157,8 @@ class Daemon:
         while self.monitor.poll(0):
             message = recv_monitor_message(self.monitor)
             if message["event"] == zmq.EVENT_CONNECTED:
-                revived = not self._connected and self.counts["reconciliations"] > 0
-                self._connected = True
+                revived = not self._connected and self._ever_connected
+                self._connected = self._ever_connected = True
                 self.log.append(Event("subscriber.connected", self.writer,
                                       {"endpoint": self.endpoint}))
                 if revived:  # on_revived: what was published meanwhile is lost

@@ -1,0 +1,137 @@
+"""Reconciliation and clean-up on the sandboxes: what happened while the subscriber was down
+is done when it starts, orphaned snapshots of the add-on go, nothing outside its namespace
+does, a failing effect is recorded, stays pending and is retried."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from onestorpool.naming import Naming
+from onestorpool.subscribers.cleanup import Owners, orphans
+from tests.subscribers.conftest import deploy, events, remote_copies, subscriber_env, wait_for
+
+OURS = {"virt": "one", "nloc": "one"}
+
+
+def snap(w, volume: str, name: str, tags: dict[str, str], **extra) -> str:
+    w.frontend.sp.volume_snapshot(volume, name, tags=tags, **extra)
+    return name
+
+
+def test_events_while_down_are_caught_on_start(cloud, start_daemon):
+    w, _image_ds, system_ds, (node1, _), remote = cloud
+    gone = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="2"')
+    alive = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="2"')
+    volume, other = f"one-sys-{gone}-0-raw", f"one-sys-{alive}-0-raw"
+    ts = int(time.time())
+    orphan = snap(w, volume, f"{volume}-ONESNAP-1-{ts}", OURS)
+    kept = [snap(w, volume, f"{volume}-ONESNAP-2-{ts}", {"virt": "one", "nloc": "other"}),
+            snap(w, volume, f"{volume}-ONESNAP-3-{ts}", {}),  # made by hand
+            snap(w, volume, f"{volume}-ONESNAP-4-{ts}", OURS, delete_after=3600),
+            snap(w, volume, f"{volume}-mine", OURS),  # not one of the add-on's names
+            snap(w, other, f"{other}-ONESNAP-1-{ts}", OURS)]  # its VM still runs
+    # nobody listens: the DONE message and the tombstone's request wait in the log
+    w.srv.vm.action("terminate", gone)
+    w.oned.wait_vm(gone, "DONE")
+    assert remote_copies(remote) == []
+    assert orphan in w.frontend.storpool_names()
+    daemon = start_daemon()  # READY after the first reconciliation
+    assert len(remote_copies(remote)) == 1
+    names = w.frontend.storpool_names()
+    assert orphan not in names and set(kept) <= names
+    (cleaned,) = events(w, "cleanup.snapshot")
+    assert cleaned.payload["removed"] == [orphan] and cleaned.vm == gone
+    assert "not in oned's pool" in cleaned.payload["reason"]
+    (reconciled,) = events(w, "subscriber.reconciled")
+    assert reconciled.payload["why"] == "start"
+    assert reconciled.payload["effects"] == {"done": 1}
+    assert reconciled.payload["cleanup"] == {"done": 1}
+    assert daemon.stop() == 0
+
+
+def test_a_done_vm_s_leftovers_go_on_its_message(cloud, start_daemon):
+    w, _image_ds, system_ds, (node1, _), _remote = cloud
+    daemon = start_daemon("--reconcile-interval", "3600")
+    vm_id = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="2"')
+    volume = f"one-sys-{vm_id}-0-raw"
+    orphan = snap(w, volume, f"{volume}-ONEBACKUP-{int(time.time())}", OURS)
+    w.srv.vm.action("terminate", vm_id)
+    w.oned.wait_vm(vm_id, "DONE")
+    wait_for(lambda: events(w, "cleanup.snapshot"), "the clean-up")
+    (cleaned,) = events(w, "cleanup.snapshot")
+    assert cleaned.payload["reason"] == f"VM {vm_id} is DONE"
+    assert orphan not in w.frontend.storpool_names()
+    assert len(events(w, "subscriber.reconciled")) == 1  # only the start's
+    assert daemon.stop() == 0
+
+
+def run_once(w) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onestorpool.cli", "subscriber", "run",
+                           "--once"], env=subscriber_env(w), capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_tombstone_nobody_asked_to_ship_is_requested_and_shipped(cloud):
+    """A driver that died between its snapshot and its log append left a tombstone."""
+    w, image_ds, *_, remote = cloud
+    image = w.oned.create_image(image_ds, "img", size_mb=1)
+    tombstone = snap(w, f"one-img-{image}", f"one-img-{image}-ONEDELETE-{int(time.time())}",
+                     {**OURS, "tombstone": "y"}, delete_after=48 * 3600)
+    foreign = snap(w, f"one-img-{image}", f"one-img-{image}-ONEDELETE-1",
+                   {"virt": "one", "nloc": "other", "tombstone": "y"})
+    for _ in range(2):
+        result = run_once(w)
+        assert result.returncode == 0, result.stderr
+    (requested,) = events(w, "subscriber.requested")
+    assert requested.payload["effect"]["snapshot"] == tombstone
+    (copy,) = remote_copies(remote)
+    assert copy["tags"]["tombstone"] == tombstone
+    assert foreign in w.frontend.storpool_names()
+
+
+def test_a_failing_effect_is_recorded_kept_and_retried(cloud, tmp_path):
+    w, image_ds, *_, remote = cloud
+    w.frontend.write_rc('ONE_PX=one\nDELAY_DELETE=0\nREMOTE_BACKUP_DELETE="elsewhere"\n')
+    image = w.oned.create_image(image_ds, "img", size_mb=1)
+    w.srv.image.delete(image)
+    wait_for(lambda: [e for e in events(w) if e.effect_key], "the rm's request")
+    result = run_once(w)
+    assert result.returncode == 0, result.stderr
+    (failed,) = events(w, "effect.failed")
+    assert "elsewhere" in failed.payload["error"]
+    shown = subprocess.run([sys.executable, "-m", "onestorpool.cli", "log", "show", "--failed"],
+                           env=subscriber_env(w), capture_output=True, text=True, timeout=60)
+    assert "effect.failed" in shown.stdout
+    pending = subprocess.run([sys.executable, "-m", "onestorpool.cli", "log", "pending"],
+                             env=subscriber_env(w), capture_output=True, text=True, timeout=60)
+    assert "remote_backup" in pending.stdout
+    w.frontend.sandbox.add_remote_location("elsewhere", remote)
+    assert run_once(w).returncode == 0
+    assert len(events(w, "effect.done")) == 1 and len(remote_copies(remote)) == 1
+
+
+def test_orphans_never_leave_the_namespace():
+    naming = Naming("one")
+    loc = ("nloc", "one")
+
+    def s(name, tags=None, **extra):
+        return {"name": name, "globalId": name, "tags": OURS if tags is None else tags,
+                **extra}
+
+    snapshots = [
+        s("one-sys-5-0-raw-snap1"), s("one-img-3-5-0-ONESNAP-1-1700000000"),
+        s("one-img-3-snap2"), s("one-img-4-snap2"),
+        s("one-sys-5-0-raw-ONEDELETE-1700000000"),  # a tombstone: the handler's
+        s("one-sys-5-0-raw"),  # a volume's name
+        s("one-sys-5-0-raw-snap2", {"nloc": "two"}), s("one-sys-5-0-raw-snap3", {}),
+        s("two-sys-5-0-raw-snap1"), s("one-sys-5-0-raw-snap4", deleteAfter=60),
+        s("one-sys-5-0-raw-snap5", deleted=True), s("one-sys-6-0-raw-snap1"),
+    ]
+    found = orphans(snapshots, naming, loc, Owners(vms=frozenset({6}), images=frozenset({4})))
+    assert [o.name for o in found] == ["one-sys-5-0-raw-snap1",
+                                       "one-img-3-5-0-ONESNAP-1-1700000000", "one-img-3-snap2"]
+    assert orphans(snapshots, naming, loc, Owners()) == []  # oned unreadable: nothing
+    assert [o.name for o in orphans(snapshots, naming, loc, Owners(gone_vm=6))] == [
+        "one-sys-6-0-raw-snap1"]
