@@ -158,11 +158,15 @@ def attach_disk(ctx: VmmContext) -> str:
         target = insert_cdrom(ctx, host, data.deploy_id, disk.target, data.disk_target_path)
         ctx.event.update(inserted=target)
         return ""
-    payload = ctx.stdin.strip()
-    if disk.tm_mad == "storpool" and (disk.disk_type.upper(), disk.type.upper()) not in (
+    original = payload = ctx.stdin.strip()
+    ours = disk.tm_mad == "storpool" if disk.image_id is not None else \
+        vm.system_tm_mad == "storpool"
+    if ours and (disk.disk_type.upper(), disk.type.upper()) not in (
             ("BLOCK", "BLOCK"), ("BLOCK", "CDROM")):
         payload = _as_block(payload)
         ctx.event["as_block"] = True
+    # the action's XML goes as it came: on stdin, and as a parameter where oned put it there
+    params = [payload if p.strip() == original else p for p in params]
     ctx.native(host, "attach_disk", [*params, str(vm.id), host.name], payload.encode())
     return ""
 
@@ -192,8 +196,7 @@ def insert_cdrom(ctx: VmmContext, host: hosts.Host, domain: str, target: str,
     """The CD-ROM into the domain's drive ``target`` if it is empty, else into the first
     empty ``hd*`` drive (the deploy tweak made them)."""
     uri = ctx.config.extra.get("LIBVIRT_URI") or "qemu:///system"
-    dump = host.run(["virsh", "-c", uri, "dumpxml", domain], timeout=60).stdout
-    root = etree.fromstring(dump, etree.XMLParser(resolve_entities=False, no_network=True))
+    root = _domain(host, uri, domain)
     empty = [d.find("target").get("dev") for d in root.iterfind("devices/disk")
              if d.get("device") == "cdrom" and d.find("source") is None
              and d.find("target") is not None
@@ -207,6 +210,38 @@ def insert_cdrom(ctx: VmmContext, host: hosts.Host, domain: str, target: str,
     return chosen
 
 
+def detach_disk(ctx: VmmContext) -> str:
+    """``detach_disk.storpool``: a CD-ROM sitting in one of the persistent drives is ejected
+    (``change-media --eject``), the drive stays; anything else goes to the native
+    ``detach_disk``."""
+    data = ctx.action_data()
+    vm = data.vm
+    disk = vm.attaching_disk
+    host = hosts.get(data.host)
+    ctx.datastore_config(vm)
+    params = ctx.args[:-2]
+    if disk is not None and disk.is_cdrom:
+        uri = ctx.config.extra.get("LIBVIRT_URI") or "qemu:///system"
+        root = _domain(host, uri, data.deploy_id)
+        for element in root.iterfind("devices/disk"):
+            source, target = element.find("source"), element.find("target")
+            if (element.get("device") == "cdrom" and source is not None and target is not None
+                    and target.get("dev", "").startswith("hd")
+                    and data.disk_target_path in (source.get("file"), source.get("dev"))):
+                host.run(["virsh", "-c", uri, "change-media", data.deploy_id,
+                          target.get("dev"), "--eject", "--live", "--force"], timeout=60)
+                ctx.event.update(disk_id=disk.disk_id, ejected=target.get("dev"))
+                return ""
+    ctx.event.update(disk_id=None if disk is None else disk.disk_id, host=host.name)
+    ctx.native(host, "detach_disk", [*params, str(vm.id), host.name], ctx.stdin.encode())
+    return ""
+
+
+def _domain(host: hosts.Host, uri: str, domain: str) -> etree._Element:
+    dump = host.run(["virsh", "-c", uri, "dumpxml", domain], timeout=60).stdout
+    return etree.fromstring(dump, etree.XMLParser(resolve_entities=False, no_network=True))
+
+
 ACTIONS: dict[str, Callable[[VmmContext], str]] = {
-    "deploy": deploy, "attach_disk": attach_disk,
+    "deploy": deploy, "attach_disk": attach_disk, "detach_disk": detach_disk,
 }

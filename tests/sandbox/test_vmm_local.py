@@ -5,7 +5,10 @@ XML goes through the parser a real host uses."""
 
 from __future__ import annotations
 
+import base64
+import os
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -109,3 +112,112 @@ def test_a_refused_deploy_reaches_the_user(cloud):
     w.oned.wait_vm(vm_id, "ACTIVE", "BOOT_FAILURE")
     assert "libvirt: no room" in w.srv.vm.info(vm_id).USER_TEMPLATE["ERROR"]
     assert [e["type"] for e in events(w, "vmm.deploy")] == ["vmm.deploy.failed"]
+
+
+NATIVE_RECORD = textwrap.dedent("""\
+    #!/bin/sh
+    # native stand-in: its arguments and stdin recorded beside it
+    dir=$(dirname "$0"); name=$(basename "$0")
+    printf '%s\\n' "$@" > "$dir/$name.args"
+    cat > "$dir/$name.stdin"
+    """)
+FAKE_VIRSH = textwrap.dedent("""\
+    #!/bin/sh
+    # virsh stand-in on the host: the test driver (deploy) is the real virsh; dumpxml prints
+    # the deployed domain, the rest is recorded
+    [ "$2" = "test:///default" ] && exec "$REAL_VIRSH" "$@"
+    for a in "$@"; do case "$a" in
+        dumpxml) cat "$FAKE_VIRSH_DOMAIN"; exit 0;;
+    esac; done
+    printf '%s\\n' "$*" >> "$FAKE_VIRSH_LOG"
+    """)
+
+
+@pytest.fixture
+def attach_cloud(make_world, tmp_path):
+    if shutil.which("virsh") is None:
+        pytest.skip("virsh (libvirt-clients) is not installed")
+    w = make_world(remotes=kvm_remotes(tmp_path / "r", tmp_path / "native.log"),
+                   vmm_local="deploy=deploy-tweaks,attach_disk=attach_disk.storpool,"
+                            "detach_disk=detach_disk.storpool")
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\n")
+    image_ds = w.oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool",
+                                       DISK_TYPE="BLOCK", SAFE_DIRS=str(tmp_path),
+                                       RESTRICTED_DIRS="/")
+    system_ds = w.oned.create_datastore("spsys", "SYSTEM_DS", TM_MAD="storpool")
+    node1 = w.oned.create_host("node1")
+    native = install_native(w, "node1", {"deploy": NATIVE_DEPLOY,
+                                         "attach_disk": NATIVE_RECORD,
+                                         "detach_disk": NATIVE_RECORD})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "virsh").write_text(FAKE_VIRSH)
+    (bin_dir / "virsh").chmod(0o755)
+    w.oned.driver_env["PATH"] = os.pathsep.join(
+        [str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]])
+    w.oned.driver_env["FAKE_VIRSH_LOG"] = str(tmp_path / "virsh.log")
+    w.oned.driver_env["REAL_VIRSH"] = shutil.which("virsh")
+    return w, image_ds, system_ds, node1, native
+
+
+def test_attach_disk_hands_storpool_disks_over_as_block_devices(attach_cloud, tmp_path):
+    w, _image_ds, system_ds, node1, native = attach_cloud
+    vm_id = w.oned.instantiate(w.vm_template("a", 'TYPE="fs",SIZE="6",FORMAT="raw"',
+                                             context=True), node1, system_ds)
+    w.srv.vm.attach(vm_id, 'DISK=[TYPE="fs",SIZE="8",FORMAT="raw"]')
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    args = (native / "attach_disk.args").read_text().splitlines()
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm_id}"
+    assert args[:3] == [f"one-{vm_id}", f"{vm_dir}/disk.2", "sdb"]
+    assert args[-2:] == [str(vm_id), "node1"]
+    action = etree.fromstring(base64.b64decode((native / "attach_disk.stdin").read_text()))
+    (disk,) = [d for d in action.iterfind("VM/TEMPLATE/DISK") if d.findtext("ATTACH") == "YES"]
+    assert (disk.findtext("DISK_TYPE"), disk.findtext("TYPE")) == ("BLOCK", "BLOCK")
+    assert base64.b64decode(args[4]) == base64.b64decode(
+        (native / "attach_disk.stdin").read_text())  # the parameter says the same
+    assert w.srv.vm.info(vm_id).TEMPLATE["DISK"][1]["DISK_ID"] == "2"
+
+
+def test_a_cdrom_goes_into_an_empty_drive(attach_cloud, tmp_path):
+    w, image_ds, system_ds, node1, native = attach_cloud
+    (tmp_path / "tools.iso").write_bytes(b"\0" * (1 << 20))
+    iso = w.oned.create_image(image_ds, "iso", path=str(tmp_path / "tools.iso"),
+                              image_type="CDROM")
+    vm_id = w.oned.instantiate(w.vm_template("c", 'TYPE="fs",SIZE="6",FORMAT="raw"',
+                                             context=True), node1, system_ds)
+    w.oned.driver_env["FAKE_VIRSH_DOMAIN"] = str(
+        w.frontend.root / "hosts/node1" /
+        f"var/lib/one/datastores/{system_ds}/{vm_id}/deployment.0")
+    w.srv.vm.attach(vm_id, f'DISK=[IMAGE_ID="{iso}",DEV_PREFIX="hd"]')
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    vm = w.srv.vm.info(vm_id)
+    assert "ERROR" not in vm.USER_TEMPLATE, vm.USER_TEMPLATE.get("ERROR")
+    (inserted,) = (tmp_path / "virsh.log").read_text().splitlines()
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm_id}"
+    # the context CD-ROM is hda; the tweak's empty drive hdb takes the image
+    assert inserted.split()[-7:] == ["change-media", f"one-{vm_id}", "hdb",
+                                     f"{vm_dir}/disk.2", "--insert", "--live", "--block"]
+    assert not (native / "attach_disk.args").exists()
+    # detach: the CD-ROM is ejected from the drive it sits in, the drive stays
+    deployed = Path(w.oned.driver_env["FAKE_VIRSH_DOMAIN"])
+    live = tmp_path / "live.xml"
+    live.write_text(deployed.read_text().replace(
+        "<target dev=\"hdb\"", f"<source dev=\"{vm_dir}/disk.2\"/><target dev=\"hdb\""))
+    assert live.read_text() != deployed.read_text()
+    w.oned.driver_env["FAKE_VIRSH_DOMAIN"] = str(live)
+    disk_id = int(w.srv.vm.info(vm_id).TEMPLATE["DISK"][-1]["DISK_ID"])
+    w.srv.vm.detach(vm_id, disk_id)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    assert "ERROR" not in w.srv.vm.info(vm_id).USER_TEMPLATE
+    ejected = (tmp_path / "virsh.log").read_text().splitlines()[-1]
+    assert ejected.split()[-6:] == ["change-media", f"one-{vm_id}", "hdb", "--eject", "--live",
+                                    "--force"]
+    assert not (native / "detach_disk.args").exists()
+    # a disk that is no CD-ROM goes to the native detach
+    w.srv.vm.detach(vm_id, 0)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    w.oned.wait_idle()
+    assert (native / "detach_disk.args").read_text().splitlines()[0] == f"one-{vm_id}"
