@@ -183,7 +183,7 @@ def _vmm_main(action: str, argv: list[str]) -> int:
         if func is None:
             raise InputError(f"{action}: not a StorPool KVM local action")
         ctx = vmm.VmmContext(action, list(argv), sys.stdin.read(), config_module.load(),
-                             oneapi.vm_info, oneapi.datastore_info)
+                             oneapi.vm_info, oneapi.datastore_info, _remotes_of_executable())
         try:
             stdout = func(ctx)
         finally:
@@ -193,6 +193,18 @@ def _vmm_main(action: str, argv: list[str]) -> int:
                 record.subjects = {"vm": ctx.vm_id}
     emit(stdout)
     return 0
+
+
+def _remotes_of_executable() -> str:
+    """oned's remotes directory: the executable runs as ``<remotes>/vmm/kvm/<script>``
+    (links not followed: the remotes may link to the package's copies)."""
+    from onestorpool import config as config_module
+
+    script = os.path.abspath(sys.argv[0])
+    parts = script.split(os.sep)
+    if len(parts) > 3 and parts[-3:-1] == ["vmm", "kvm"]:
+        return os.sep.join(parts[:-3])
+    return str(config_module.remotes_dir())
 
 
 def run_export_delete(argv: list[str] | None = None) -> int:

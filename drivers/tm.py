@@ -793,6 +793,82 @@ def _monitord_address() -> tuple[str, int]:
     return address, int(port)
 
 
+# -- checkpoints on StorPool (SP_CHECKPOINT_BD), run by the tmsave/tmrestore local actions ---
+
+
+def presave(ctx: TmContext) -> str:
+    """``presave host:checkpoint vm ds``: with ``SP_CHECKPOINT_BD`` a fresh
+    ``<px>-sys-<VM>-rawcheckpoint`` of twice the VM's memory, attached to the host, and the
+    checkpoint path a link to it: the hypervisor writes the checkpoint onto StorPool, never
+    onto the host's disk."""
+    where, vm = _checkpoint_request(ctx)
+    if not ctx.config["SP_CHECKPOINT_BD"]:
+        return noop(ctx)
+    volume = ctx.naming.rawcheckpoint(vm.id)
+    memory_mb = int(vm.template.get("MEMORY", "0") or 0)
+    if memory_mb <= 0:
+        raise InputError(f"presave: VM {vm.id} has no MEMORY to size its checkpoint by")
+    host, client = ctx.host(where.host)
+    removed = delete_volume(ctx.sp, volume)  # an earlier checkpoint nobody restored
+    with Rollback() as undo:
+        create_volume(ctx.sp, volume, size=2 * memory_mb * MIB,
+                      template=ctx.naming.template(ctx.datastore.id),
+                      tags=ctx.tags.for_vm(vm.id, None, "CHKPNT"))
+        undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
+        attach_exclusively(ctx.sp, volume, client, "rw", ctx.config["ATTACH_TIMEOUT"])
+        host.wait_for_device(volume)
+        link_disk(host, volume, where.path)
+    ctx.event.update(volume=volume, created=[volume], size_mb=2 * memory_mb, host=host.name,
+                     replaced=removed is not None)
+    return ""
+
+
+def postsave(ctx: TmContext) -> str:
+    """The checkpoint is written: its volume detached from the host, the link removed."""
+    where, vm = _checkpoint_request(ctx)
+    if not ctx.config["SP_CHECKPOINT_BD"]:
+        return noop(ctx)
+    volume = ctx.naming.rawcheckpoint(vm.id)
+    detach_all(ctx.sp, volume)
+    unlink_disk(hosts.get(where.host), where.path)
+    ctx.event.update(volume=volume, detached=volume)
+    return ""
+
+
+def prerestore(ctx: TmContext) -> str:
+    """The checkpoint volume attached to the host the VM resumes on, the path linked to it."""
+    where, vm = _checkpoint_request(ctx)
+    if not ctx.config["SP_CHECKPOINT_BD"]:
+        return noop(ctx)
+    volume = ctx.naming.rawcheckpoint(vm.id)
+    if not ctx.sp.volume_exists(volume):
+        raise StorageError(f"prerestore: VM {vm.id} has no checkpoint volume {volume} (was it "
+                           "saved with SP_CHECKPOINT_BD=1?)")
+    host, client = ctx.host(where.host)
+    attach_exclusively(ctx.sp, volume, client, "rw", ctx.config["ATTACH_TIMEOUT"])
+    host.wait_for_device(volume)
+    link_disk(host, volume, where.path)
+    ctx.event.update(volume=volume, host=host.name)
+    return ""
+
+
+def postrestore(ctx: TmContext) -> str:
+    """The VM runs again: the checkpoint volume is deleted at once, the link removed."""
+    where, vm = _checkpoint_request(ctx)
+    if not ctx.config["SP_CHECKPOINT_BD"]:
+        return noop(ctx)
+    volume = ctx.naming.rawcheckpoint(vm.id)
+    delete_volume(ctx.sp, volume)
+    unlink_disk(hosts.get(where.host), where.path)
+    ctx.event.update(volume=volume, removed=[volume])
+    return ""
+
+
+def _checkpoint_request(ctx: TmContext) -> tuple[Location, Vm]:
+    path, vm_id, _ds = ctx.expect(3, "host:checkpoint vm_id ds_id")
+    return Location.parse(path, "checkpoint"), ctx.vm(parse_id(vm_id, "vm_id"))
+
+
 def noop(ctx: TmContext) -> str:
     """Actions with nothing to do on StorPool (the data is already where it must be)."""
     ctx.event["noop"] = True
@@ -804,7 +880,8 @@ ACTIONS: dict[str, Callable[[TmContext], str]] = {
     "delete": delete, "mv": mv, "mvds": mvds, "cpds": cpds, "resize": resize,
     "snap_create": snap_create, "snap_create_live": snap_create, "snap_delete": snap_delete,
     "snap_revert": snap_revert, "premigrate": premigrate, "postmigrate": postmigrate,
-    "failmigrate": failmigrate, "monitor": monitor,
+    "failmigrate": failmigrate, "monitor": monitor, "presave": presave,
+    "postsave": postsave, "prerestore": prerestore, "postrestore": postrestore,
 }
 
 

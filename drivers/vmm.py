@@ -39,6 +39,7 @@ class VmmContext:
     config: Config  # the add-on rc; :meth:`for_vm` adds the system datastore's attributes
     load_vm: Callable[[int], Vm]
     load_datastore: Callable[[int], Datastore]
+    remotes: str = ""  # oned's remotes directory (where this action's executable is)
     event: dict[str, Any] = field(default_factory=dict)
     vm_id: int | None = None
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -237,6 +238,81 @@ def detach_disk(ctx: VmmContext) -> str:
     return ""
 
 
+# -- save/restore with the checkpoint on StorPool ---------------------------------------------
+
+
+def tmsave(ctx: VmmContext) -> str:
+    """``tmsave <domain> <checkpoint> <host> <vm> <host>``: the system datastore's TM
+    ``presave``, the native ``save``, the TM ``postsave`` (each TM step only when the TM has
+    it). With StorPool's TM and ``SP_CHECKPOINT_BD=1`` the checkpoint path is a link to a
+    StorPool volume while the hypervisor writes it (reference §4 presave...)."""
+    data = ctx.action_data()
+    if len(ctx.args) < 3:
+        raise InputError("save: expected domain checkpoint host")
+    domain, checkpoint, host_name = ctx.args[:3]
+    return _with_tm(ctx, data, "save", checkpoint, host_name,
+                    [domain, checkpoint, host_name])
+
+
+def tmrestore(ctx: VmmContext) -> str:
+    """``tmrestore <checkpoint> <host> <domain> <vm> <host>``: TM ``prerestore``, the native
+    ``restore``, TM ``postrestore`` (which deletes the checkpoint volume)."""
+    data = ctx.action_data()
+    if len(ctx.args) < 3:
+        raise InputError("restore: expected checkpoint host domain")
+    checkpoint, host_name, domain = ctx.args[:3]
+    return _with_tm(ctx, data, "restore", checkpoint, host_name,
+                    [checkpoint, host_name, domain])
+
+
+def _with_tm(ctx: VmmContext, data: VmmAction, action: str, checkpoint: str, host_name: str,
+             params: list[str]) -> str:
+    vm = data.vm
+    datastore = data.datastore
+    ds_id = datastore.id if datastore is not None else vm.system_ds_id
+    tm_mad = datastore.tm_mad if datastore is not None else vm.system_tm_mad
+    ctx.datastore_config(vm)
+    host = hosts.get(host_name)
+    tm_args = [f"{host_name}:{checkpoint}", str(vm.id), str(ds_id)]
+    ctx.event.update(host=host_name, checkpoint=checkpoint, tm=tm_mad)
+    ran = []
+    if _tm(ctx, tm_mad, f"pre{action}", tm_args):
+        ran.append(f"pre{action}")
+    native = [host.path(checkpoint) if p == checkpoint else p for p in params]
+    try:
+        output = ctx.native(host, action, [*native, str(vm.id), host_name],
+                            ctx.stdin.encode())
+    except Exception:
+        if action == "save" and ran:  # nothing usable was written: no checkpoint volume left
+            _tm(ctx, tm_mad, "postrestore", tm_args, check=False)
+        raise
+    finally:
+        ctx.event["tm_steps"] = ran
+    if _tm(ctx, tm_mad, f"post{action}", tm_args):
+        ran.append(f"post{action}")
+    return _last_line(output) if action == "restore" else ""
+
+
+def _tm(ctx: VmmContext, tm_mad: str, action: str, args: list[str], check: bool = True
+        ) -> bool:
+    """``remotes/tm/<tm_mad>/<action> args`` when the TM has that action."""
+    import subprocess
+
+    if not tm_mad or "/" in tm_mad:
+        return False
+    script = os.path.join(ctx.remotes, "tm", tm_mad, action)
+    if not os.access(script, os.X_OK):
+        return False
+    done = subprocess.run([script, *args], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0 and check:
+        reasons = [line.strip() for line in done.stderr.splitlines() if line.strip()
+                   and not line.startswith(("ERROR:", "INFO:", "WARN:", "DEBUG:"))]
+        raise InputError(f"{action} ({tm_mad}): "
+                         f"{'; '.join(reasons) or _last_line(done.stderr) or 'failed'}")
+    return True
+
+
 def _domain(host: hosts.Host, uri: str, domain: str) -> etree._Element:
     dump = host.run(["virsh", "-c", uri, "dumpxml", domain], timeout=60).stdout
     return etree.fromstring(dump, etree.XMLParser(resolve_entities=False, no_network=True))
@@ -244,4 +320,5 @@ def _domain(host: hosts.Host, uri: str, domain: str) -> etree._Element:
 
 ACTIONS: dict[str, Callable[[VmmContext], str]] = {
     "deploy": deploy, "attach_disk": attach_disk, "detach_disk": detach_disk,
+    "save": tmsave, "restore": tmrestore,
 }

@@ -164,7 +164,7 @@ class Setting:
 # says so; tests/test_config_settings.py fails when one of them is read, or when a setting
 # not listed here is read by nothing.
 UNUSED = frozenset("""
-    AUTO_TEMPLATE SP_TEMPLATE_PROPAGATE SP_CHECKPOINT SP_CHECKPOINT_BD
+    AUTO_TEMPLATE SP_TEMPLATE_PROPAGATE SP_CHECKPOINT
     SP_COMPRESSION SKIP_UNDEPLOY_SSH CLEAN_SRC_ON_UNDEPLOY VMSNAPSHOT_OVERRIDE
     VMSNAPSHOT_FSFREEZE VMSNAPSHOT_ENABLE_LIMIT VMSNAPSHOT_LIMIT VMSNAPSHOT_EXCLUDE_READONLY
     DISK_SNAPSHOT_FSFREEZE DISK_SAVEAS_FSFREEZE UPDATE_ONE_DISK_SIZE
@@ -204,6 +204,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VMSNAPSHOT_EXCLUDE_READONLY", "0", parse_bool, "skip read-only disks"),
     Setting("DISKSNAPSHOT_LIMIT", "", parse_optional_int, "per-disk snapshot quota",
             datastore=True),
+    Setting("DISKSNAPSHOT_KEEP", "", parse_optional_int,
+            "the subscriber prunes each disk to its newest N snapshots through oned (VM user "
+            "template attribute of the same name wins)", datastore=True),
+    Setting("DISKSNAPSHOT_MAX_AGE", "", parse_duration,
+            "the subscriber prunes disk snapshots older than N[s|m|h|d] through oned (VM user "
+            "template attribute of the same name wins)", datastore=True),
     Setting("DISK_SNAPSHOT_FSFREEZE", "0", parse_bool, "fsfreeze around live disk snapshots"),
     Setting("DISK_SAVEAS_FSFREEZE", "0", parse_bool, "fsfreeze around disk save-as"),
     Setting("UPDATE_ONE_DISK_SIZE", "1", parse_bool, "write reverted disk size back to ONE"),

@@ -221,3 +221,60 @@ def test_a_cdrom_goes_into_an_empty_drive(attach_cloud, tmp_path):
     w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
     w.oned.wait_idle()
     assert (native / "detach_disk.args").read_text().splitlines()[0] == f"one-{vm_id}"
+
+
+NATIVE_SAVE = textwrap.dedent("""\
+    #!/bin/sh
+    # native save stand-in: 1 MiB of "memory" written through the checkpoint path, which
+    # must be a link (to the StorPool device), never a file in the VM folder
+    dir=$(dirname "$0")
+    [ -L "$2" ] || { echo "the checkpoint is not a link: $2" >&2; exit 1; }
+    head -c 1048576 /dev/urandom > "$dir/memory"
+    dd if="$dir/memory" of="$2" conv=notrunc,fsync status=none
+    sha256sum < "$dir/memory" > "$dir/saved.sha"
+    """)
+NATIVE_RESTORE = textwrap.dedent("""\
+    #!/bin/sh
+    dir=$(dirname "$0")
+    [ -L "$1" ] || { echo "checkpoint $1 is not a link" >&2; exit 1; }
+    head -c 1048576 "$1" | sha256sum > "$dir/restored.sha"
+    """)
+
+
+def test_suspend_and_resume_with_the_checkpoint_on_storpool(make_world, tmp_path):
+    if shutil.which("virsh") is None:
+        pytest.skip("virsh (libvirt-clients) is not installed")
+    w = make_world(remotes=kvm_remotes(tmp_path / "r", tmp_path / "native.log"),
+                   vmm_local="deploy=deploy-tweaks,save=tmsave,restore=tmrestore")
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\nSP_CHECKPOINT_BD=1\n")
+    w.oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool", DISK_TYPE="BLOCK")
+    system_ds = w.oned.create_datastore("spsys", "SYSTEM_DS", TM_MAD="storpool")
+    node1 = w.oned.create_host("node1")
+    native = install_native(w, "node1", {"deploy": NATIVE_DEPLOY, "save": NATIVE_SAVE,
+                                         "restore": NATIVE_RESTORE})
+    vm_id = w.oned.instantiate(w.vm_template("s", 'TYPE="fs",SIZE="6",FORMAT="raw"',
+                                             extra='MEMORY="64"\n'), node1, system_ds)
+    folder = w.frontend.root / f"hosts/node1/var/lib/one/datastores/{system_ds}/{vm_id}"
+    volume = f"one-sys-{vm_id}-rawcheckpoint"
+    w.srv.vm.action("suspend", vm_id)
+    w.oned.wait_vm(vm_id, "SUSPENDED")
+    assert not os.path.lexists(folder / "checkpoint")  # the host folder never holds it
+    assert w.frontend.sp.volume(volume)["size"] == 128 << 20  # 2 x MEMORY
+    assert w.frontend.sp.volume(volume)["tags"]["type"] == "CHKPNT"
+    assert not [a for a in w.frontend.sp.attachments_list() if a["volume"] == volume]
+    w.srv.vm.action("resume", vm_id)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert (native / "restored.sha").read_text() == (native / "saved.sha").read_text()
+    assert not w.frontend.sp.volume_exists(volume)  # read back, then deleted
+    assert not os.path.lexists(folder / "checkpoint")
+    kinds = [e.type for e in w.frontend.events() if e.type.startswith(("vmm.", "tm.p"))]
+    assert kinds == ["vmm.deploy", "tm.presave", "tm.postsave", "vmm.save",
+                     "tm.prerestore", "tm.postrestore", "vmm.restore"]
+    # without SP_CHECKPOINT_BD the TM steps do nothing: the path is the hypervisor's own
+    # (the stand-in refuses a checkpoint that is no link: the save fails, the VM runs on)
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\n")
+    w.srv.vm.action("suspend", vm_id)
+    w.oned.wait_idle()
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert "SAVE: the checkpoint is not a link" in w.srv.vm.info(vm_id).USER_TEMPLATE["ERROR"]
+    assert not w.frontend.sp.volume_exists(volume)
