@@ -240,7 +240,7 @@ def test_backing_file_of_other_formats(frontend, tmp_path, fmt):
 def test_formats_nobody_checked_are_refused(frontend, tmp_path):
     image = tmp_path / "disk.luks"
     qemu_img("create", "--object", "secret,id=s0,data=pw", "-f", "luks",
-             "-o", "key-secret=s0", str(image), "1M")
+             "-o", "key-secret=s0,iter-time=10", str(image), "1M")
     refused(frontend, str(image), "image format 'luks' is not supported")
 
 
