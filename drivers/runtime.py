@@ -175,11 +175,11 @@ def run_vmm_action(action: str, argv: list[str] | None = None) -> int:
 def _vmm_main(action: str, argv: list[str]) -> int:
     from onestorpool import config as config_module
     from onestorpool import oneapi
-    from onestorpool.drivers import vmm
+    from onestorpool.drivers import vm_snapshots, vmm
 
     with ActionRecord("vmm", action) as record:
         record.payload = {"args": list(argv)}
-        func = vmm.ACTIONS.get(action)
+        func = vmm.ACTIONS.get(action) or vm_snapshots.ACTIONS.get(action)
         if func is None:
             raise InputError(f"{action}: not a StorPool KVM local action")
         ctx = vmm.VmmContext(action, list(argv), sys.stdin.read(), config_module.load(),

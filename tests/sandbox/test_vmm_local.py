@@ -278,3 +278,93 @@ def test_suspend_and_resume_with_the_checkpoint_on_storpool(make_world, tmp_path
     w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
     assert "SAVE: the checkpoint is not a link" in w.srv.vm.info(vm_id).USER_TEMPLATE["ERROR"]
     assert not w.frontend.sp.volume_exists(volume)
+
+
+SNAPSHOT_ACTIONS = ("snapshotcreate=snapshot_create-storpool,"
+                    "snapshotrevert=snapshot_revert-storpool,"
+                    "snapshotdelete=snapshot_delete-storpool")
+
+
+@pytest.fixture
+def snapshot_cloud(make_world, tmp_path):
+    if shutil.which("virsh") is None:
+        pytest.skip("virsh (libvirt-clients) is not installed")
+    w = make_world(remotes=kvm_remotes(tmp_path / "r", tmp_path / "native.log"),
+                   vmm_local=f"deploy=deploy-tweaks,{SNAPSHOT_ACTIONS}")
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\nVMSNAPSHOT_LIMIT=2\n")
+    image_ds = w.oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool",
+                                       DISK_TYPE="BLOCK")
+    system_ds = w.oned.create_datastore("spsys", "SYSTEM_DS", TM_MAD="storpool")
+    node1 = w.oned.create_host("node1")
+    install_native(w, "node1", {"deploy": NATIVE_DEPLOY})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "virsh").write_text(FAKE_VIRSH)
+    (bin_dir / "virsh").chmod(0o755)
+    w.oned.driver_env["PATH"] = os.pathsep.join(
+        [str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]])
+    w.oned.driver_env["FAKE_VIRSH_LOG"] = str(tmp_path / "virsh.log")
+    w.oned.driver_env["REAL_VIRSH"] = shutil.which("virsh")
+    return w, image_ds, system_ds, node1
+
+
+def write_disks(w, volumes: list[str], data: bytes) -> None:
+    for volume in volumes:
+        with (w.frontend.root / "hosts/node1/dev/storpool" / volume).open("r+b") as dev:
+            dev.write(data)
+
+
+def read_disks(w, volumes: list[str]) -> set[bytes]:
+    return {(w.frontend.root / "hosts/node1/dev/storpool" / v).read_bytes()[:8]
+            for v in volumes}
+
+
+def test_vm_snapshot_create_revert_delete(snapshot_cloud, tmp_path):
+    w, image_ds, system_ds, node1 = snapshot_cloud
+    base = w.oned.create_image(image_ds, "base", size_mb=4)
+    data = w.oned.create_image(image_ds, "data", size_mb=4, persistent=True)
+    vm_id = w.oned.instantiate(w.vm_template(
+        "s", f'IMAGE_ID="{base}"', f'IMAGE_ID="{data}"', 'TYPE="fs",SIZE="6",FORMAT="raw"',
+        context=True), node1, system_ds)
+    volumes = [f"one-img-{base}-{vm_id}-0", f"one-img-{data}", f"one-sys-{vm_id}-2-raw"]
+    write_disks(w, volumes, b"before!!")
+    snap = w.srv.vm.snapshotcreate(vm_id, "s1")
+    w.oned.wait_idle()
+    (record,) = w.srv.vm.info(vm_id).TEMPLATE["SNAPSHOT"]
+    suffix = record["HYPERVISOR_ID"]
+    assert suffix.startswith(f"ONESNAP-{snap}-")
+    made = {s["name"]: s for s in w.frontend.sp.snapshots_list() if suffix in s["name"]}
+    assert set(made) == {f"{v}-{suffix}" for v in [*volumes, f"one-sys-{vm_id}-3-iso"]}
+    assert {s["tags"]["nvm"] for s in made.values()} == {str(vm_id)}
+    assert {(s["tags"]["nloc"], s["tags"]["virt"]) for s in made.values()} == {("one", "one")}
+    write_disks(w, volumes, b"after!!!")
+    w.srv.vm.snapshotrevert(vm_id, snap)
+    w.oned.wait_idle()
+    vm = w.srv.vm.info(vm_id)
+    assert "ERROR" not in vm.USER_TEMPLATE, vm.USER_TEMPLATE.get("ERROR")
+    assert read_disks(w, volumes) == {b"before!!"}  # every disk holds the snapshot's data
+    client = next(int(a["client"]) for a in w.frontend.sp.attachments_list()
+                  if a["volume"] == volumes[0])
+    assert {a["volume"] for a in w.frontend.sp.attachments_list()
+            if int(a["client"]) == client} >= set(volumes)  # attached again
+    virsh = (tmp_path / "virsh.log").read_text().splitlines()
+    assert [line.split()[2] for line in virsh] == ["destroy", "create"]
+    # the limit (rc: 2) counts the snapshots the VM has
+    second = w.srv.vm.snapshotcreate(vm_id, "s2")
+    w.oned.wait_idle()
+    w.srv.vm.snapshotcreate(vm_id, "s3")
+    w.oned.wait_idle()
+    vm = w.srv.vm.info(vm_id)
+    assert len(vm.TEMPLATE["SNAPSHOT"]) == 2
+    assert "VM 0 has 2 snapshots, its limit (VMSNAPSHOT_LIMIT=2)".replace(
+        "VM 0", f"VM {vm_id}") in vm.USER_TEMPLATE["ERROR"]
+    w.srv.vm.snapshotdelete(vm_id, snap)
+    w.oned.wait_idle()
+    w.srv.vm.snapshotdelete(vm_id, second)
+    w.oned.wait_idle()
+    assert not [s for s in w.frontend.sp.snapshots_list()
+                if "ONESNAP" in s["name"] and not s.get("deleted")]
+    kinds = [e.type for e in w.frontend.events() if e.type.startswith("vmm.snapshot")]
+    assert kinds == ["vmm.snapshot_create", "vmm.snapshot_revert", "vmm.snapshot_create",
+                     "vmm.snapshot_create.failed", "vmm.snapshot_delete",
+                     "vmm.snapshot_delete"]
