@@ -130,6 +130,15 @@ class TmContext:
         return self.args
 
 
+def own_volume(ctx: TmContext, volume: str) -> str:
+    """``volume`` if it is a name of this OpenNebula instance (``ONE_PX``): a disk whose
+    SOURCE names another instance's volume is refused, never attached or deleted."""
+    if ctx.naming.parse(volume) is None:
+        raise InputError(f"{volume} is not this instance's volume (ONE_PX="
+                         f"{ctx.naming.prefix}); refusing to touch it")
+    return volume
+
+
 def parse_id(text: str, what: str) -> int:
     if not text.lstrip("-").isdigit():
         raise InputError(f"{what} must be an integer, got {text!r}")
@@ -195,7 +204,7 @@ def clone(ctx: TmContext) -> str:
     """``clone fe:SOURCE host:disk.N vm ds``: a non-persistent disk, a ``baseOn`` clone of
     the image volume, grown to the disk's SIZE."""
     src, dst, vm_id, _ds = ctx.expect(4, "SOURCE host:path vm_id ds_id")
-    image_volume = Location.source_volume(src)
+    image_volume = own_volume(ctx, Location.source_volume(src))
     where = Location.parse(dst, "destination")
     vm = ctx.vm(parse_id(vm_id, "vm_id"))
     disk = vm.disk(where.require_disk())
@@ -221,7 +230,7 @@ def ln(ctx: TmContext) -> str:
     """``ln fe:SOURCE host:disk.N vm ds``: a persistent disk, the image volume itself (a
     CD-ROM gets a per-VM clone), taken from wherever it was attached."""
     src, dst, vm_id, _ds = ctx.expect(4, "SOURCE host:path vm_id ds_id")
-    image_volume = Location.source_volume(src)
+    image_volume = own_volume(ctx, Location.source_volume(src))
     where = Location.parse(dst, "destination")
     vm = ctx.vm(parse_id(vm_id, "vm_id"))
     disk = vm.disk(where.require_disk())

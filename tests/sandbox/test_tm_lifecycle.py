@@ -400,3 +400,20 @@ def test_migration_to_another_storpool_system_datastore(cloud):
     w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
     with disk_link(w, "node2", other_ds, vm_id, 0).open("rb") as dev:
         assert dev.read(MIB) == payload
+
+
+@pytest.mark.parametrize("action", ["clone", "ln"])
+def test_another_instances_volume_is_never_attached(cloud, action):
+    w, _image_ds, system_ds, (_node1, _node2) = cloud
+    import subprocess
+    import sys
+
+    w.frontend.sp.volume_create("other-img-3", size=MIB)
+    vm_dir = f"/var/lib/one//datastores/{system_ds}/0"
+    done = subprocess.run([sys.executable, str(w.oned.remotes / "tm" / "storpool" / action),
+                           "localhost:other-ds-1/other-img-3", f"node1:{vm_dir}/disk.0", "0",
+                           "1"], capture_output=True, text=True, env=w.oned.drivers.env,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert "other-img-3 is not this instance's volume (ONE_PX=one)" in done.stderr
+    assert attachments(w) == {} and w.frontend.storpool_names() == {"other-img-3"}
