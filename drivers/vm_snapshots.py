@@ -144,7 +144,7 @@ def revert(ctx: VmmContext) -> str:
         raise StorageError(f"VM {vm.id}: no StorPool snapshot {suffix} of its disks")
     host = hosts.get(data.host)
     client = hosts.client_id(host, ctx.config)
-    uri = ctx.config.extra.get("LIBVIRT_URI") or "qemu:///system"
+    uri = ctx.config["LIBVIRT_URI"]
     domain = data.deploy_id or ctx.args[0]
     host.run(["virsh", "-c", uri, "destroy", domain], check=False, timeout=120)
     try:

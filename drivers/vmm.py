@@ -196,7 +196,7 @@ def insert_cdrom(ctx: VmmContext, host: hosts.Host, domain: str, target: str,
                  source: str) -> str:
     """The CD-ROM into the domain's drive ``target`` if it is empty, else into the first
     empty ``hd*`` drive (the deploy tweak made them)."""
-    uri = ctx.config.extra.get("LIBVIRT_URI") or "qemu:///system"
+    uri = ctx.config["LIBVIRT_URI"]
     root = _domain(host, uri, domain)
     empty = [d.find("target").get("dev") for d in root.iterfind("devices/disk")
              if d.get("device") == "cdrom" and d.find("source") is None
@@ -222,7 +222,7 @@ def detach_disk(ctx: VmmContext) -> str:
     ctx.datastore_config(vm)
     params = ctx.args[:-2]
     if disk is not None and disk.is_cdrom:
-        uri = ctx.config.extra.get("LIBVIRT_URI") or "qemu:///system"
+        uri = ctx.config["LIBVIRT_URI"]
         root = _domain(host, uri, data.deploy_id)
         for element in root.iterfind("devices/disk"):
             source, target = element.find("source"), element.find("target")
@@ -313,6 +313,39 @@ def _tm(ctx: VmmContext, tm_mad: str, action: str, args: list[str], check: bool 
     return True
 
 
+# -- live migration --------------------------------------------------------------------------
+
+
+def uncached(domain: etree._Element) -> bool:
+    """Every disk of the domain has ``cache="none"``: its data is on shared storage with no
+    host cache to lose, so ``virsh migrate --unsafe`` is safe (libvirt refuses file disks
+    it cannot prove shared without it)."""
+    disks = domain.findall("devices/disk[@device='disk']")
+    return bool(disks) and all(d.find("driver") is not None
+                               and d.find("driver").get("cache") == "none" for d in disks)
+
+
+def migrate(ctx: VmmContext) -> str:
+    """``migrate-tweaks <domain> <destination> <source> <vm> <source>``: ``virsh migrate
+    --live`` on the source host with ``MIGRATE_OPTIONS`` (add-on rc), ``--unsafe`` added only
+    when every disk of the running domain has ``cache="none"`` (and taken out otherwise)."""
+    data = ctx.action_data()
+    if len(ctx.args) < 3:
+        raise InputError("migrate: expected domain destination source")
+    domain, destination, source = ctx.args[:3]
+    ctx.datastore_config(data.vm)
+    host = hosts.get(source)
+    uri = ctx.config["LIBVIRT_URI"]
+    unsafe = uncached(_domain(host, uri, domain))
+    options = [o for o in ctx.config["MIGRATE_OPTIONS"].split()
+               if o != "--unsafe"] + (["--unsafe"] if unsafe else [])
+    target = f"qemu+ssh://{destination}/system"
+    host.run(["virsh", "-c", uri, "migrate", "--live", *options, domain, target],
+             timeout=3600)
+    ctx.event.update(source=source, destination=destination, unsafe=unsafe)
+    return ""
+
+
 def _domain(host: hosts.Host, uri: str, domain: str) -> etree._Element:
     dump = host.run(["virsh", "-c", uri, "dumpxml", domain], timeout=60).stdout
     return etree.fromstring(dump, etree.XMLParser(resolve_entities=False, no_network=True))
@@ -320,5 +353,5 @@ def _domain(host: hosts.Host, uri: str, domain: str) -> etree._Element:
 
 ACTIONS: dict[str, Callable[[VmmContext], str]] = {
     "deploy": deploy, "attach_disk": attach_disk, "detach_disk": detach_disk,
-    "save": tmsave, "restore": tmrestore,
+    "save": tmsave, "restore": tmrestore, "migrate": migrate,
 }

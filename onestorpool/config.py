@@ -256,6 +256,11 @@ SETTINGS: tuple[Setting, ...] = (
             "domain XML tweaks deploy-tweaks applies (a VM's T_* attributes turn one on or "
             "off): volatile2dev cache-io iothreads ioeventfd scsi-queues nic-queues cpu "
             "cputune-shares persistent-cdrom disk-serial", datastore=True),
+    Setting("LIBVIRT_URI", "qemu:///system", parse_str,
+            "libvirt of the hosts (CD-ROM insert/eject, VM snapshot revert, migrate-tweaks)"),
+    Setting("MIGRATE_OPTIONS", "", parse_str,
+            "virsh migrate options of migrate-tweaks; --unsafe is added only when every disk "
+            "of the domain has cache=none"),
     Setting("MKFS", "mkfs", parse_str, "mkfs command"),
     Setting("MKSWAP", "mkswap", parse_str, "mkswap command"),
     Setting("ALT_STATS", "0", parse_bool, "count internal u2+u3 as free"),

@@ -162,3 +162,18 @@ def test_without_the_schema_only_well_formedness_is_checked():
     out = apply_tweaks(DOMAINS[0].read_text(), TweakInput(VM), ["volatile2dev"],
                        Validator(schema=None))
     assert out.applied == ["volatile2dev"]
+
+
+@pytest.mark.parametrize("domain", DOMAINS, ids=lambda p: p.stem)
+def test_migration_is_unsafe_only_when_every_disk_is_uncached(domain):
+    from onestorpool.drivers.vmm import uncached
+
+    doc = etree.fromstring(domain.read_bytes())
+    assert uncached(doc)
+    doc.find("devices/disk/driver").set("cache", "writeback")
+    assert not uncached(doc)
+    doc.find("devices/disk/driver").attrib.pop("cache")
+    assert not uncached(doc)
+    tweaked = etree.fromstring(apply_tweaks(etree.tostring(doc), TweakInput(VM),
+                                            ["cache-io"]).xml.encode())
+    assert uncached(tweaked)  # the StorPool disks' tweak makes it safe again

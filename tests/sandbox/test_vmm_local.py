@@ -368,3 +368,44 @@ def test_vm_snapshot_create_revert_delete(snapshot_cloud, tmp_path):
     assert kinds == ["vmm.snapshot_create", "vmm.snapshot_revert", "vmm.snapshot_create",
                      "vmm.snapshot_create.failed", "vmm.snapshot_delete",
                      "vmm.snapshot_delete"]
+
+
+def test_live_migration_is_unsafe_only_with_every_disk_uncached(make_world, tmp_path):
+    if shutil.which("virsh") is None:
+        pytest.skip("virsh (libvirt-clients) is not installed")
+    w = make_world(remotes=kvm_remotes(tmp_path / "r", tmp_path / "native.log"),
+                   vmm_local="deploy=deploy-tweaks,migrate=migrate-tweaks")
+    w.frontend.write_rc('ONE_PX=one\nDELAY_DELETE=0\nMIGRATE_OPTIONS="--unsafe --verbose"\n')
+    system_ds = w.oned.create_datastore("spsys", "SYSTEM_DS", TM_MAD="storpool")
+    node1, node2 = w.oned.create_host("node1"), w.oned.create_host("node2")
+    for name in ("node1", "node2"):
+        install_native(w, name, {"deploy": NATIVE_DEPLOY})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "virsh").write_text(FAKE_VIRSH)
+    (bin_dir / "virsh").chmod(0o755)
+    w.oned.driver_env.update(
+        PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable),
+                              os.environ["PATH"]]),
+        FAKE_VIRSH_LOG=str(tmp_path / "virsh.log"), REAL_VIRSH=shutil.which("virsh"))
+    vm_id = w.oned.instantiate(w.vm_template("m", 'TYPE="fs",SIZE="6",FORMAT="raw"',
+                                             context=True), node1, system_ds)
+    deployed = (w.frontend.root / "hosts/node1" /
+                f"var/lib/one/datastores/{system_ds}/{vm_id}/deployment.0")
+    w.oned.driver_env["FAKE_VIRSH_DOMAIN"] = str(deployed)
+    w.srv.vm.migrate(vm_id, node2, True, False, system_ds, 0)
+    w.oned.wait_idle()
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert w.srv.vm.info(vm_id).HISTORY_RECORDS.HISTORY[-1].HOSTNAME == "node2"
+    (line,) = (tmp_path / "virsh.log").read_text().splitlines()
+    assert line.split()[2:] == ["migrate", "--live", "--verbose", "--unsafe", f"one-{vm_id}",
+                                "qemu+ssh://node2/system"]
+    # a disk with the host's cache: no --unsafe (libvirt then refuses what is not shared)
+    uncached = tmp_path / "cached.xml"
+    uncached.write_text(deployed.read_text().replace('cache="none"', 'cache="writeback"', 1))
+    w.oned.driver_env["FAKE_VIRSH_DOMAIN"] = str(uncached)
+    w.srv.vm.migrate(vm_id, node1, True, False, system_ds, 0)
+    w.oned.wait_idle()
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    line = (tmp_path / "virsh.log").read_text().splitlines()[-1]
+    assert "--unsafe" not in line.split() and "--verbose" in line.split()
