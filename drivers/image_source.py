@@ -294,7 +294,13 @@ def inspect(path: str, *, policy: AccessPolicy | None, check: bool = True) -> Im
 def _prescan_descriptor(path: str, policy: AccessPolicy | None) -> None:
     """A VMDK text descriptor names its extents; check them before qemu-img opens any
     (an extent may be a FIFO or a device that blocks or changes state when opened)."""
-    with open(path, "rb") as handle:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageRefused(f"cannot access '{path}' ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for a FIFO since it was checked
+            raise ImageRefused(f"{path} is not a regular file")
         head = handle.read(64 * 1024)
     if b"\0" in head[:1024]:
         return  # binary: not a text descriptor (embedded ones are checked from qemu's view)
