@@ -35,7 +35,9 @@ class Command:
 GROUPS = {"sandbox": "the embedded sandboxes: a StorPool API cluster and an oned, to try the "
                      "add-on and to test it",
           "datastore": "StorPool datastores in OpenNebula",
-          "subscriber": "the hook-bus subscriber: side effects of oned's state changes"}
+          "subscriber": "the hook-bus subscriber: side effects of oned's state changes",
+          "host": "KVM hosts",
+          "context": "VM context disks"}
 
 COMMANDS: list[Command] = [
     Command(("sandbox", "up"), "onestorpool.sandbox.up",
@@ -61,6 +63,12 @@ COMMANDS: list[Command] = [
             "check a front-end: oned, StorPool, templates, oned.conf, hosts, event log"),
     Command(("datastore", "create"), "onestorpool.datastore",
             "create a StorPool image or system datastore and its StorPool template"),
+    Command(("host", "reserved"), "onestorpool.host_helpers",
+            "print the RESERVED_CPU/RESERVED_MEM a host should get (what StorPool holds)",
+            "configure_reserved"),
+    Command(("context", "migrate"), "onestorpool.host_helpers",
+            "move a running VM's file-based context ISO onto a StorPool volume",
+            "configure_context_migrate"),
 ]
 
 
