@@ -409,3 +409,35 @@ def test_live_migration_is_unsafe_only_with_every_disk_uncached(make_world, tmp_
     w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
     line = (tmp_path / "virsh.log").read_text().splitlines()[-1]
     assert "--unsafe" not in line.split() and "--verbose" in line.split()
+
+
+def test_context_migrate_moves_a_file_context_onto_storpool(snapshot_cloud, tmp_path):
+    import subprocess
+
+    w, _image_ds, system_ds, node1 = snapshot_cloud
+    vm_id = w.oned.instantiate(w.vm_template("c", 'TYPE="fs",SIZE="6",FORMAT="raw"',
+                                             context=True), node1, system_ds)
+    volume = f"one-sys-{vm_id}-1-iso"
+    folder = w.frontend.root / f"hosts/node1/var/lib/one/datastores/{system_ds}/{vm_id}"
+    # a VM from before the add-on handled the context: its ISO is a file in the folder
+    w.frontend.sp.volumes_reassign([{"volume": volume, "detach": "all", "force": True}])
+    w.frontend.sp.volume_delete(volume)
+    (folder / "disk.1").unlink()
+    (folder / "disk.1").write_bytes(b"CD001 context" + b"\0" * 4000)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from onestorpool.cli import entry; entry()", *argv],
+            env=w.oned.driver_env, capture_output=True, text=True, timeout=120)
+
+    done = cli("context", "migrate", str(vm_id))
+    assert done.returncode == 0, done.stderr
+    assert volume in done.stdout
+    assert os.readlink(folder / "disk.1").endswith(f"/dev/storpool/{volume}")
+    assert (folder / "disk.1").read_bytes()[:13] == b"CD001 context"
+    assert w.frontend.sp.volume(volume)["tags"]["type"] == "CNTXT"
+    (line,) = (tmp_path / "virsh.log").read_text().splitlines()
+    assert line.split()[2:5] == ["change-media", f"one-{vm_id}", "hda"]
+    assert not list(folder.glob("disk.1.*"))
+    again = cli("context", "migrate", str(vm_id))
+    assert again.returncode == 0 and "already a StorPool volume" in again.stdout
