@@ -384,7 +384,7 @@ class Validator:
             try:
                 self.schema = etree.RelaxNG(file=schema)
             except etree.RelaxNGParseError as exc:
-                log.warning("WARN: deploy-tweaks: %s unusable (%s): checking "
+                log.warning("deploy-tweaks: %s unusable (%s): checking "
                             "well-formedness only", schema, exc)
 
     def errors(self, domain: etree._Element) -> str:
@@ -415,7 +415,7 @@ def apply_tweaks(domain_xml: str | bytes, given: TweakInput, names: Iterable[str
         raise InputError(f"deploy-tweaks: expected a libvirt <domain>, got <{domain.tag}>")
     baseline = validator.errors(domain)
     if baseline:
-        log.warning("WARN: deploy-tweaks: the domain oned wrote does not validate (%s): "
+        log.warning("deploy-tweaks: the domain oned wrote does not validate (%s): "
                     "tweaks are checked for well-formedness only", baseline)
     wanted = set(names)
     unknown = wanted - set(TWEAKS_BY_NAME)
@@ -433,7 +433,7 @@ def apply_tweaks(domain_xml: str | bytes, given: TweakInput, names: Iterable[str
             error = str(exc)
         if error:
             dropped[tweak.name] = error
-            log.warning("WARN: deploy-tweaks: %s dropped: %s", tweak.name, error)
+            log.warning("deploy-tweaks: %s dropped: %s", tweak.name, error)
             continue
         domain = candidate
         applied.append(tweak.name)
