@@ -20,7 +20,8 @@ import pytest
 from onestorpool.eventlog import EventLog
 from tests.sandbox.test_tm_lifecycle import storpool_remotes
 
-pytest_plugins = ["tests.sandbox.conftest_oned"]  # make_world
+# make_world comes from tests.sandbox.conftest_oned: each test module names it in its
+# pytest_plugins (pytest refuses pytest_plugins in a conftest below the root)
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:

@@ -14,6 +14,8 @@ from onestorpool.subscribers.daemon import ROUTES, Daemon
 from onestorpool.subscribers.notify import Notifier
 from tests.subscribers.conftest import deploy, events, remote_copies, wait_for
 
+pytest_plugins = ["tests.sandbox.conftest_oned"]  # make_world
+
 
 def test_terminate_and_image_delete_ship_tombstones_once(cloud, start_daemon):
     w, image_ds, system_ds, (node1, _), remote = cloud

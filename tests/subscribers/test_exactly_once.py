@@ -16,6 +16,8 @@ from onestorpool.eventlog import append_event
 from onestorpool.naming import Naming
 from tests.subscribers.conftest import events, remote_copies, subscriber_env, wait_for
 
+pytest_plugins = ["tests.sandbox.conftest_oned"]  # make_world
+
 MIB = 1 << 20
 OURS = {"virt": "one", "nloc": "one"}
 

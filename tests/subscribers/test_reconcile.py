@@ -12,6 +12,8 @@ from onestorpool.naming import Naming
 from onestorpool.subscribers.cleanup import Owners, orphans
 from tests.subscribers.conftest import deploy, events, remote_copies, subscriber_env, wait_for
 
+pytest_plugins = ["tests.sandbox.conftest_oned"]  # make_world
+
 OURS = {"virt": "one", "nloc": "one"}
 
 
