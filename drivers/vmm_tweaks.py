@@ -342,32 +342,98 @@ def disk_serial(domain: etree._Element, given: TweakInput) -> None:
             target.addnext(serial)
 
 
+HYPERV = ("relaxed", "vapic", "spinlocks", "vpindex", "runtime", "synic", "stimer", "reset",
+          "frequencies", "reenlightenment", "tlbflush", "ipi", "evmcs", "avic")
+
+
+def hyperv(domain: etree._Element, given: TweakInput) -> None:
+    """Hyper-V enlightenments for Windows guests: ``T_HV_<NAME>=on|off`` (``T_HV_RELAXED``,
+    ``T_HV_SPINLOCKS`` with 8191 retries, ...) → ``features/hyperv/<name state=...>``."""
+    names = {k for k in [*given.vm.user_template.keys(), *given.rc_values.keys()]
+             if k.startswith("T_HV_")}
+    if not names:
+        return
+    features = _child(domain, "features")
+    element = _child(features, "hyperv")
+    for key in sorted(names):
+        name, state = key[len("T_HV_"):].lower(), given.value(key).lower()
+        if name not in HYPERV:
+            raise InputError(f"{key}: not a Hyper-V enlightenment ({', '.join(HYPERV)})")
+        if state in ("yes", "1", "true"):
+            state = "on"
+        if state not in ("on", "off"):
+            raise InputError(f"{key}: on or off, got {state!r}")
+        found = _child(element, name)
+        found.set("state", state)
+        if name == "spinlocks" and state == "on":
+            found.set("retries", found.get("retries", "8191"))
+
+
+def kvm_hide(domain: etree._Element, given: TweakInput) -> None:
+    """``T_KVM_HIDE=YES``: ``features/kvm/hidden state="on"`` (guests that refuse to run
+    under a visible hypervisor, GPU drivers)."""
+    if given.value("T_KVM_HIDE").upper() in ("YES", "1", "ON", "TRUE"):
+        _child(_child(_child(domain, "features"), "kvm"), "hidden").set("state", "on")
+
+
+VIDEO_MODELS = ("vga", "cirrus", "vmvga", "qxl", "virtio", "bochs", "ramfb", "none")
+
+
+def video(domain: etree._Element, given: TweakInput) -> None:
+    """``T_VIDEO_MODEL`` → the (first) ``<video><model type=...>``."""
+    model = given.value("T_VIDEO_MODEL").lower()
+    if not model:
+        return
+    if model not in VIDEO_MODELS:
+        raise InputError(f"T_VIDEO_MODEL: one of {', '.join(VIDEO_MODELS)}, got {model!r}")
+    devices = _child(domain, "devices")
+    element = devices.find("video")
+    if element is None:
+        element = etree.SubElement(devices, "video")
+    found = _child(element, "model")
+    for key in list(found.attrib):
+        del found.attrib[key]
+    found.set("type", model)
+
+
 @dataclass(frozen=True)
 class Tweak:
     name: str
     apply: Callable[[etree._Element, TweakInput], None]
-    switch: str  # the VM's USER_TEMPLATE attribute that turns it on or off
+    # the VM's USER_TEMPLATE attributes that turn it on or off; a name ending in "_" is a
+    # prefix: any such attribute (T_CPU_MODEL, ...) turns the tweak on
+    switches: tuple[str, ...]
 
 
 TWEAKS: tuple[Tweak, ...] = (
-    Tweak("volatile2dev", volatile2dev, "T_VOLATILE2DEV"),
-    Tweak("cache-io", cache_io, "T_DISK_CACHE_IO"),
-    Tweak("iothreads", iothreads, "T_IOTHREADS_OVERRIDE"),
-    Tweak("ioeventfd", ioeventfd, "T_IOEVENTFD"),
-    Tweak("scsi-queues", scsi_queues, "T_SCSI_QUEUES"),
-    Tweak("nic-queues", nic_queues, "T_NIC_QUEUES"),
-    Tweak("cpu", cpu, "T_CPU"),
-    Tweak("cputune-shares", cputune_shares, "T_CPUTUNE_SHARES"),
-    Tweak("persistent-cdrom", persistent_cdrom, "T_PERSISTENT_CDROM"),
-    Tweak("disk-serial", disk_serial, "T_DISKSERIAL"),
+    Tweak("volatile2dev", volatile2dev, ("T_VOLATILE2DEV",)),
+    Tweak("cache-io", cache_io, ("T_DISK_CACHE_IO",)),
+    Tweak("iothreads", iothreads, ("T_IOTHREADS_OVERRIDE",)),
+    Tweak("ioeventfd", ioeventfd, ("T_IOEVENTFD",)),
+    Tweak("scsi-queues", scsi_queues, ("T_SCSI_QUEUES", "T_BLK_QUEUES")),
+    Tweak("nic-queues", nic_queues, ("T_NIC_QUEUES",)),
+    Tweak("cpu", cpu, ("T_CPU", "T_CPU_")),
+    Tweak("cputune-shares", cputune_shares, ("T_CPUTUNE_SHARES", "T_CPUTUNE_MUL")),
+    Tweak("persistent-cdrom", persistent_cdrom, ("T_PERSISTENT_CDROM",)),
+    Tweak("disk-serial", disk_serial, ("T_DISKSERIAL",)),
+    Tweak("hyperv", hyperv, ("T_HYPERV", "T_HV_")),
+    Tweak("kvm-hide", kvm_hide, ("T_KVM_HIDE",)),
+    Tweak("video", video, ("T_VIDEO_MODEL",)),
 )
 TWEAKS_BY_NAME = {t.name: t for t in TWEAKS}
 
 
 def enabled(tweak: Tweak, configured: Iterable[str], vm: Vm) -> bool:
-    value = vm.user_template.get(tweak.switch, "").strip().upper()
-    if value:
-        return value not in OFF
+    """On by the VM's switch attribute if it has one (``NO``/``0``/``DISABLED`` is off),
+    else by the add-on config."""
+    for switch in tweak.switches:
+        if switch.endswith("_"):
+            if any(k.startswith(switch) and v.strip() for k, v in vm.user_template.items()):
+                return True
+            continue
+        value = vm.user_template.get(switch, "").strip().upper()
+        if value:
+            return value not in OFF
     return tweak.name in configured
 
 

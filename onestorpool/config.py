@@ -255,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEPLOY_TWEAKS", "volatile2dev cache-io persistent-cdrom", parse_words,
             "domain XML tweaks deploy-tweaks applies (a VM's T_* attributes turn one on or "
             "off): volatile2dev cache-io iothreads ioeventfd scsi-queues nic-queues cpu "
-            "cputune-shares persistent-cdrom disk-serial", datastore=True),
+            "cputune-shares persistent-cdrom disk-serial hyperv kvm-hide video", datastore=True),
     Setting("LIBVIRT_URI", "qemu:///system", parse_str,
             "libvirt of the hosts (CD-ROM insert/eject, VM snapshot revert, migrate-tweaks)"),
     Setting("MIGRATE_OPTIONS", "", parse_str,

@@ -24,7 +24,8 @@ ALL = [t.name for t in TWEAKS]
 VALUES = {"T_CPU_MODE": "host-model", "T_CPU_MODEL": "EPYC:allow",
           "T_CPU_FEATURES": "pcid,invpcid:optional", "T_CPU_SOCKETS": "2",
           "T_NIC_QUEUES": "VCPU", "T_NIC1_QUEUES": "1", "T_BLK_QUEUES": "YES",
-          "T_PERSISTENT_CDROM": "4"}
+          "T_PERSISTENT_CDROM": "4", "T_HV_RELAXED": "on", "T_HV_SPINLOCKS": "on",
+          "T_HV_VAPIC": "off", "T_KVM_HIDE": "YES", "T_VIDEO_MODEL": "virtio"}
 needs_schema = pytest.mark.skipif(not Path(vmm_tweaks.DOMAIN_RNG).exists(),
                                   reason="libvirt's domain.rng is not installed")
 
@@ -114,6 +115,12 @@ def test_the_whole_chain(domain, tmp_path):
     assert all(s and len(s) == 20 for s in serials.values())
     assert len(set(serials.values())) == len(serials)
     assert live.find("devices/disk/driver").get("io") == "native"  # libvirt kept it
+    hv = doc.find("features/hyperv")
+    assert [(e.tag, e.get("state")) for e in hv] == [
+        ("relaxed", "on"), ("spinlocks", "on"), ("vapic", "off")]
+    assert hv.find("spinlocks").get("retries") == "8191"
+    assert doc.find("features/kvm/hidden").get("state") == "on"
+    assert live.find("devices/video/model").get("type") == "virtio"
 
 
 @needs_schema
@@ -125,6 +132,9 @@ def test_defaults_and_per_vm_switches(tmp_path):
     vm = vm_with(T_PERSISTENT_CDROM="NO", T_IOTHREADS_OVERRIDE="2", T_NIC_QUEUES="3")
     chosen = [t.name for t in TWEAKS if vmm_tweaks.enabled(t, configured, vm)]
     assert chosen == ["volatile2dev", "cache-io", "iothreads", "nic-queues"]
+    prefixed = vm_with(T_CPU_MODEL="EPYC", T_HV_RELAXED="on", T_VOLATILE2DEV="NO")
+    assert [t.name for t in TWEAKS if vmm_tweaks.enabled(t, configured, prefixed)] == [
+        "cache-io", "cpu", "persistent-cdrom", "hyperv"]
     out = apply_tweaks(xml, TweakInput(vm), chosen)
     doc = etree.fromstring(out.xml.encode())
     assert doc.findtext("iothreads") == "2"
@@ -144,8 +154,8 @@ def test_a_tweak_that_breaks_the_domain_is_dropped_with_a_warning(caplog, monkey
         raise ValueError("cannot")
 
     monkeypatch.setattr(vmm_tweaks, "TWEAKS", (
-        vmm_tweaks.Tweak("broken", broken, "T_BROKEN"),
-        vmm_tweaks.Tweak("failing", failing, "T_FAILING"),
+        vmm_tweaks.Tweak("broken", broken, ("T_BROKEN",)),
+        vmm_tweaks.Tweak("failing", failing, ("T_FAILING",)),
         *TWEAKS))
     monkeypatch.setattr(vmm_tweaks, "TWEAKS_BY_NAME", {t.name: t for t in vmm_tweaks.TWEAKS})
     given = TweakInput(vm_with(T_CPU_SOCKETS="3"))  # 2 VCPUs do not split into 3 sockets
