@@ -397,6 +397,15 @@ def delete(ctx: TmContext) -> str:
         names = [ctx.naming.rawcheckpoint(vm.id), ctx.naming.nvram(vm.id)]
         if vm.context_disk_id is not None:
             names.insert(0, ctx.naming.context(vm.id, vm.context_disk_id))
+        vm_snapshots = _vm_snapshots_go(ctx)
+        for snapshot in ctx.sp.snapshots_list() if vm_snapshots else ():
+            name = str(snapshot.get("name", ""))
+            parsed = ctx.naming.parse(name)
+            if (parsed is not None and parsed.kind == "vm_snapshot"
+                    and not snapshot.get("deleted")
+                    and any(name.startswith(ctx.naming.vm_snapshot_marker(n)) for n in names)
+                    and delete_snapshot(ctx.sp, name)):
+                removed.append(name)
         for name in names:  # no data a user would want back: at once
             if ctx.sp.volume_exists(name):
                 delete_volume(ctx.sp, name)
@@ -417,17 +426,31 @@ def delete(ctx: TmContext) -> str:
     return ""
 
 
+def _vm_snapshots_go(ctx: TmContext) -> bool:
+    """The VM's StorPool VM snapshots (``<vol>-ONESNAP-...``) go with its volumes
+    (``VMSNAPSHOT_DELETE_ON_TERMINATE``), except on a recreate (``CLEANUP_RESUBMIT``)."""
+    if not ctx.config["VMSNAPSHOT_DELETE_ON_TERMINATE"]:
+        return False
+    return not any(ctx.vm(vm_id).lcm_state == LcmState.CLEANUP_RESUBMIT
+                   for vm_id in ctx.vm_ids)
+
+
 def _delete_with_snapshots(ctx: TmContext, volume: str, delay: int,
                            remote: tuple[str, str] | None = None) -> list[str]:
     """The volume (delayed, or a tombstone for ``remote`` backup) and its disk snapshots
     ``<volume>-snap<N>``, matched by name parsing: ``one-sys-5-1-raw`` never takes
     ``one-sys-5-10-raw`` or another prefix's."""
     removed = []
+    vm_snapshots = _vm_snapshots_go(ctx)
     for snapshot in ctx.sp.snapshots_list():
         name = str(snapshot.get("name", ""))
         parsed = ctx.naming.parse(name)
-        if (parsed is not None and parsed.kind == "disk_snapshot" and not snapshot.get("deleted")
-                and name.rsplit("-snap", 1)[0] == volume and delete_snapshot(ctx.sp, name)):
+        if parsed is None or snapshot.get("deleted"):
+            continue
+        mine = (parsed.kind == "disk_snapshot" and name.rsplit("-snap", 1)[0] == volume) or (
+            vm_snapshots and parsed.kind == "vm_snapshot"
+            and name.startswith(ctx.naming.vm_snapshot_marker(volume)))
+        if mine and delete_snapshot(ctx.sp, name):
             removed.append(name)
     with contextlib.suppress(NotFound):
         if ctx.sp.volume_exists(volume):
@@ -693,8 +716,19 @@ def mvds(ctx: TmContext) -> str:
     volume = disk_volume(ctx.naming, vm, where.require_disk())
     detach_all(ctx.sp, volume)
     ctx.sp.volume_update(volume, tags={ctx.tags.vm_tag: "", "type": "", "diskid": ""})
+    removed = []
+    if _vm_snapshots_go(ctx):  # the VM's snapshots of the image go with the VM
+        for snapshot in ctx.sp.snapshots_list():
+            name = str(snapshot.get("name", ""))
+            parsed = ctx.naming.parse(name)
+            if (parsed is not None and parsed.kind == "vm_snapshot"
+                    and not snapshot.get("deleted")
+                    and name.startswith(ctx.naming.vm_snapshot_marker(volume))
+                    and (snapshot.get("tags") or {}).get(ctx.tags.vm_tag) == str(vm.id)
+                    and delete_snapshot(ctx.sp, name)):
+                removed.append(name)
     unlink_disk(hosts.get(where.host), where.path)
-    ctx.event.update(volume=volume)
+    ctx.event.update(volume=volume, removed=removed)
     return ""
 
 

@@ -368,6 +368,16 @@ def test_vm_snapshot_create_revert_delete(snapshot_cloud, tmp_path):
     assert kinds == ["vmm.snapshot_create", "vmm.snapshot_revert", "vmm.snapshot_create",
                      "vmm.snapshot_create.failed", "vmm.snapshot_delete",
                      "vmm.snapshot_delete"]
+    # a terminated VM takes its VM snapshots along (VMSNAPSHOT_DELETE_ON_TERMINATE), those
+    # of its persistent image too
+    w.srv.vm.snapshotcreate(vm_id, "last")
+    w.oned.wait_idle()
+    assert len([s for s in w.frontend.sp.snapshots_list()
+                if "ONESNAP" in s["name"] and not s.get("deleted")]) == 4
+    w.srv.vm.action("terminate", vm_id)
+    w.oned.wait_vm(vm_id, "DONE")
+    assert not [s["name"] for s in w.frontend.sp.snapshots_list()
+                if "ONESNAP" in s["name"] and not s.get("deleted")]
 
 
 def test_live_migration_is_unsafe_only_with_every_disk_uncached(make_world, tmp_path):
