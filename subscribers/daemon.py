@@ -76,13 +76,24 @@ def _image_deleted(daemon: Daemon, event: HookEvent, seq: int) -> None:
     daemon.scan_soon()
 
 
+def _disk_snapshot_created(daemon: Daemon, event: HookEvent, seq: int) -> None:
+    """A disk snapshot was asked for: once the VM is idle again, prune its disks."""
+    vm_id = _api_object_id(event)
+    if vm_id is not None:
+        daemon.prune_later(vm_id, seq)
+
+
 ROUTES: tuple[Route, ...] = (
     Route("vm.done", b"EVENT STATE VM/DONE/",
           lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "DONE", _vm_done),
     Route("image.delete", b"EVENT API one.image.delete ",
           lambda e: e.kind == "API" and e.method == "one.image.delete" and bool(e.success),
           _image_deleted),
+    Route("disk.snapshot", b"EVENT API one.vm.disksnapshotcreate ",
+          lambda e: e.kind == "API" and e.method == "one.vm.disksnapshotcreate"
+          and bool(e.success), _disk_snapshot_created),
 )
+PRUNE_PATIENCE = 600.0  # seconds a busy VM is waited for; reconciliation takes over then
 
 
 def endpoint(config: Any, given: str | None = None) -> str:
@@ -125,6 +136,8 @@ class Daemon:
         self._next_reconcile = 0.0
         self._reconcile_why = "start"
         self._connected = self._ever_connected = False
+        self._prune: dict[int, tuple[int, float]] = {}  # VM -> (position, give up at)
+        self._next_prune = 0.0
         self.socket: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
 
@@ -263,6 +276,40 @@ class Daemon:
             cleanup(self.log, sp, config.naming(), (config["LOC_TAG"], config.loc_tag_value),
                     Owners(gone_vm=vm_id), position=seq)
 
+    def prune_later(self, vm_id: int, position: int) -> None:
+        self._prune.setdefault(vm_id, (position, time.monotonic() + PRUNE_PATIENCE))
+
+    def prune_due(self) -> None:
+        """One request per queued VM: oned runs one snapshot operation per VM at a time."""
+        if not self._prune or time.monotonic() < self._next_prune:
+            return
+        from onestorpool import config as config_module
+        from onestorpool.subscribers.prune import Pruner
+
+        self._next_prune = time.monotonic() + 0.5
+        pruner = Pruner(self.log, config_module.load())
+        for vm_id, (position, give_up) in list(self._prune.items()):
+            try:
+                result = pruner.prune(vm_id, position)
+            except Exception as exc:  # the VM is gone, oned unreachable: next pass
+                result = "failed"
+                print(f"WARN: prune VM {vm_id}: {exc}", file=sys.stderr)
+            if result in ("nothing", "failed") or time.monotonic() > give_up:
+                del self._prune[vm_id]
+
+    def _queue_prune_all(self, position: int) -> None:
+        """Every VM with disk snapshots (retention by age needs no message)."""
+        from onestorpool import oneapi
+        from onestorpool.one import iter_vm_pool
+
+        try:
+            for vm in iter_vm_pool(oneapi.one_call("one.vmpool.infoextended", -2, -1, -1, -1)):
+                if any(d.snapshot_ids for d in vm.disks):
+                    self.prune_later(vm.id, position)
+        except Exception as exc:
+            print(f"WARN: reconcile: no pruning, oned's VM pool unreadable: {exc}",
+                  file=sys.stderr)
+
     def reconcile(self, why: str) -> None:
         from onestorpool.subscribers import reconcile
 
@@ -273,6 +320,8 @@ class Daemon:
             self.counts["reconciliations"] += 1
             self._next_reconcile = time.monotonic() + self.reconcile_every
         self._cursor = max(self._cursor, self.log.head()[0])
+        if self._reconcile is None:
+            self._queue_prune_all(self._cursor)
         self.notifier.status(f"reconciled ({why}): {summary}")
 
     def checkpoint(self) -> None:
@@ -321,6 +370,7 @@ class Daemon:
             self._soon = [t for t in self._soon if t > now]
             self.run_effects()
             self._next_effects = now + self.effects_every
+        self.prune_due()
         self.checkpoint()
 
     def run(self) -> int:

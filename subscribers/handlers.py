@@ -56,6 +56,16 @@ def _on_remote(sp: StorPoolClient, location: str, tombstone: str,
     return None
 
 
+def _drop_helpers(sp: StorPoolClient, carrier: str, sent_from: str | None) -> None:
+    """The carrier volume and the anonymous snapshot VolumeBackup sent from (``*...``);
+    never a named snapshot (the tombstone stays until it expires)."""
+    with contextlib.suppress(NotFound):
+        sp.volume_delete(carrier)
+    if sent_from and str(sent_from).startswith("*"):
+        with contextlib.suppress(NotFound):
+            sp.snapshot_delete(str(sent_from))
+
+
 def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | None = None,
                   sleep: Any = time.sleep) -> dict[str, Any]:
     """Ship the tombstone ``record`` asks for, once: a copy already on the remote (sent by
@@ -67,8 +77,10 @@ def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | Non
     tags = {**effect.get("tags", {}), "tombstone": tombstone}
     timeout = CONFIRM_TIMEOUT if confirm_timeout is None else confirm_timeout
     with storpool_for(effect) as sp:
+        carrier = f"{tombstone}-send"
         found = _on_remote(sp, location, tombstone)
-        if found is not None:
+        if found is not None:  # an earlier run sent it and died: finish its clean-up
+            _drop_helpers(sp, carrier, found.get("localSnapshot"))
             return {"remote_id": found.get("remoteId"), "location": location,
                     "snapshot": tombstone, "note": "found on the remote already"}
         try:
@@ -77,7 +89,6 @@ def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | Non
             raise EffectError(f"tombstone {tombstone} is gone (expired?); nothing to send"
                               ) from None
         # VolumeBackup sends a volume: a throw-away volume on top of the tombstone.
-        carrier = f"{tombstone}-send"
         with contextlib.suppress(NotFound):
             sp.volume_delete(carrier)
         sp.volume_create(carrier, parent=tombstone, tags={"virt": "one", "carrier": "y"})
@@ -92,11 +103,7 @@ def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | Non
                                   f"({remote_id}) is not listed there after {timeout:.0f}s")
             sleep(min(5.0, max(0.1, timeout / 100)))
         # Confirmed: only now the local helpers go.
-        with contextlib.suppress(NotFound):
-            sp.volume_delete(carrier)
-        if reply.get("autoName"):
-            with contextlib.suppress(NotFound):
-                sp.snapshot_delete(reply["autoName"])
+        _drop_helpers(sp, carrier, reply.get("autoName"))
     return {"remote_id": found.get("remoteId") or remote_id, "location": location,
             "snapshot": tombstone}
 
