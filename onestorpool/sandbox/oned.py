@@ -116,10 +116,14 @@ from onestorpool.sandbox.oned_vmops import LIVE_DISK_SNAPSHOTS, DiskOps, Snapsho
 # of a developer's environment, ONE_XMLRPC included, must not leak into the drivers).
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH",
                  "COVERAGE_PROCESS_START", "COVERAGE_FILE")
-# VM_MAD "-l" of an add-on install: the local actions the add-on ships (reference
-# addon-storpool.md §6.2). Scripts missing under remotes/vmm/kvm fail as oned's would.
-ADDON_VMM_LOCAL = ("deploy=deploy-tweaks,attach_disk=attach_disk.storpool,save=tmsave,"
-                   "restore=tmrestore")
+# VM_MAD "-l" for 'sandbox up': of the add-on's local actions (reference addon-storpool.md
+# §6.2), those that need nothing on the host.
+# deploy-tweaks, attach_disk.storpool and tmsave/tmrestore hand over to the host's native KVM
+# scripts, which the sandbox's directory hosts do not have (the oned sandbox emulates what
+# those would do when no local action is declared).
+ADDON_VMM_LOCAL = ("snapshotcreate=snapshot_create-storpool,"
+                   "snapshotrevert=snapshot_revert-storpool,"
+                   "snapshotdelete=snapshot_delete-storpool")
 
 
 def install_remotes(directory: Path, remotes: Path | None, version: Version) -> Path:

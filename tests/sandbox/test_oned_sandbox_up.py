@@ -54,6 +54,26 @@ def test_sandbox_up_and_down(tmp_path):
         host = srv.host.allocate("node1", "kvm", "kvm", -1)
         assert srv.host.info(host).TEMPLATE["SP_OURID"] == "11"
         assert (directory / "hosts/node1").is_dir()
+        # a VM on StorPool: the scheduler deploys it, the real TM attaches its disks
+        system = srv.datastore.allocate('NAME="spsys"\nTYPE="SYSTEM_DS"\nTM_MAD="storpool"',
+                                        -1)
+        vm_id = srv.vm.allocate(f'NAME="v"\nCPU="1"\nMEMORY="64"\nDISK=[IMAGE_ID="{image_id}"]'
+                                f'\nSCHED_DS_REQUIREMENTS="ID={system}"', False)
+        deadline = time.monotonic() + 60
+        while (srv.vm.info(vm_id).STATE, srv.vm.info(vm_id).LCM_STATE) != (3, 3):
+            vm = srv.vm.info(vm_id)
+            assert time.monotonic() < deadline, (vm.STATE, vm.LCM_STATE,
+                                                 vm.USER_TEMPLATE.get("ERROR"))
+            time.sleep(0.2)
+        link = directory / f"hosts/node1/var/lib/one/datastores/{system}/{vm_id}/disk.0"
+        assert os.readlink(link).endswith(f"/dev/storpool/one-img-{image_id}-{vm_id}-0")
+        snap = srv.vm.snapshotcreate(vm_id, "first")  # the add-on's local action
+        deadline = time.monotonic() + 30
+        while not (srv.vm.info(vm_id).TEMPLATE.get("SNAPSHOT") or [{}])[0].get("HYPERVISOR_ID"):
+            assert time.monotonic() < deadline, srv.vm.info(vm_id).USER_TEMPLATE.get("ERROR")
+            time.sleep(0.2)
+        (taken,) = srv.vm.info(vm_id).TEMPLATE["SNAPSHOT"]
+        assert taken["SNAPSHOT_ID"] == str(snap) and "ONESNAP" in taken["HYPERVISOR_ID"]
 
         shown = subprocess.run([sys.executable, "-m", "onestorpool.cli", "config"],
                                capture_output=True, text=True,
