@@ -36,6 +36,8 @@ GROUPS = {"sandbox": "the embedded sandboxes: a StorPool API cluster and an oned
                      "add-on and to test it",
           "datastore": "StorPool datastores in OpenNebula",
           "subscriber": "the hook-bus subscriber: side effects of oned's state changes",
+          "hooks": "OpenNebula hooks running the subscriber's handlers (instead of the "
+                   "daemon)",
           "host": "KVM hosts",
           "context": "VM context disks"}
 
@@ -53,6 +55,15 @@ COMMANDS: list[Command] = [
             "audit, verify, export and replay the event log"),
     Command(("subscriber", "run"), "onestorpool.subscribers.daemon",
             "listen to oned's hook bus and perform the side effects, exactly once"),
+    Command(("hooks", "install"), "onestorpool.hooks.cli",
+            "register the add-on's hooks in oned (one.hook.allocate/update)",
+            "configure_install"),
+    Command(("hooks", "uninstall"), "onestorpool.hooks.cli",
+            "delete the add-on's hooks from oned", "configure_uninstall"),
+    Command(("hooks", "show"), "onestorpool.hooks.cli",
+            "print the hook templates (for onehook create)", "configure_show"),
+    Command(("hooks", "run"), "onestorpool.hooks.cli",
+            "what the hooks execute: one route's action, once", "configure_run"),
     Command(("remote-send",), "onestorpool.subscribers.remote_send",
             "send tombstones of deleted images to the remote location", None),
     Command(("config",), "onestorpool.config",

@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -50,18 +50,29 @@ MALFORMED = "hook.malformed"
 BATCH = 1000  # messages appended per transaction at most
 
 
+class Actions(Protocol):
+    """What a route's action may ask for: the daemon does it in its loop, a hook run by
+    onehem (:mod:`onestorpool.hooks.run`) at once."""
+
+    def run_effects(self) -> None: ...
+    def scan_soon(self) -> None: ...
+    def cleanup_vm(self, vm_id: int, seq: int) -> None: ...
+    def prune_later(self, vm_id: int, position: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Route:
     """``prefix``: the ZeroMQ subscription; ``matches``: the exact filter after receiving
-    (prefix matching over-matches); ``action(daemon, event, seq)`` does the work."""
+    (prefix matching over-matches); ``action(actions, event, seq)`` does the work (``seq``:
+    the record of the message)."""
 
     name: str
     prefix: bytes
     matches: Callable[[HookEvent], bool]
-    action: Callable[[Daemon, HookEvent, int], None]
+    action: Callable[[Actions, HookEvent, int], None]
 
 
-def _vm_done(daemon: Daemon, event: HookEvent, seq: int) -> None:
+def _vm_done(daemon: Actions, event: HookEvent, seq: int) -> None:
     """A VM is DONE: the effects its disks' ``delete`` requested (tombstones to ship), then
     its snapshots the drivers left behind."""
     daemon.run_effects()
@@ -69,16 +80,16 @@ def _vm_done(daemon: Daemon, event: HookEvent, seq: int) -> None:
         daemon.cleanup_vm(event.object_id, seq)
 
 
-def _image_deleted(daemon: Daemon, event: HookEvent, seq: int) -> None:
+def _image_deleted(daemon: Actions, event: HookEvent, seq: int) -> None:
     """``one.image.delete`` succeeded: oned runs the datastore's ``rm`` next; its effect is
     picked up by following the log (and leftovers by reconciliation). Look a few times
     soon."""
     daemon.scan_soon()
 
 
-def _disk_snapshot_created(daemon: Daemon, event: HookEvent, seq: int) -> None:
+def _disk_snapshot_created(daemon: Actions, event: HookEvent, seq: int) -> None:
     """A disk snapshot was asked for: once the VM is idle again, prune its disks."""
-    vm_id = _api_object_id(event)
+    vm_id = api_object_id(event)
     if vm_id is not None:
         daemon.prune_later(vm_id, seq)
 
@@ -96,6 +107,20 @@ ROUTES: tuple[Route, ...] = (
 PRUNE_PATIENCE = 600.0  # seconds a busy VM is waited for; reconciliation takes over then
 
 
+def cleanup_vm(log: EventLog, vm_id: int, seq: int, runner: str = "subscriber") -> None:
+    """The add-on's snapshots of a VM that is DONE."""
+    from onestorpool import config as config_module
+    from onestorpool.storpool import StorPoolClient
+    from onestorpool.subscribers.cleanup import Owners, cleanup
+
+    config = config_module.load()
+    if not config["CLEANUP_ORPHAN_SNAPSHOTS"]:
+        return
+    with StorPoolClient.from_config(config) as sp:
+        cleanup(log, sp, config.naming(), (config["LOC_TAG"], config.loc_tag_value),
+                Owners(gone_vm=vm_id), position=seq, runner=runner)
+
+
 def endpoint(config: Any, given: str | None = None) -> str:
     if given:
         return given
@@ -104,7 +129,8 @@ def endpoint(config: Any, given: str | None = None) -> str:
     return str(config["HOOK_ENDPOINT"])
 
 
-def _api_object_id(event: HookEvent) -> int | None:
+def api_object_id(event: HookEvent) -> int | None:
+    """The object an API call was about: its first argument after the session."""
     for parameter in event.parameters:
         if parameter.position == 2 and parameter.direction == "IN":
             try:
@@ -220,7 +246,7 @@ class Daemon:
         vm = image = None
         if event.kind == "API":
             payload.update(method=event.method, success=event.success)
-            object_id = _api_object_id(event)
+            object_id = api_object_id(event)
             if event.method.startswith("one.image."):
                 image = object_id
             elif event.method.startswith("one.vm."):
@@ -265,16 +291,7 @@ class Daemon:
         self._soon.extend(now + delay for delay in (0.5, 2, 5, 15))
 
     def cleanup_vm(self, vm_id: int, seq: int) -> None:
-        from onestorpool import config as config_module
-        from onestorpool.storpool import StorPoolClient
-        from onestorpool.subscribers.cleanup import Owners, cleanup
-
-        config = config_module.load()
-        if not config["CLEANUP_ORPHAN_SNAPSHOTS"]:
-            return
-        with StorPoolClient.from_config(config) as sp:
-            cleanup(self.log, sp, config.naming(), (config["LOC_TAG"], config.loc_tag_value),
-                    Owners(gone_vm=vm_id), position=seq)
+        cleanup_vm(self.log, vm_id, seq)
 
     def prune_later(self, vm_id: int, position: int) -> None:
         self._prune.setdefault(vm_id, (position, time.monotonic() + PRUNE_PATIENCE))
@@ -374,6 +391,9 @@ class Daemon:
         self.checkpoint()
 
     def run(self) -> int:
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR1)  # kill -USR1: where is it stuck?
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.connect()
         self.log.append(Event("subscriber.started", self.writer,
