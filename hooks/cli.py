@@ -173,7 +173,8 @@ def configure_show(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_run(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("route", choices=sorted(templates.TRIGGERS))
+    parser.add_argument("route", choices=sorted(templates.TRIGGERS),
+                        help="the trigger the hook stands for")
     parser.add_argument("argument", nargs="?",
                         help="the hook's $TEMPLATE/$API (default: standard input)")
     parser.add_argument("--log", help="event log database (default: the configured one)")
