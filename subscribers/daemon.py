@@ -121,6 +121,17 @@ def cleanup_vm(log: EventLog, vm_id: int, seq: int, runner: str = "subscriber") 
                 Owners(gone_vm=vm_id), position=seq, runner=runner)
 
 
+def raft_leader() -> bool:
+    """Whether this front-end's oned leads its zone (``one.zone.raftstatus``: SOLO 0 or
+    LEADER 3; a solo oned may report either). With OpenNebula HA the subscriber runs on every
+    front-end and acts only on the leader."""
+    from onestorpool import oneapi
+    from onestorpool.one import parse_xml
+
+    status = parse_xml(oneapi.one_call("one.zone.raftstatus"), "RAFT")
+    return (status.findtext("STATE") or "").strip() in ("0", "3")
+
+
 def endpoint(config: Any, given: str | None = None) -> str:
     if given:
         return given
@@ -145,7 +156,8 @@ class Daemon:
                  checkpoint_every: float = 3600, routes: tuple[Route, ...] = ROUTES,
                  notifier: Notifier | None = None, effects_every: float = 1.0,
                  reconcile: Callable[..., dict[str, Any]] | None = None,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None,
+                 leader: Callable[[], bool] | None = raft_leader, leader_every: float = 5.0):
         self.endpoint, self.log, self.routes = endpoint, log, routes
         self.reconcile_every, self.checkpoint_every = reconcile_every, checkpoint_every
         self.effects_every = effects_every
@@ -163,6 +175,9 @@ class Daemon:
         self._reconcile_why = "start"
         self._connected = self._ever_connected = False
         self._prune: dict[int, tuple[int, float]] = {}  # VM -> (position, give up at)
+        self._leader_check, self.leader_every = leader, leader_every
+        self.leading: bool | None = None  # unknown until asked
+        self._next_leader = 0.0
         self._next_prune = 0.0
         self.socket: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
@@ -361,6 +376,36 @@ class Daemon:
 
     # -- the loop -----------------------------------------------------------------------
 
+    def check_leader(self, now: float) -> bool:
+        """Ask oned every ``leader_every`` seconds; a new leader reconciles before acting (the
+        old one may have missed or half-done anything), a follower only drains the bus."""
+        if self._leader_check is None:
+            return True
+        if now >= self._next_leader:
+            self._next_leader = now + self.leader_every
+            try:
+                leading = bool(self._leader_check())
+            except Exception as exc:  # oned away: keep the last answer
+                print(f"WARN: subscriber: raft status unknown: {exc}", file=sys.stderr)
+                leading = bool(self.leading)
+            if leading != self.leading:
+                self.log.append(Event("subscriber.leader" if leading else "subscriber.standby",
+                                      self.writer, {"endpoint": self.endpoint}))
+                if leading and self.leading is not None:
+                    self._reconcile_why, self._next_reconcile = "leader", 0.0
+                self.leading = leading
+        return bool(self.leading)
+
+    def drain(self) -> int:
+        """A follower's turn: read and drop what arrived (the leader acts on it)."""
+        assert self.socket is not None
+        dropped = 0
+        while self.socket.poll(0):
+            self.socket.recv_multipart()
+            dropped += 1
+        self.counts["received"] += dropped
+        return dropped
+
     def stop(self, *_: object) -> None:
         self.should_stop = True
 
@@ -374,14 +419,19 @@ class Daemon:
         ready = dict(poller.poll(int(timeout * 1000)))
         if self.monitor in ready:
             self._on_monitor()
+        now = time.monotonic()
+        if not self.check_leader(now):
+            if self.socket in ready:
+                self.drain()
+            return
+        if now >= self._next_reconcile:  # a new leader reconciles before acting
+            self.reconcile(self._reconcile_why)
+            self._reconcile_why = "periodic"
         if self.socket in ready:
             self.dispatch(self.receive())
         now = time.monotonic()
         if self.should_stop:
             return
-        if now >= self._next_reconcile:
-            self.reconcile(self._reconcile_why)
-            self._reconcile_why = "periodic"
         due = [t for t in self._soon if t <= now]
         if now >= self._next_effects or due:
             self._soon = [t for t in self._soon if t > now]
@@ -401,8 +451,10 @@ class Daemon:
                                "subscriptions": [r.prefix.decode() for r in self.routes]}))
         failures = 0
         try:
-            self.reconcile("start")
-            self.notifier.ready(f"listening on {self.endpoint}")
+            if self.check_leader(time.monotonic()):
+                self.reconcile("start")
+            self.notifier.ready(f"listening on {self.endpoint}"
+                                + ("" if self.leading is not False else " (standby)"))
             while not self.should_stop:
                 try:
                     self.step()

@@ -6,6 +6,7 @@ with a real PUB socket that goes away and comes back."""
 from __future__ import annotations
 
 import signal
+import time
 
 import zmq
 
@@ -105,7 +106,7 @@ def test_reconnects_after_the_publisher_restarts(tmp_path):
     with EventLog(tmp_path / "events.db") as log:
         daemon = Daemon(f"tcp://127.0.0.1:{port}", log, reconcile=reconcile,
                         reconcile_every=3600, checkpoint_every=0, notifier=Notifier({}),
-                        context=context)
+                        context=context, leader=None)
         daemon.connect()
         try:
             wait_for(lambda: daemon.step(0.1) or daemon._connected, "connected", 10)
@@ -131,3 +132,67 @@ def test_subscriptions_are_the_routes_prefixes():
     prefixes = [r.prefix for r in ROUTES]
     assert b"EVENT STATE VM/DONE/" in prefixes
     assert all(not p.startswith(b"EVENT VM ") for p in prefixes)  # VM events once, not twice
+
+
+def test_only_the_leader_acts_and_a_new_leader_reconciles_first(tmp_path):
+    """Two subscribers on one bus (two front-ends of an HA zone, each with its log): the
+    follower drains, the leader acts; when leadership moves, the new leader reconciles
+    before it acts on the next message, the old one stands by."""
+    from onestorpool.subscribers.daemon import Route
+
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    leader = {"a": True}
+    acted: list[tuple[str, str]] = []
+
+    def daemon(name: str, log) -> Daemon:
+        route = Route("vm.done", b"EVENT STATE VM/DONE/", lambda e: e.state == "DONE",
+                      lambda d, e, seq: acted.append((name, f"vm {e.object_id}")))
+
+        def reconcile(log, *, why):
+            acted.append((name, f"reconcile {why}"))
+            return {}
+
+        return Daemon(f"tcp://127.0.0.1:{port}", log, routes=(route,), reconcile=reconcile,
+                      reconcile_every=3600, checkpoint_every=0, notifier=Notifier({}),
+                      context=context, leader=lambda: leader["a"] == (name == "a"),
+                      leader_every=0)
+
+    def message(vm_id: int) -> list[bytes]:
+        import base64
+
+        body = (f"<HOOK_MESSAGE><HOOK_TYPE>STATE</HOOK_TYPE><HOOK_OBJECT>VM</HOOK_OBJECT>"
+                f"<STATE>DONE</STATE><LCM_STATE>LCM_INIT</LCM_STATE><RESOURCE_ID>{vm_id}"
+                f"</RESOURCE_ID><REMOTE_HOST/><VM><ID>{vm_id}</ID></VM></HOOK_MESSAGE>")
+        return [f"EVENT STATE VM/DONE/LCM_INIT/{vm_id} ".encode(),
+                base64.b64encode(body.encode())]
+
+    with EventLog(tmp_path / "a.db") as log_a, EventLog(tmp_path / "b.db") as log_b:
+        a, b = daemon("a", log_a), daemon("b", log_b)
+        for d in (a, b):
+            d.connect()
+        try:
+            wait_for(lambda: [d.step(0.05) for d in (a, b)] and a._connected and b._connected,
+                     "both connected", 10)
+            time.sleep(0.3)  # past the slow joiner
+            pub.send_multipart(message(1))
+            wait_for(lambda: [d.step(0.05) for d in (a, b)] and ("a", "vm 1") in acted,
+                     "the leader acting", 10)
+            leader["a"] = False
+            pub.send_multipart(message(2))
+            wait_for(lambda: [d.step(0.05) for d in (a, b)] and ("b", "vm 2") in acted,
+                     "the new leader acting", 10)
+            for d in (a, b):
+                d.step(0.05)
+            assert acted == [("a", "reconcile start"), ("a", "vm 1"), ("b", "reconcile leader"),
+                             ("b", "vm 2")]
+            assert [r.type for r in log_b.read()].count("subscriber.leader") == 1
+            assert "subscriber.standby" in [r.type for r in log_a.read()]
+            assert a.counts["received"] >= 2 and b.counts["received"] >= 2
+        finally:
+            for d in (a, b):
+                d.close()
+            pub.close()
+            context.term()

@@ -28,12 +28,13 @@ def test_events_while_down_are_caught_on_start(cloud, start_daemon):
     alive = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="2"')
     volume, other = f"one-sys-{gone}-0-raw", f"one-sys-{alive}-0-raw"
     ts = int(time.time())
-    orphan = snap(w, volume, f"{volume}-ONESNAP-1-{ts}", OURS)
-    kept = [snap(w, volume, f"{volume}-ONESNAP-2-{ts}", {"virt": "one", "nloc": "other"}),
-            snap(w, volume, f"{volume}-ONESNAP-3-{ts}", {}),  # made by hand
-            snap(w, volume, f"{volume}-ONESNAP-4-{ts}", OURS, delete_after=3600),
+    # backup snapshots: the TM's delete leaves them (it takes disk and VM snapshots)
+    orphan = snap(w, volume, f"{volume}-ONEBACKUP-{ts}", OURS)
+    kept = [snap(w, volume, f"{volume}-ONEBACKUP-{ts + 1}", {"virt": "one", "nloc": "other"}),
+            snap(w, volume, f"{volume}-ONEBACKUP-{ts + 2}", {}),  # made by hand
+            snap(w, volume, f"{volume}-ONEBACKUP-{ts + 3}", OURS, delete_after=3600),
             snap(w, volume, f"{volume}-mine", OURS),  # not one of the add-on's names
-            snap(w, other, f"{other}-ONESNAP-1-{ts}", OURS)]  # its VM still runs
+            snap(w, other, f"{other}-ONEBACKUP-{ts}", OURS)]  # its VM still runs
     # nobody listens: the DONE message and the tombstone's request wait in the log
     w.srv.vm.action("terminate", gone)
     w.oned.wait_vm(gone, "DONE")
