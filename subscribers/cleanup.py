@@ -119,12 +119,15 @@ def remove(log: EventLog, sp: StorPoolClient, orphan: Orphan, runner: str,
 
 def cleanup(log: EventLog, sp: StorPoolClient, naming: Naming, loc: tuple[str, str],
             owners: Owners | Callable[[], Owners], *, position: int,
-            runner: str = "subscriber") -> dict[str, int]:
+            runner: str = "subscriber",
+            stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
     """Remove the orphans; ``owners`` is called *after* StorPool's snapshot list is read."""
     counts: dict[str, int] = {}
     snapshots = sp.snapshots_list()
     known = owners() if callable(owners) else owners
     for orphan in orphans(snapshots, naming, loc, known):
+        if stop():
+            break
         status = remove(log, sp, orphan, runner, position).split(":")[0]
         counts[status] = counts.get(status, 0) + 1
     return counts

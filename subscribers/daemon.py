@@ -298,8 +298,9 @@ class Daemon:
 
         head = self.log.head()[0]
         if head > self._cursor:
-            run_pending(self.log, self._cursor)
-            self._cursor = head
+            counts = run_pending(self.log, self._cursor, stop=lambda: self.should_stop)
+            if not counts.get("left"):
+                self._cursor = head
 
     def scan_soon(self) -> None:
         now = time.monotonic()
@@ -345,9 +346,11 @@ class Daemon:
     def reconcile(self, why: str) -> None:
         from onestorpool.subscribers import reconcile
 
-        run = self._reconcile or reconcile.reconcile
         try:
-            summary = run(self.log, why=why)
+            if self._reconcile is not None:
+                summary = self._reconcile(self.log, why=why)
+            else:
+                summary = reconcile.reconcile(self.log, why=why, stop=lambda: self.should_stop)
         finally:
             self.counts["reconciliations"] += 1
             self._next_reconcile = time.monotonic() + self.reconcile_every
@@ -444,6 +447,9 @@ class Daemon:
         import faulthandler
 
         faulthandler.register(signal.SIGUSR1)  # kill -USR1: where is it stuck?
+        from onestorpool.subscribers import notify
+
+        notify.install(self.notifier)
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.connect()
         self.log.append(Event("subscriber.started", self.writer,

@@ -17,6 +17,7 @@ from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.replay import register_handler
 from onestorpool.eventlog.store import EventLog
 from onestorpool.storpool import NotFound, StorPoolClient
+from onestorpool.subscribers import notify
 
 
 class EffectError(AddonError):
@@ -101,6 +102,7 @@ def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | Non
                 # the next run finds the copy (by its tag) or sends again
                 raise EffectError(f"{tombstone}: the backup sent to {location} "
                                   f"({remote_id}) is not listed there after {timeout:.0f}s")
+            notify.alive()
             sleep(min(5.0, max(0.1, timeout / 100)))
         # Confirmed: only now the local helpers go.
         _drop_helpers(sp, carrier, reply.get("autoName"))

@@ -57,3 +57,18 @@ class Notifier:
             return False
         self._last_ping = now
         return self.send("WATCHDOG=1")
+
+
+_current: Notifier | None = None
+
+
+def install(notifier: Notifier) -> None:
+    """Make ``notifier`` the one :func:`alive` pings (the daemon's)."""
+    global _current
+    _current = notifier
+
+
+def alive() -> None:
+    """A long step (a backup being confirmed) tells systemd's watchdog it is not stuck."""
+    if _current is not None:
+        _current.watchdog()

@@ -52,10 +52,16 @@ def oned_owners() -> Owners:
     return Owners(vms=vms, images=images)
 
 
-def run_pending(log: EventLog, since_seq: int = 0, runner: str = "subscriber") -> dict[str, int]:
+def run_pending(log: EventLog, since_seq: int = 0, runner: str = "subscriber",
+                stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
+    """Run the pending effects, one after the other until ``stop()`` says so (SIGTERM: the
+    one in flight finishes, the others wait for the next run)."""
     load_handlers()
     counts: dict[str, int] = {}
     for pending in pending_effects(log, since_seq):
+        if stop():
+            counts["left"] = counts.get("left", 0) + 1
+            continue
         outcome = run_effect(log, pending.requested_by, runner)
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         if outcome.status == "failed":
@@ -98,7 +104,8 @@ def request_unrequested_tombstones(log: EventLog, config: Any, sp: Any) -> int:
 
 
 def reconcile(log: EventLog, *, why: str, owners: Callable[[], Owners] = oned_owners,
-              runner: str = "subscriber") -> dict[str, Any]:
+              runner: str = "subscriber",
+              stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     from onestorpool import config as config_module
     from onestorpool.storpool import StorPoolClient
 
@@ -110,13 +117,13 @@ def reconcile(log: EventLog, *, why: str, owners: Callable[[], Owners] = oned_ow
             summary["requested"] = request_unrequested_tombstones(log, config, sp)
     except Exception as exc:
         summary["tombstones_error"] = f"{type(exc).__name__}: {exc}"
-    summary["effects"] = run_pending(log, 0, runner)
-    if config["CLEANUP_ORPHAN_SNAPSHOTS"]:
+    summary["effects"] = run_pending(log, 0, runner, stop)
+    if config["CLEANUP_ORPHAN_SNAPSHOTS"] and not stop():
         try:
             with StorPoolClient.from_config(config) as sp:
                 summary["cleanup"] = cleanup(
                     log, sp, config.naming(), (config["LOC_TAG"], config.loc_tag_value),
-                    owners, position=start, runner=runner)
+                    owners, position=start, runner=runner, stop=stop)
         except Exception as exc:
             summary["cleanup_error"] = f"{type(exc).__name__}: {exc}"
     log.append(Event(RECONCILED, _writer("reconcile"), summary))
