@@ -170,7 +170,7 @@ UNUSED = frozenset("""
     DISK_SNAPSHOT_FSFREEZE DISK_SAVEAS_FSFREEZE UPDATE_ONE_DISK_SIZE
     UPDATE_IMAGE_ON_IMPORT DS_CP_FORCE_DEV_PREFIX TAG_CONTEXT_ISO
     FORCE_DETACH_BY_TAG FORCE_DETACH_OTHER_MV FORCE_DETACH_OTHER_CONTEXT ONE_TPM_SAVE
-    LIMIT_TRANSFER_BW CLONE_COMPRESSION RAFT_LEADER_IP MKSWAP LOG_TO_FILE VM_TAG
+    LIMIT_TRANSFER_BW CLONE_COMPRESSION MKSWAP LOG_TO_FILE VM_TAG
 """.split())
 
 
@@ -244,7 +244,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STAGING_DIR", "/var/tmp", parse_str, "scratch directory for exports"),
     Setting("COPY_CMD_DD_BS", "1M", parse_dd_size, "dd block size writing imported data"),
     Setting("CLONE_COMPRESSION", "", parse_str, "compress cross-cluster clone streams"),
-    Setting("RAFT_LEADER_IP", "", parse_str, "restrict periodic work to the leader"),
+    Setting("RAFT_LEADER_IP", "", parse_str,
+            "the subscriber acts only while this IP is local (the HA leader's floating IP); "
+            "empty: while oned leads its zone (one.zone.raftstatus); disabled: always"),
     Setting("ONE_XMLRPC", "", parse_str, "oned XML-RPC endpoint"),
     Setting("ONE_CALL_RETRIES", "3", parse_int, "retries of oned calls"),
     Setting("STORPOOL_RETRIES", "10", parse_int, "tries of a transient StorPool call"),

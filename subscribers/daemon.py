@@ -132,6 +132,37 @@ def raft_leader() -> bool:
     return (status.findtext("STATE") or "").strip() in ("0", "3")
 
 
+def ip_is_local(address: str) -> bool:
+    """Whether ``address`` is one of this machine's (the Bash add-on asked ``ip route get``
+    for ``local``): binding to it works only then."""
+    import ipaddress
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 \
+            else socket.AF_INET
+    except ValueError:
+        raise AddonError(f"RAFT_LEADER_IP: not an IP address: {address!r}") from None
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def leader_check(config: Any) -> Callable[[], bool] | None:
+    """``RAFT_LEADER_IP``: ``disabled`` acts always, an address acts while it is local (the
+    HA floating IP of the leader, as the Bash add-on's periodic jobs did), empty asks oned
+    (:func:`raft_leader`)."""
+    address = str(config["RAFT_LEADER_IP"]).strip()
+    if address == "disabled":
+        return None
+    if address:
+        return lambda: ip_is_local(address)
+    return raft_leader
+
+
 def endpoint(config: Any, given: str | None = None) -> str:
     if given:
         return given
@@ -514,6 +545,7 @@ def run(args: argparse.Namespace) -> int:
             reconcile_every=args.reconcile_interval if args.reconcile_interval is not None
             else config["SUBSCRIBER_RECONCILE_INTERVAL"],
             checkpoint_every=args.checkpoint_interval if args.checkpoint_interval is not None
-            else config["SUBSCRIBER_CHECKPOINT_INTERVAL"])
+            else config["SUBSCRIBER_CHECKPOINT_INTERVAL"],
+            leader=leader_check(config))
         print(f"subscriber: listening on {daemon.endpoint}, log {log.path}", flush=True)
         return daemon.run()

@@ -47,6 +47,7 @@ def test_terminate_and_image_delete_ship_tombstones_once(cloud, start_daemon):
     assert daemon.notified("STOPPING=1")
     assert daemon.notified("WATCHDOG=1")  # WATCHDOG_USEC=2s: pinged every second
     assert events(w)[-1].type == "subscriber.stopped"
+    assert events(w, "log.checkpoint")  # the first one at once, then hourly
 
 
 def test_malformed_messages_are_logged_and_skipped(cloud, start_daemon):
@@ -196,3 +197,17 @@ def test_only_the_leader_acts_and_a_new_leader_reconciles_first(tmp_path):
                 d.close()
             pub.close()
             context.term()
+
+
+def test_raft_leader_ip_decides_where_it_acts(tmp_path):
+    from onestorpool import config
+    from onestorpool.subscribers.daemon import ip_is_local, leader_check, raft_leader
+
+    assert ip_is_local("127.0.0.1") and not ip_is_local("192.0.2.77")  # TEST-NET-1
+    rc = tmp_path / "rc"
+    for value, expected in (("disabled", None), ("127.0.0.1", True), ("192.0.2.77", False)):
+        rc.write_text(f"RAFT_LEADER_IP={value}\n")
+        check = leader_check(config.load(rc_paths=[rc], storpool_paths=[], environ={}))
+        assert (check if check is None else check()) == expected
+    rc.write_text("")
+    assert leader_check(config.load(rc_paths=[rc], storpool_paths=[], environ={})) is raft_leader
