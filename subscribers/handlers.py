@@ -9,7 +9,9 @@ failed, ``onestorpool log replay --execute`` (or ``onestorpool remote-send``) ru
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from onestorpool.errors import AddonError
@@ -67,6 +69,22 @@ def _drop_helpers(sp: StorPoolClient, carrier: str, sent_from: str | None) -> No
             sp.snapshot_delete(str(sent_from))
 
 
+@contextlib.contextmanager
+def sending_lock(log: EventLog) -> Iterator[None]:
+    """One sender at a time on this front-end (the daemon, a hook, ``log replay``): the
+    check for a copy on the remote and the send it decides are one step, so two runners
+    never both send (a lock file beside the log; the kernel frees it if the holder dies)."""
+    import fcntl
+
+    path = f"{log.path}.send.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | None = None,
                   sleep: Any = time.sleep) -> dict[str, Any]:
     """Ship the tombstone ``record`` asks for, once: a copy already on the remote (sent by
@@ -77,7 +95,7 @@ def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | Non
     tombstone, location = str(effect["snapshot"]), str(effect["location"])
     tags = {**effect.get("tags", {}), "tombstone": tombstone}
     timeout = CONFIRM_TIMEOUT if confirm_timeout is None else confirm_timeout
-    with storpool_for(effect) as sp:
+    with sending_lock(log), storpool_for(effect) as sp:
         carrier = f"{tombstone}-send"
         found = _on_remote(sp, location, tombstone)
         if found is not None:  # an earlier run sent it and died: finish its clean-up

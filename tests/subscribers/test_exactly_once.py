@@ -86,3 +86,24 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(cloud, start_daemon)
     verify = subprocess.run([sys.executable, "-m", "onestorpool.cli", "log", "verify"],
                             env=subscriber_env(w), capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_concurrent_runners_send_each_tombstone_once(cloud):
+    """Four runners at once (the daemon, a hook, two admins' replays look alike to the log):
+    the remote check and the send are one step, so no tombstone travels twice."""
+    w, *_, remote = cloud
+    sp, naming, tags = w.frontend.sp, Naming("one"), Tags("nloc", "one")
+    for i in range(6):
+        volume = f"one-img-{i}"
+        sp.volume_create(volume, size=MIB, tags=OURS)
+        fields = retire_volume(sp, naming, tags, volume, delay=0, remote=("backup-site", ""))
+        append_event("ds.rm", writer="ds/rm", payload=fields, image=i, volume=volume,
+                     path=w.frontend.env["ONESTORPOOL_EVENTLOG"])
+    runners = [subprocess.Popen([sys.executable, "-m", "onestorpool.cli", "log", "replay",
+                                 "--execute"], env=subscriber_env(w), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outputs = [r.communicate(timeout=120)[0] for r in runners]
+    assert all(r.returncode == 0 for r in runners), outputs
+    copies = Counter(c["tags"]["tombstone"] for c in remote_copies(remote))
+    assert len(copies) == 6 and set(copies.values()) == {1}
+    assert len(events(w, "effect.done")) == 6
