@@ -12,7 +12,9 @@ A snapshot is removed only when all of these hold:
 * its owner is gone: the VM it belongs to is DONE (the bus said so) or absent from oned's VM
   pool, or, for a snapshot of an image, the image is absent from the image pool. The pools
   are read *after* the snapshot list, so an object allocated before its snapshot was made is
-  always seen; an unreadable pool removes nothing.
+  always seen; an unreadable pool removes nothing. Or it is a temporary (a marketplace
+  export's snapshot, a restore's or revert's temporary: :data:`TEMPORARY`) older than
+  :data:`TEMPORARY_MAX_AGE`, whoever owns it: the action that made it is long over.
 
 Each removal has the idempotency key ``cleanup:<name>:<globalId>`` and is recorded
 (``cleanup.snapshot``, ``removed`` listing the name) with its tracking row in one
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,8 @@ CLEANUP = "cleanup"  # the tracking consumer
 CLEANUP_EVENT = "cleanup.snapshot"
 CLEANABLE = frozenset({"disk_snapshot", "vm_snapshot", "backup", "export", "revert_temp",
                        "vmsnap_revert_temp", "restore_temp"})
+TEMPORARY = frozenset({"export", "revert_temp", "vmsnap_revert_temp", "restore_temp"})
+TEMPORARY_MAX_AGE = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ class Orphan:
 
 
 def orphans(snapshots: Iterable[Mapping[str, Any]], naming: Naming, loc: tuple[str, str],
-            owners: Owners) -> list[Orphan]:
+            owners: Owners, now: float | None = None) -> list[Orphan]:
+    now = time.time() if now is None else now
     found = []
     for snapshot in snapshots:
         name = str(snapshot.get("name", ""))
@@ -81,6 +87,10 @@ def orphans(snapshots: Iterable[Mapping[str, Any]], naming: Naming, loc: tuple[s
                 reason = f"VM {vm} is not in oned's pool"
         elif image is not None and owners.images is not None and image not in owners.images:
             reason = f"image {image} is not in oned's pool"
+        created = snapshot.get("creationTimestamp")
+        if reason is None and parsed.kind in TEMPORARY and isinstance(created, (int, float)) \
+                and now - created > TEMPORARY_MAX_AGE:
+            reason = f"a {parsed.kind} left for {int((now - created) // 3600)}h"
         if reason is not None:
             found.append(Orphan(name, str(snapshot.get("globalId", "")), reason, vm, image))
     return found

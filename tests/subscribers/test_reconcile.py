@@ -136,5 +136,11 @@ def test_orphans_never_leave_the_namespace():
     assert [o.name for o in found] == ["one-sys-5-0-raw-snap1",
                                        "one-img-3-5-0-ONESNAP-1-1700000000", "one-img-3-snap2"]
     assert orphans(snapshots, naming, loc, Owners()) == []  # oned unreadable: nothing
+    old, new = 1_000_000, 1_000_000 + 25 * 3600
+    temporaries = [s("one-img-4-export-ab12cd", creationTimestamp=old),
+                   s("one-img-4-export-ef34gh", creationTimestamp=new - 3600),
+                   s("one-img-4-snap1", creationTimestamp=old)]  # not a temporary
+    assert [o.name for o in orphans(temporaries, naming, loc, Owners(images=frozenset({4})),
+                                    now=new)] == ["one-img-4-export-ab12cd"]
     assert [o.name for o in orphans(snapshots, naming, loc, Owners(gone_vm=6))] == [
         "one-sys-6-0-raw-snap1"]
