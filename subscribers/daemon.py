@@ -496,10 +496,14 @@ class Daemon:
                 try:
                     self.step()
                     failures = 0
-                except (AddonError, OSError, zmq.ZMQError) as exc:
-                    # the log or a peer failing: back off, never crash-loop
+                except Exception as exc:
+                    # the log or a peer failing (or a bug): back off, never crash-loop
                     failures += 1
                     delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    if not isinstance(exc, (AddonError, OSError, zmq.ZMQError)):
+                        import traceback
+
+                        traceback.print_exc(file=sys.stderr)
                     print(f"WARN: subscriber: {exc}; again in {delay:.1f}s", file=sys.stderr)
                     deadline = time.monotonic() + delay
                     while not self.should_stop and time.monotonic() < deadline:
