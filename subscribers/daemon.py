@@ -159,6 +159,7 @@ def leader_check(config: Any) -> Callable[[], bool] | None:
     if address == "disabled":
         return None
     if address:
+        ip_is_local(address)  # a wrong value is one error at start, not a warning every 5s
         return lambda: ip_is_local(address)
     return raft_leader
 

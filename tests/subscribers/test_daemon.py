@@ -8,8 +8,10 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 import zmq
 
+from onestorpool.errors import AddonError
 from onestorpool.eventlog import EventLog
 from onestorpool.subscribers.daemon import ROUTES, Daemon
 from onestorpool.subscribers.notify import Notifier
@@ -211,3 +213,6 @@ def test_raft_leader_ip_decides_where_it_acts(tmp_path):
         assert (check if check is None else check()) == expected
     rc.write_text("")
     assert leader_check(config.load(rc_paths=[rc], storpool_paths=[], environ={})) is raft_leader
+    rc.write_text("RAFT_LEADER_IP=leader.example\n")
+    with pytest.raises(AddonError, match="not an IP address"):
+        leader_check(config.load(rc_paths=[rc], storpool_paths=[], environ={}))
