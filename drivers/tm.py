@@ -402,7 +402,7 @@ def delete(ctx: TmContext) -> str:
             name = str(snapshot.get("name", ""))
             parsed = ctx.naming.parse(name)
             if (parsed is not None and parsed.kind == "vm_snapshot"
-                    and not snapshot.get("deleted")
+                    and not snapshot.get("deleted") and _tagged_for(ctx, snapshot, vm.id)
                     and any(name.startswith(ctx.naming.vm_snapshot_marker(n)) for n in names)
                     and delete_snapshot(ctx.sp, name)):
                 removed.append(name)
@@ -424,6 +424,17 @@ def delete(ctx: TmContext) -> str:
         unlink_disk(host, where.path)
     ctx.event.update(removed=removed)
     return ""
+
+
+def _tagged_for(ctx: TmContext, snapshot: dict[str, Any], vm_id: int | None) -> bool:
+    """A VM snapshot is this instance's (and this VM's) by its tags when it has them; the
+    Bash add-on's untagged ones go by their name alone."""
+    tags = snapshot.get("tags") or {}
+    location = tags.get(ctx.tags.loc_tag)
+    if location is not None and location != ctx.tags.loc_value:
+        return False
+    owner = tags.get(ctx.tags.vm_tag) if ctx.tags.vm_tag else None
+    return vm_id is None or owner is None or owner == str(vm_id)
 
 
 def _vm_snapshots_go(ctx: TmContext) -> bool:
@@ -449,7 +460,8 @@ def _delete_with_snapshots(ctx: TmContext, volume: str, delay: int,
             continue
         mine = (parsed.kind == "disk_snapshot" and name.rsplit("-snap", 1)[0] == volume) or (
             vm_snapshots and parsed.kind == "vm_snapshot"
-            and name.startswith(ctx.naming.vm_snapshot_marker(volume)))
+            and name.startswith(ctx.naming.vm_snapshot_marker(volume))
+            and _tagged_for(ctx, snapshot, None))
         if mine and delete_snapshot(ctx.sp, name):
             removed.append(name)
     with contextlib.suppress(NotFound):

@@ -417,3 +417,18 @@ def test_another_instances_volume_is_never_attached(cloud, action):
     assert done.returncode == 1
     assert "other-img-3 is not this instance's volume (ONE_PX=one)" in done.stderr
     assert attachments(w) == {} and w.frontend.storpool_names() == {"other-img-3"}
+
+
+def test_terminate_takes_the_vms_snapshots_but_not_another_instances(cloud):
+    w, _image_ds, system_ds, (node1, _node2) = cloud
+    vm_id = deploy(w, system_ds, node1, 'TYPE="fs",SIZE="1"')
+    volume = f"one-sys-{vm_id}-0-raw"
+    sp = w.frontend.sp
+    sp.volume_snapshot(volume, f"{volume}-ONESNAP-1-100", tags={"nloc": "one",
+                                                                  "nvm": str(vm_id)})
+    sp.volume_snapshot(volume, f"{volume}-ONESNAP-2-200")  # the Bash add-on's, untagged
+    sp.volume_snapshot(volume, f"{volume}-ONESNAP-3-300", tags={"nloc": "elsewhere"})
+    w.srv.vm.action("terminate", vm_id)
+    w.oned.wait_vm(vm_id, "DONE")
+    left = {s["name"] for s in sp.snapshots_list() if not s.get("deleted")}
+    assert left == {f"{volume}-ONESNAP-3-300"}
