@@ -13,8 +13,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from onestorpool import config
 from onestorpool.naming import Naming
 from onestorpool.sandbox.frontend import ds_action, image_xml, make_frontend
 from onestorpool.sandbox.storpool import StorPoolSandbox
@@ -193,6 +196,7 @@ def cloud_sandbox(workdir: Path) -> None:
             f"{image.SIZE} MB, FORMAT {image.FORMAT}")
         if image.STATE != 1:
             raise SystemExit(f"demo: image import failed: {image.TEMPLATE.get('ERROR')}")
+        vm_on_storpool(srv, directory, ds_id, image_id)
         srv.image.delete(image_id)
         time.sleep(1)
         step("hook bus events received on a ZeroMQ SUB socket")
@@ -206,6 +210,74 @@ def cloud_sandbox(workdir: Path) -> None:
         subprocess.run([*cli, "down", "--dir", str(directory)], capture_output=True,
                        check=False)
     say("sandbox down")
+
+
+def wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: waited {timeout:.0f}s for {what}")
+        time.sleep(0.2)
+    return value
+
+
+def vm_on_storpool(srv: Any, directory: Path, image_ds: int, image_id: int) -> None:
+    """A VM whose every disk is a StorPool volume: deployed through the real TM and the
+    add-on's deploy-tweaks, a VM snapshot (one atomic group snapshot), a suspend/resume
+    whose checkpoint is a StorPool volume (SP_CHECKPOINT_BD), terminated."""
+    rc = directory / "var/lib/one/remotes/addon-storpoolrc"
+    rc.write_text(rc.read_text() + "SP_CHECKPOINT_BD=1\n")  # the checkpoint on StorPool
+    os.environ["ONESTORPOOL_ROOT"] = str(directory)
+    try:
+        sp = StorPoolClient.from_config(config.load())
+    finally:
+        del os.environ["ONESTORPOOL_ROOT"]
+
+    def state(vm_id: int) -> str:
+        vm = srv.vm.info(vm_id)
+        return f"{vm.STATE}/{vm.LCM_STATE}"
+
+    step("a VM on StorPool: a clone of the image, a volatile disk and context, on node1")
+    system_ds = srv.datastore.allocate('NAME="storpool-system"\nTYPE="SYSTEM_DS"\n'
+                                       'TM_MAD="storpool"', -1)
+    srv.host.allocate("node1", "kvm", "kvm", -1)
+    vm_id = srv.vm.allocate(
+        f'NAME="web"\nCPU="1"\nMEMORY="64"\nDISK=[IMAGE_ID="{image_id}"]\n'
+        'DISK=[TYPE="fs",SIZE="16",FORMAT="raw"]\nCONTEXT=[NETWORK="YES"]\n'
+        f'SCHED_DS_REQUIREMENTS="ID={system_ds}"', False)
+    wait("the VM to run", lambda: state(vm_id) == "3/3")  # the scheduler deployed it
+    clients = {}
+    for item in sp.attachments_list():
+        clients.setdefault(item["volume"], []).append(item["client"])
+    for volume in sorted(v["name"] for v in sp.volumes_list() if f"-{vm_id}-" in v["name"]):
+        say(f"{volume:24} attached to client {clients.get(volume)}")
+
+    step("a VM snapshot: every disk in one atomic VolumesGroupSnapshot")
+    snap = srv.vm.snapshotcreate(vm_id, "before-upgrade")
+    taken = wait("the snapshot", lambda: next(
+        (s for s in (srv.vm.info(vm_id).TEMPLATE.get("SNAPSHOT") or [])
+         if s.get("HYPERVISOR_ID")), None))
+    say(f"snapshot {snap}, HYPERVISOR_ID {taken['HYPERVISOR_ID']}")
+    for name in sorted(s["name"] for s in sp.snapshots_list() if taken["HYPERVISOR_ID"] in
+                       s["name"]):
+        say(f"  {name}")
+
+    step("suspend and resume: the checkpoint written to a StorPool volume, not to the host")
+    srv.vm.action("suspend", vm_id)
+    wait("the VM to be suspended", lambda: state(vm_id) == "5/0")
+    checkpoint = f"one-sys-{vm_id}-rawcheckpoint"
+    folder = directory / f"hosts/node1/var/lib/one/datastores/{system_ds}/{vm_id}"
+    on_host = folder / "checkpoint"
+    say(f"suspended: volume {checkpoint} exists: {sp.volume_exists(checkpoint)}; "
+        f"checkpoint file on the host: {on_host.is_file() and not on_host.is_symlink()}")
+    srv.vm.action("resume", vm_id)
+    wait("the VM to run again", lambda: state(vm_id) == "3/3")
+    say(f"resumed: volume {checkpoint} exists: {sp.volume_exists(checkpoint)}")
+    srv.vm.action("terminate-hard", vm_id)
+    wait("the VM to be gone", lambda: state(vm_id) == "6/0")
+    left = sorted(v["name"] for v in sp.volumes_list() if f"-{vm_id}-" in v["name"])
+    say(f"terminated: volumes of VM {vm_id} left on StorPool: {left or 'none'}")
+    sp.close()
 
 
 def main(argv: list[str] | None = None) -> int:

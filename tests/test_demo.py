@@ -13,5 +13,11 @@ def test_demo_runs_and_reads_back_the_data(tmp_path, monkeypatch, capsys):
     assert "snapshots left: []" in out
     assert out.count("data identical") == 2  # the VMDK and the VHDX import
     assert "image 0 state READY" in out and "'EVENT STATE IMAGE/READY//0 '" in out
+    # the VM: every disk in one group snapshot, the checkpoint on StorPool, nothing left
+    assert out.count("-ONESNAP-0-") == 3
+    assert "volume one-sys-0-rawcheckpoint exists: True; checkpoint file on the host: False" \
+        in out
+    assert "resumed: volume one-sys-0-rawcheckpoint exists: False" in out
+    assert "volumes of VM 0 left on StorPool: none" in out
     assert "sandbox down" in out
     assert "demo finished" in out

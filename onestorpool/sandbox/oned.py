@@ -116,12 +116,11 @@ from onestorpool.sandbox.oned_vmops import LIVE_DISK_SNAPSHOTS, DiskOps, Snapsho
 # of a developer's environment, ONE_XMLRPC included, must not leak into the drivers).
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH",
                  "COVERAGE_PROCESS_START", "COVERAGE_FILE")
-# VM_MAD "-l" for 'sandbox up': of the add-on's local actions (reference addon-storpool.md
-# §6.2), those that need nothing on the host.
-# deploy-tweaks, attach_disk.storpool and tmsave/tmrestore hand over to the host's native KVM
-# scripts, which the sandbox's directory hosts do not have (the oned sandbox emulates what
-# those would do when no local action is declared).
-ADDON_VMM_LOCAL = ("snapshotcreate=snapshot_create-storpool,"
+# VM_MAD "-l" of an add-on install (reference addon-storpool.md §6.2; 'sandbox up' declares
+# those whose scripts exist): the hosts' native KVM scripts they hand over to are the
+# sandbox's stand-ins (onestorpool.sandbox.kvm_host).
+ADDON_VMM_LOCAL = ("deploy=deploy-tweaks,attach_disk=attach_disk.storpool,save=tmsave,"
+                   "restore=tmrestore,snapshotcreate=snapshot_create-storpool,"
                    "snapshotrevert=snapshot_revert-storpool,"
                    "snapshotdelete=snapshot_delete-storpool")
 

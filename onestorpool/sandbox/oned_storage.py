@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 
 from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.kvm_host import install_native_kvm
 from onestorpool.sandbox.oned_core import DATASTORE_LOCATION, SandboxCore
 from onestorpool.sandbox.oned_objects import (
     ACTION,
@@ -288,6 +289,7 @@ class Hosts:
             self.core.hosts[host_id] = host
         directory = self.core.hosts_root / name
         directory.mkdir(parents=True, exist_ok=True)
+        install_native_kvm(directory)  # what `onehost sync` leaves on a node
         client_id = self._storpool_client(name, directory)
         with self.core.lock:
             host.template.update(SP_OURID=str(client_id))
