@@ -197,7 +197,7 @@ def cloud_sandbox(workdir: Path) -> None:
         if image.STATE != 1:
             raise SystemExit(f"demo: image import failed: {image.TEMPLATE.get('ERROR')}")
         vm_on_storpool(srv, directory, ds_id, image_id)
-        srv.image.delete(image_id)
+        remote_backup_on_delete(srv, directory, workdir, image_id)
         time.sleep(1)
         step("hook bus events received on a ZeroMQ SUB socket")
         while events.poll(500):
@@ -278,6 +278,40 @@ def vm_on_storpool(srv: Any, directory: Path, image_ds: int, image_id: int) -> N
     left = sorted(v["name"] for v in sp.volumes_list() if f"-{vm_id}-" in v["name"])
     say(f"terminated: volumes of VM {vm_id} left on StorPool: {left or 'none'}")
     sp.close()
+
+
+def remote_backup_on_delete(srv: Any, directory: Path, workdir: Path, image_id: int) -> None:
+    """REMOTE_BACKUP_DELETE: deleting the image leaves a tombstone snapshot; the subscriber
+    (started by sandbox up) ships it to a second StorPool cluster, confirms the copy there,
+    then lets the local one go. The event log tells the whole story."""
+    import json
+    import urllib.request
+
+    step("image delete with REMOTE_BACKUP_DELETE: the subscriber ships it to another cluster")
+    with StorPoolSandbox(workdir / "backup-site", token="backup-token") as remote:
+        settings = dict(line.split("=", 1) for line in (directory / "etc/storpool.conf")
+                        .read_text().splitlines() if "=" in line)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{settings['SP_API_HTTP_PORT']}/sandbox/locations",
+            data=json.dumps({"name": "backup-site", "url": remote.url,
+                             "token": remote.token}).encode(), method="POST",
+            headers={"Authorization": f"Storpool v1:{settings['SP_AUTH_TOKEN']}"})
+        urllib.request.urlopen(request, timeout=10).close()
+        rc = directory / "var/lib/one/remotes/addon-storpoolrc"
+        rc.write_text(rc.read_text() + 'REMOTE_BACKUP_DELETE="backup-site"\n')
+        srv.image.delete(image_id)
+        copies = wait("the copy on the remote cluster", lambda: [
+            s for s in remote.cluster.snapshots.values() if not s.get("deleted")], 120)
+        for copy in copies:
+            say(f"backup-site holds {copy['name']} ({copy['size'] >> 20} MiB, tags "
+                f"{copy.get('tags')})")
+        time.sleep(1)  # the subscriber records its outcome after the remote lists the copy
+    step("the audit trail: onestorpool log show")
+    shown = subprocess.run([sys.executable, "-m", "onestorpool.cli", "log", "show", "--log",
+                            str(directory / "events.db")], capture_output=True, text=True,
+                           check=True)
+    for line in shown.stdout.splitlines():
+        say(line)
 
 
 def main(argv: list[str] | None = None) -> int:

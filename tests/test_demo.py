@@ -19,5 +19,8 @@ def test_demo_runs_and_reads_back_the_data(tmp_path, monkeypatch, capsys):
         in out
     assert "resumed: volume one-sys-0-rawcheckpoint exists: False" in out
     assert "volumes of VM 0 left on StorPool: none" in out
+    # the deleted image's tombstone reached the other cluster; the log tells the story
+    assert "backup-site holds one-img-0-ONEDELETE-" in out
+    assert " ds.rm " in out and " effect.done " in out and "remote_backup:one-img-0-" in out
     assert "sandbox down" in out
     assert "demo finished" in out
