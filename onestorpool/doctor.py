@@ -241,11 +241,6 @@ class Doctor:
         self.add("event log", OK, f"{path} writable by {self.user}")
 
     def subscriber(self) -> None:
-        from onestorpool.cli import COMMANDS
-
-        if not any(c.words[:1] == ("subscriber",) for c in COMMANDS):
-            self.add("subscriber", SKIP, "the subscriber daemon is not part of this release")
-            return
         systemctl = shutil.which("systemctl")
         if systemctl is None:
             self.add("subscriber", WARN, "no systemctl here: cannot tell whether it runs")

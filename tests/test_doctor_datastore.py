@@ -80,12 +80,30 @@ def test_doctor_all_green_then_each_missing_piece_named_with_its_fix(cloud, caps
                            skip_vmm_execrc=True)
     install.install(opts, out=lambda line: None)
     code, checks = doctor(capsys)
-    assert {name: c["status"] for name, c in checks.items()} == {
-        "configuration": "ok", "oned": "ok", "StorPool API": "ok",
-        "datastore templates": "ok", "oned.conf": "ok", "drivers": "ok", "qemu-img": "ok",
-        "group disk": "ok",
-        "SP_OURID": "ok", "event log": "ok", "subscriber": "skip"}, checks
-    assert code == 0
+    assert checks["subscriber"]["status"] in ("fail", "warn")  # no unit runs here
+    # systemd says the subscriber's unit is active (a systemctl on PATH that says so)
+    shims = cloud / "shims"
+    shims.mkdir()
+    (shims / "systemctl").write_text('#!/bin/sh\n[ "$*" = "is-active onestorpool-subscriber.'
+                                     'service" ] && echo "${UNIT_STATE:-active}"\n')
+    (shims / "systemctl").chmod(0o755)
+    os.environ["PATH"] = f"{shims}:{os.environ['PATH']}"
+    try:
+        code, checks = doctor(capsys)
+        assert {name: c["status"] for name, c in checks.items()} == {
+            "configuration": "ok", "oned": "ok", "StorPool API": "ok",
+            "datastore templates": "ok", "oned.conf": "ok", "drivers": "ok",
+            "qemu-img": "ok", "group disk": "ok", "SP_OURID": "ok", "event log": "ok",
+            "subscriber": "ok"}, checks
+        assert code == 0
+        os.environ["UNIT_STATE"] = "inactive"
+        code, checks = doctor(capsys)
+        assert code == 1 and checks["subscriber"]["status"] == "fail"
+        fix = checks["subscriber"]["fix"]
+        assert fix == "systemctl enable --now onestorpool-subscriber.service"
+    finally:
+        os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
+        os.environ.pop("UNIT_STATE", None)
 
     # a StorPool datastore without its template (recreated after: the sandbox is shared)
     ds = one().datastore.allocate('NAME="bare"\nDS_MAD="storpool"\nTM_MAD="storpool"\n'
