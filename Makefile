@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := qemu-utils libvirt-clients sqlite3 genisoimage openssh-server openssh-client
+APT_PACKAGES := qemu-utils libvirt-clients libxml2-utils sqlite3 genisoimage openssh-server openssh-client
 # packages: rpmbuild (rpm), dpkg-deb (dpkg-dev), their linters, systemd-analyze
 APT_PACKAGES += rpm dpkg-dev lintian rpmlint systemd
 STAMP := $(VENV)/.installed
