@@ -61,6 +61,7 @@ LOCAL_ACTIONS = {
     "detach_disk.storpool": "detach_disk",
     "tmsave": "save",
     "tmrestore": "restore",
+    "migrate-tweaks": "migrate",
 }
 SNAPSHOT_ACTIONS = {
     "snapshot_create-storpool": "snapshotcreate",

@@ -216,11 +216,16 @@ def test_local_actions_of_the_shipped_vmm_scripts(tmp_path):
     assert "-t 15 -r 0 kvm\"" in result
 
 
-def test_no_vmm_scripts_shipped_no_vm_mad_edit():
+def test_local_actions_are_those_of_the_shipped_vmm_scripts(tmp_path):
     from onestorpool.drivers.install import shipped_remotes
-    if (shipped_remotes() / "vmm").exists():
-        pytest.skip("the add-on ships VMM scripts now")
-    assert install.local_actions(shipped_remotes(), vm_snapshots=True) == {}
+
+    assert install.local_actions(shipped_remotes()) == {
+        "deploy": "deploy-tweaks", "attach_disk": "attach_disk.storpool",
+        "detach_disk": "detach_disk.storpool", "save": "tmsave", "restore": "tmrestore",
+        "migrate": "migrate-tweaks"}
+    assert install.local_actions(shipped_remotes(), vm_snapshots=True)["snapshotcreate"] == \
+        "snapshot_create-storpool"
+    assert install.local_actions(tmp_path, vm_snapshots=True) == {}  # none shipped: no edit
 
 
 def test_remotes_installed_once_and_removed(front_end):
