@@ -643,7 +643,7 @@ def snap_create(ctx: TmContext) -> str:
     disk = vm.disk(where.require_disk())
     if disk.is_cdrom:
         raise InputError(f"disk {disk.disk_id} is a CD-ROM: it has no snapshots")
-    limit = _snapshot_limit(ctx, vm)
+    limit = _snapshot_limit(ctx, vm, disk)
     if limit is not None and len(disk.snapshots) > limit:
         raise InputError(f"disk {disk.disk_id} has reached its snapshot limit "
                          f"(DISKSNAPSHOT_LIMIT={limit})")
@@ -655,11 +655,27 @@ def snap_create(ctx: TmContext) -> str:
     return ""
 
 
-def _snapshot_limit(ctx: TmContext, vm: Vm) -> int | None:
+def _snapshot_limit(ctx: TmContext, vm: Vm, disk: Disk) -> int | None:
+    """``DISKSNAPSHOT_LIMIT``: the VM's attribute, else the disk's image datastore, else the
+    VM's system datastore, else addon-storpoolrc (the Bash add-on's precedence)."""
     value = vm.user_template.get("DISKSNAPSHOT_LIMIT") or vm.template.get(
         "DISKSNAPSHOT_LIMIT")
     if value and value.strip().isdigit():
         return int(value)
+    datastores = [disk.datastore_id if disk.image_id is not None else None,
+                  vm.last_history.ds_id if vm.last_history is not None else None]
+    for ds_id in datastores:
+        if ds_id is None:
+            continue
+        if ds_id == ctx.datastore.id:
+            template = ctx.datastore.template
+        else:
+            from onestorpool import oneapi
+
+            template = oneapi.datastore_info(ds_id).template
+        value = template.get("DISKSNAPSHOT_LIMIT", "").strip()
+        if value.isdigit():
+            return int(value)
     return ctx.config["DISKSNAPSHOT_LIMIT"]
 
 

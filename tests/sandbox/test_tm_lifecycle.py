@@ -432,3 +432,25 @@ def test_terminate_takes_the_vms_snapshots_but_not_another_instances(cloud):
     w.oned.wait_vm(vm_id, "DONE")
     left = {s["name"] for s in sp.snapshots_list() if not s.get("deleted")}
     assert left == {f"{volume}-ONESNAP-3-300"}
+
+
+def test_disk_snapshot_limit_precedence(cloud):
+    """VM attribute > image datastore > system datastore > addon-storpoolrc."""
+    w, image_ds, system_ds, (node1, _node2) = cloud
+    w.srv.datastore.update(system_ds, 'DISKSNAPSHOT_LIMIT="1"', 1)
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"')
+
+    def snapshots_after(*names: str) -> int:
+        for name in names:
+            w.srv.vm.disksnapshotcreate(vm_id, 0, name)
+            w.oned.wait_idle()
+        (tree,) = w.srv.vm.info(vm_id).SNAPSHOTS
+        return len(tree.SNAPSHOT)
+
+    assert snapshots_after("a", "b") == 1  # the system datastore's limit
+    w.srv.datastore.update(image_ds, 'DISKSNAPSHOT_LIMIT="5"', 1)
+    assert snapshots_after("c") == 2  # the image datastore's limit wins over it
+    w.srv.vm.update(vm_id, 'DISKSNAPSHOT_LIMIT="1"', 1)
+    assert snapshots_after("d") == 2  # and the VM's over both
+    assert w.srv.vm.info(vm_id).USER_TEMPLATE["ERROR"].endswith("(DISKSNAPSHOT_LIMIT=1)")
