@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -649,10 +649,25 @@ def snap_create(ctx: TmContext) -> str:
                          f"(DISKSNAPSHOT_LIMIT={limit})")
     volume = disk_volume(ctx.naming, vm, disk.disk_id)
     snapshot = ctx.naming.disk_snapshot(volume, parse_id(snap_id, "snap_id"))
-    ctx.sp.volume_snapshot(volume, snapshot, tags={**ctx.tags.base(),
-                                                   ctx.tags.vm_tag: str(vm.id)})
-    ctx.event.update(volume=volume, snapshot=snapshot, created=[snapshot])
+    freeze = ctx.action == "snap_create_live" and ctx.config["DISK_SNAPSHOT_FSFREEZE"]
+    with _guest_frozen(ctx, where.host, vm.deploy_id) if freeze else contextlib.nullcontext():
+        ctx.sp.volume_snapshot(volume, snapshot, tags={**ctx.tags.base(),
+                                                       ctx.tags.vm_tag: str(vm.id)})
+    ctx.event.update(volume=volume, snapshot=snapshot, created=[snapshot], fsfreeze=freeze)
     return ""
+
+
+@contextlib.contextmanager
+def _guest_frozen(ctx: TmContext, host_name: str, domain: str) -> Iterator[None]:
+    """``DISK_SNAPSHOT_FSFREEZE``: the guest's filesystems frozen through its agent for the
+    snapshot (``virsh domfsfreeze``) and thawed after, whatever happens."""
+    host = hosts.get(host_name)
+    uri = ctx.config["LIBVIRT_URI"]
+    host.run(["virsh", "-c", uri, "domfsfreeze", domain], timeout=60)
+    try:
+        yield
+    finally:
+        host.run(["virsh", "-c", uri, "domfsthaw", domain], timeout=60)
 
 
 def _snapshot_limit(ctx: TmContext, vm: Vm, disk: Disk) -> int | None:

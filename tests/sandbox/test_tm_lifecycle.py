@@ -454,3 +454,22 @@ def test_disk_snapshot_limit_precedence(cloud):
     w.srv.vm.update(vm_id, 'DISKSNAPSHOT_LIMIT="1"', 1)
     assert snapshots_after("d") == 2  # and the VM's over both
     assert w.srv.vm.info(vm_id).USER_TEMPLATE["ERROR"].endswith("(DISKSNAPSHOT_LIMIT=1)")
+
+
+def test_live_disk_snapshot_freezes_the_guest_when_asked(cloud, tmp_path):
+    w, image_ds, system_ds, (node1, _node2) = cloud
+    w.frontend.write_rc("ONE_PX=one\nDELAY_DELETE=0\nDISK_SNAPSHOT_FSFREEZE=1\n")
+    calls = tmp_path / "virsh.calls"
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "virsh").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')  # the host's virsh
+    (shims / "virsh").chmod(0o755)
+    w.oned.drivers.env["PATH"] = f"{shims}:{w.oned.drivers.env['PATH']}"
+    base = w.oned.create_image(image_ds, "base", size_mb=2)
+    vm_id = deploy(w, system_ds, node1, f'IMAGE_ID="{base}"')
+    domain = w.srv.vm.info(vm_id).DEPLOY_ID
+    snap = w.srv.vm.disksnapshotcreate(vm_id, 0, "quiet")
+    w.oned.wait_idle()
+    assert calls.read_text().splitlines() == [
+        f"-c qemu:///system domfsfreeze {domain}", f"-c qemu:///system domfsthaw {domain}"]
+    assert w.frontend.sp.snapshot(f"one-img-{base}-{vm_id}-0-snap{snap}")
