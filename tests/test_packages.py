@@ -16,11 +16,12 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.installed_import import import_script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "packaging"))
@@ -282,21 +283,7 @@ def _driver_run_against_the_sandboxes(tmp_path: Path) -> None:
         images = tmp_path / "images"
         images.mkdir()
         sh("qemu-img", "create", "-f", "qcow2", images / "disk.qcow2", "5M")
-        script = textwrap.dedent(f"""
-            import json, os, time, pyone
-            from onestorpool import config
-            srv = pyone.OneServer(os.environ["ONE_XMLRPC"], session="oneadmin:sandbox")
-            ds = srv.datastore.allocate('NAME="sp"\\nDS_MAD="storpool"\\nTM_MAD="storpool"\\n'
-                                        'DISK_TYPE="BLOCK"\\nSAFE_DIRS="{images}"', -1)
-            image = srv.image.allocate('NAME="a"\\nPATH="{images / 'disk.qcow2'}"', ds)
-            for _ in range(600):
-                info = srv.image.info(image)
-                if info.STATE in (1, 5):
-                    break
-                time.sleep(0.1)
-            print(json.dumps({{"state": info.STATE, "source": info.SOURCE,
-                              "error": info.TEMPLATE.get("ERROR"), "file": config.__file__}}))
-        """)
+        script = import_script(images)
         done = sh(f"{build.PREFIX}/bin/python", "-c", script, env={**env, **exports},
                   cwd=tmp_path, timeout=300)
         result = json.loads(done.stdout.splitlines()[-1])

@@ -9,11 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.installed_import import import_script
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "build", "dist", "*.egg-info",
@@ -62,21 +63,7 @@ def test_an_installed_wheel_imports_an_image_through_the_sandbox(wheel, tmp_path
         images.mkdir()
         subprocess.run(["qemu-img", "create", "-f", "qcow2", str(images / "disk.qcow2"), "5M"],
                        check=True, capture_output=True)
-        script = textwrap.dedent(f"""
-            import json, os, time, pyone
-            from onestorpool import config
-            srv = pyone.OneServer(os.environ["ONE_XMLRPC"], session="oneadmin:sandbox")
-            ds = srv.datastore.allocate('NAME="sp"\\nDS_MAD="storpool"\\nTM_MAD="storpool"\\n'
-                                        'DISK_TYPE="BLOCK"\\nSAFE_DIRS="{images}"', -1)
-            image = srv.image.allocate('NAME="a"\\nPATH="{images / 'disk.qcow2'}"', ds)
-            for _ in range(600):
-                info = srv.image.info(image)
-                if info.STATE in (1, 5):
-                    break
-                time.sleep(0.1)
-            print(json.dumps({{"state": info.STATE, "source": info.SOURCE,
-                              "error": info.TEMPLATE.get("ERROR"), "file": config.__file__}}))
-        """)
+        script = import_script(images)
         exports = dict(line.removeprefix("export ").split("=", 1)
                        for line in (sandbox / "sandbox.env").read_text().splitlines())
         done = run([str(python), "-c", script], extra=exports)
