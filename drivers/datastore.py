@@ -399,7 +399,7 @@ def _qemu_convert(host: hosts.Host, src: str, src_fmt: str, dst: str, dst_fmt: s
     """Into a volume created for it. The format is always given (-f): qemu-img never probes
     a user's bytes again. No host cache on real devices (-t/-T none); -n: the target exists;
     a new StorPool volume reads as zeros, so zero areas are skipped, not written."""
-    cache = [] if host.root is not None else ["-t", "none", "-T", "none"]
+    cache = ["-t", "none", "-T", "none"] if host.direct_io else []
     host.run(["qemu-img", "convert", "-n", "--target-is-zero", "-q", *cache, "-S", "4k",
               "-f", src_fmt, "-O", dst_fmt, src, dst], timeout=None)
 

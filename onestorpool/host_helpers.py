@@ -33,7 +33,7 @@ def configure_reserved(parser: argparse.ArgumentParser) -> None:
 
 def run_reserved(args: argparse.Namespace) -> int:
     if args.root is not None:
-        host = hosts.Host(args.host or "root", ssh=False, root=args.root)
+        host: hosts.Host = hosts.DirectoryHost(args.host or "root", args.root)
     else:
         host = hosts.get(args.host) if args.host else hosts.Host("localhost", ssh=False)
     found = reserved(host)

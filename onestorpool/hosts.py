@@ -1,9 +1,10 @@
 """Reaching hosts: the front-end, bridges and KVM nodes, behind one small interface.
 
 In production a host is reached with ``ssh`` as oneadmin (the front-end runs commands
-locally) and StorPool devices are ``/dev/storpool/<name>``. In the sandbox a host is a
-directory ``$ONESTORPOOL_SANDBOX_HOSTS/<name>/``: commands run locally and the StorPool
-emulator makes ``<dir>/dev/storpool/<name>`` the device. Drivers only use :class:`Host`.
+locally) and StorPool devices are ``/dev/storpool/<name>``. Drivers only use :class:`Host`,
+obtained from :func:`get` and :func:`frontend`, which ask the host provider:
+:class:`SshHosts` unless ``$ONESTORPOOL_HOSTS`` names another (``module:callable``; the
+sandbox's directory hosts are one, in :mod:`onestorpool.sandbox.hosts`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from onestorpool.errors import AddonError, ConfigError
 
-SANDBOX_ENV = "ONESTORPOOL_SANDBOX_HOSTS"
+PROVIDER_ENV = "ONESTORPOOL_HOSTS"  # module:callable giving another HostProvider
 SSH_CONFIG_ENV = "ONESTORPOOL_SSH_CONFIG"  # an ssh_config(5) file instead of ~/.ssh/config
 FRONTEND = "localhost"  # the name oned gives the front-end in ``fe:`` paths
 
@@ -29,8 +31,10 @@ class HostCommandError(AddonError):
 class Host:
     """One machine the add-on acts on. ``name`` is the OpenNebula host name."""
 
-    def __init__(self, name: str, *, ssh: bool, root: Path | None = None):
-        self.name, self.ssh, self.root = name, ssh, root
+    direct_io = True  # its devices are block devices: O_DIRECT (qemu-img -t none) works
+
+    def __init__(self, name: str, *, ssh: bool):
+        self.name, self.ssh = name, ssh
 
     def __repr__(self) -> str:
         return f"Host({self.name!r})"
@@ -41,9 +45,7 @@ class Host:
 
     def path(self, absolute: str) -> str:
         """An absolute path on this host as the commands run for it see it."""
-        if self.root is None:
-            return absolute
-        return str(self.root / absolute.lstrip("/"))
+        return absolute
 
     def wait_for_device(self, volume: str, timeout: float = 30.0) -> str:
         """StorPool creates the link asynchronously on real hosts; wait for it."""
@@ -97,34 +99,71 @@ def _last_line(stderr: bytes) -> str:
     return lines[-1] if lines else "no error output"
 
 
-def sandbox_root() -> Path | None:
-    value = os.environ.get(SANDBOX_ENV)
-    return Path(value) if value else None
+class DirectoryHost(Host):
+    """A host whose filesystem is under a local directory (a copy of a host's ``/sys``
+    for ``onestorpool host reserved --root``; the sandbox's hosts): commands run here with
+    every absolute path put under ``root``."""
+
+    direct_io = False  # devices are files: no O_DIRECT on every filesystem
+
+    def __init__(self, name: str, root: Path):
+        super().__init__(name, ssh=False)
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"DirectoryHost({self.name!r}, {str(self.root)!r})"
+
+    def path(self, absolute: str) -> str:
+        return str(self.root / absolute.lstrip("/"))
+
+
+class HostProvider(Protocol):
+    def get(self, name: str) -> Host: ...
+
+    def frontend(self) -> Host: ...
+
+
+class SshHosts:
+    """Production: the front-end runs commands itself, every other host over ssh."""
+
+    def get(self, name: str) -> Host:
+        return Host(name, ssh=name not in (FRONTEND, os.uname().nodename))
+
+    def frontend(self) -> Host:
+        """Named as its ``[hostname]`` section of storpool.conf names it."""
+        return Host(os.uname().nodename, ssh=False)
+
+
+_PROVIDERS: dict[str, HostProvider] = {}
+
+
+def provider() -> HostProvider:
+    spec = os.environ.get(PROVIDER_ENV, "")
+    if spec not in _PROVIDERS:
+        if not spec:
+            _PROVIDERS[spec] = SshHosts()
+        else:
+            import importlib
+
+            module, _, attribute = spec.partition(":")
+            try:
+                factory = getattr(importlib.import_module(module), attribute)
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise ConfigError(f"{PROVIDER_ENV}={spec!r}: {exc}") from None
+            _PROVIDERS[spec] = factory()
+    return _PROVIDERS[spec]
 
 
 def get(name: str) -> Host:
     """The host called ``name`` (``localhost`` or the front-end's name: run locally)."""
     if not name or "/" in name or name.startswith("-"):
         raise ConfigError(f"invalid host name {name!r}")
-    root = sandbox_root()
-    if root is not None:
-        directory = root / name
-        if not directory.is_dir():
-            raise HostCommandError(f"sandbox host {name!r} does not exist ({directory})")
-        return Host(name, ssh=False, root=directory)
-    if name in (FRONTEND, os.uname().nodename):
-        return Host(name, ssh=False)
-    return Host(name, ssh=True)
+    return provider().get(name)
 
 
 def frontend() -> Host:
-    """The front-end itself, named as its ``[hostname]`` section of storpool.conf names it;
-    in the sandbox the host directory ``localhost``."""
-    root = sandbox_root()
-    if root is not None:
-        (root / FRONTEND).mkdir(parents=True, exist_ok=True)
-        return get(FRONTEND)
-    return Host(os.uname().nodename, ssh=False)
+    """The front-end itself."""
+    return provider().frontend()
 
 
 def client_id(host: Host, config, host_template: Mapping[str, str] | None = None) -> int:

@@ -217,7 +217,10 @@ def test_storpool_client_id_sources_is_the_lookup_order(tmp_path, monkeypatch):
     from onestorpool import hosts
 
     monkeypatch.setenv("ONESTORPOOL_ROOT", str(tmp_path))
-    monkeypatch.setenv("ONESTORPOOL_SANDBOX_HOSTS", str(tmp_path / "hosts"))
+    from onestorpool.sandbox.hosts import env as sandbox_hosts_env
+
+    for name, value in sandbox_hosts_env(tmp_path / "hosts").items():
+        monkeypatch.setenv(name, value)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/storpool.conf").write_text("SP_AUTH_TOKEN=x\n[a]\nSP_OURID=5\n")
     (tmp_path / "hosts/a").mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Host access: sandbox directories, local front-end, ssh command lines, SP_OURID lookup."""
+"""Host access: the providers (production ssh/local, the sandbox's directories chosen by
+ONESTORPOOL_HOSTS), ssh command lines, SP_OURID lookup."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import pytest
 
 from onestorpool import config, hosts
 from onestorpool.errors import ConfigError
+from onestorpool.sandbox.hosts import env as sandbox_hosts_env
+
+
+def sandbox_hosts(monkeypatch, root) -> None:
+    for name, value in sandbox_hosts_env(root).items():
+        monkeypatch.setenv(name, value)
 
 
 def test_sandbox_hosts_are_directories(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONESTORPOOL_SANDBOX_HOSTS", str(tmp_path))
+    sandbox_hosts(monkeypatch, tmp_path)
     (tmp_path / "node1").mkdir()
     node = hosts.get("node1")
     assert node.device("v") == str(tmp_path / "node1/dev/storpool/v")
@@ -21,8 +28,9 @@ def test_sandbox_hosts_are_directories(tmp_path, monkeypatch):
     assert hosts.frontend().root == tmp_path / "localhost"
 
 
-def test_production_hosts(monkeypatch):
-    monkeypatch.delenv("ONESTORPOOL_SANDBOX_HOSTS", raising=False)
+def test_production_hosts(monkeypatch, tmp_path):
+    monkeypatch.delenv("ONESTORPOOL_HOSTS", raising=False)
+    monkeypatch.setenv("ONESTORPOOL_SANDBOX_HOSTS", str(tmp_path))  # not looked at
     assert hosts.frontend().name == os.uname().nodename and not hosts.frontend().ssh
     remote = hosts.get("kvm7")
     assert remote.ssh and remote.device("one-img-1") == "/dev/storpool/one-img-1"
@@ -31,7 +39,7 @@ def test_production_hosts(monkeypatch):
 
 
 def test_failed_command_names_host_and_stderr(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONESTORPOOL_SANDBOX_HOSTS", str(tmp_path))
+    sandbox_hosts(monkeypatch, tmp_path)
     (tmp_path / "n").mkdir()
     with pytest.raises(hosts.HostCommandError, match=r"n: ls .* failed \(exit 2\): .*No such"):
         hosts.get("n").run(["ls", "/nonexistent"])
@@ -39,7 +47,7 @@ def test_failed_command_names_host_and_stderr(tmp_path, monkeypatch):
 
 def test_client_id_sources(tmp_path, monkeypatch):
     monkeypatch.setenv("ONESTORPOOL_ROOT", str(tmp_path))
-    monkeypatch.setenv("ONESTORPOOL_SANDBOX_HOSTS", str(tmp_path / "hosts"))
+    sandbox_hosts(monkeypatch, tmp_path / "hosts")
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/storpool.conf").write_text("SP_AUTH_TOKEN=x\n[a]\nSP_OURID=5\n"
                                                 "[b.example.com]\nSP_OURID=6\n")
@@ -63,3 +71,9 @@ def _rc(tmp_path, text):
     path = tmp_path / "rc2"
     path.write_text(text)
     return path
+
+
+def test_a_provider_that_cannot_be_loaded_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("ONESTORPOOL_HOSTS", "no.such.module:provider")
+    with pytest.raises(ConfigError, match=r"ONESTORPOOL_HOSTS='no\.such\.module:provider'"):
+        hosts.get("node1")

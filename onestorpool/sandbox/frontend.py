@@ -22,6 +22,7 @@ from xml.sax.saxutils import escape
 
 from onestorpool.drivers.install import shipped_remotes
 from onestorpool.eventlog import EventLog
+from onestorpool.sandbox.hosts import env as sandbox_hosts_env
 from onestorpool.sandbox.storpool import StorPoolSandbox
 from onestorpool.storpool import StorPoolClient
 
@@ -95,7 +96,7 @@ def make_frontend(root: Path, sandbox: StorPoolSandbox, prefix: str = "one") -> 
         (root / "hosts" / name).mkdir(parents=True, exist_ok=True)
         sandbox.add_client(cid, root / "hosts" / name)
     env = {**os.environ, "ONESTORPOOL_ROOT": str(root),
-           "ONESTORPOOL_SANDBOX_HOSTS": str(root / "hosts"),
+           **sandbox_hosts_env(root / "hosts"),
            "ONESTORPOOL_EVENTLOG": str(root / "events.db"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("ONE_LOCATION", None)

@@ -82,6 +82,7 @@ from typing import Any
 
 from onestorpool.sandbox import oned_hookbus as hookbus
 from onestorpool.sandbox import oned_xml as X
+from onestorpool.sandbox.hosts import env as sandbox_hosts_env
 from onestorpool.sandbox.oned_cluster import DEFAULT_DATASTORES, ClusterPool
 from onestorpool.sandbox.oned_core import ONEADMIN_HOME, SandboxCore
 from onestorpool.sandbox.oned_drivers import DriverRun, DriverRunner
@@ -230,7 +231,7 @@ class OnedSandbox(SandboxCore):
         # packaged install's does on a real front-end.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
         env["HOME"] = str(self.fe_path(ONEADMIN_HOME))  # oneadmin's home: ~/.one/one_auth
-        env["ONESTORPOOL_SANDBOX_HOSTS"] = str(self.hosts_root)
+        env.update(sandbox_hosts_env(self.hosts_root))
         if self.version >= (5, 12):
             # onemonitord's UDP port: drivers push VM disk usage there (send_to_monitor)
             self.monitord = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

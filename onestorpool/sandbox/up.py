@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onestorpool.errors import AddonError
+from onestorpool.sandbox.hosts import env as sandbox_hosts_env
 from onestorpool.sandbox.oned_methods import RELEASES
 
 PIDS = "sandbox.pids"
@@ -131,7 +132,7 @@ def up(directory: Path, one_version: str) -> int:
     sp_port, oned_port, hook_port = free_port(), free_port(), free_port()
     write_configuration(directory, sp_port, token)
     env = {**os.environ, "ONESTORPOOL_ROOT": str(directory),
-           "ONESTORPOOL_SANDBOX_HOSTS": str(directory / "hosts"),
+           **sandbox_hosts_env(directory / "hosts"),
            "ONESTORPOOL_EVENTLOG": str(directory / "events.db"),
            "ONESTORPOOL_SANDBOX_TOKEN": token}
     for leak in ("ONE_XMLRPC", "ONE_AUTH"):  # the sandbox's, not a real cloud's
@@ -172,7 +173,7 @@ def up(directory: Path, one_version: str) -> int:
                "ONE_ZMQ": f"tcp://127.0.0.1:{hook_port}",
                "ONESTORPOOL_ROOT": str(directory),
                "ONESTORPOOL_EVENTLOG": str(directory / "events.db"),
-               "ONESTORPOOL_SANDBOX_HOSTS": str(directory / "hosts")}
+               **sandbox_hosts_env(directory / "hosts")}
     (directory / ENV).write_text("".join(f"export {k}={v}\n" for k, v in exports.items()))
     (directory / PIDS).write_text(json.dumps(
         {name: {"pid": p.pid, "start": _start_time(p.pid)} for name, p in started.items()}))
