@@ -280,6 +280,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SUBSCRIBER_CHECKPOINT_INTERVAL", "1h", parse_duration,
             "the subscriber checkpoints the event log this often (see EVENT_LOG_ANCHOR; "
             "0: never)"),
+    Setting("SUBSCRIBER_METRICS_PORT", "0", parse_int,
+            "the subscriber's Prometheus metrics port on 127.0.0.1 (0: none)"),
     Setting("CLEANUP_ORPHAN_SNAPSHOTS", "1", parse_bool,
             "the subscriber deletes the add-on's StorPool snapshots of VMs and images that "
             "OpenNebula no longer has (never tombstones, never another instance's)"),

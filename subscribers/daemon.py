@@ -323,6 +323,14 @@ class Daemon:
 
     # -- actions ------------------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def lag(self) -> int:
+        """Log records appended since the daemon last looked for requested effects."""
+        return max(0, self.log.head()[0] - self._cursor)
+
     def run_effects(self) -> None:
         """The effects requested since the last look (new records only: the failed ones
         wait for reconciliation, their retry)."""
@@ -530,6 +538,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="default: SUBSCRIBER_RECONCILE_INTERVAL")
     parser.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
                         help="default: SUBSCRIBER_CHECKPOINT_INTERVAL (0: never)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="Prometheus metrics on 127.0.0.1:PORT (default: "
+                             "SUBSCRIBER_METRICS_PORT; 0: none)")
     parser.add_argument("--once", action="store_true",
                         help="reconcile once and exit (no bus): a timer's or an admin's run")
     parser.set_defaults(run=run)
@@ -552,5 +563,12 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_interval if args.checkpoint_interval is not None
             else config["SUBSCRIBER_CHECKPOINT_INTERVAL"],
             leader=leader_check(config))
-        print(f"subscriber: listening on {daemon.endpoint}, log {log.path}", flush=True)
+        port = (args.metrics_port if args.metrics_port is not None
+                else config["SUBSCRIBER_METRICS_PORT"])
+        if port:
+            from onestorpool.subscribers.metrics import serve
+
+            serve(daemon, port)
+        print(f"subscriber: listening on {daemon.endpoint}, log {log.path}"
+              + (f", metrics on 127.0.0.1:{port}" if port else ""), flush=True)
         return daemon.run()
