@@ -28,8 +28,6 @@ LOCKED = 0x8000
 
 # State tables (include/VirtualMachine.h, Image.h, Host.h). The sandbox keeps its own copy:
 # an emulator must not share the add-on's model, or it would repeat the add-on's mistakes.
-VM_STATES = ("INIT", "PENDING", "HOLD", "ACTIVE", "STOPPED", "SUSPENDED", "DONE", "FAILED",
-             "POWEROFF", "UNDEPLOYED", "CLONING", "CLONING_FAILURE")
 LCM_STATES = tuple("""
     LCM_INIT PROLOG BOOT RUNNING MIGRATE SAVE_STOP SAVE_SUSPEND SAVE_MIGRATE PROLOG_MIGRATE
     PROLOG_RESUME EPILOG_STOP EPILOG SHUTDOWN CANCEL FAILURE CLEANUP_RESUBMIT UNKNOWN HOTPLUG
@@ -47,8 +45,6 @@ LCM_STATES = tuple("""
     PROLOG_MIGRATE_UNKNOWN_FAILURE DISK_RESIZE DISK_RESIZE_POWEROFF DISK_RESIZE_UNDEPLOYED
     HOTPLUG_NIC_POWEROFF HOTPLUG_RESIZE HOTPLUG_SAVEAS_UNDEPLOYED HOTPLUG_SAVEAS_STOPPED
     BACKUP BACKUP_POWEROFF RESTORE""".split())
-IMAGE_STATES = ("INIT", "READY", "USED", "DISABLED", "LOCKED", "ERROR", "CLONE", "DELETE",
-                "USED_PERS", "LOCKED_USED", "LOCKED_USED_PERS")
 
 
 class VmState(IntEnum):
@@ -59,6 +55,7 @@ class VmState(IntEnum):
     STOPPED = 4
     SUSPENDED = 5
     DONE = 6
+    FAILED = 7  # obsolete, kept so that the names below index by number
     POWEROFF = 8
     UNDEPLOYED = 9
     CLONING = 10
@@ -80,6 +77,9 @@ class ImageState(IntEnum):
 
 
 LCM = {name: number for number, name in enumerate(LCM_STATES)}
+# the names by number, as the hook bus keys and the hook templates spell them
+VM_STATES = tuple(state.name for state in VmState)
+IMAGE_STATES = tuple(state.name for state in ImageState)
 
 # PoolObjectSQL::INVALID_NAME_CHARS
 INVALID_NAME_CHARS = "&|:\\\";/'#{}$<>"
