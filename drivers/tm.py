@@ -390,22 +390,18 @@ def delete(ctx: TmContext) -> str:
         if not ctx.is_system_ds:
             raise InputError(f"delete: {where.path} is not a disk of datastore "
                              f"{ctx.datastore.id}")
-        for disk in vm.disks:
-            if disk.is_volatile:
-                removed += _delete_with_snapshots(ctx, disk_volume(ctx.naming, vm,
-                                                                   disk.disk_id), delay)
+        volatile = [disk_volume(ctx.naming, vm, disk.disk_id) for disk in vm.disks
+                    if disk.is_volatile]
         names = [ctx.naming.rawcheckpoint(vm.id), ctx.naming.nvram(vm.id)]
         if vm.context_disk_id is not None:
             names.insert(0, ctx.naming.context(vm.id, vm.context_disk_id))
-        vm_snapshots = _vm_snapshots_go(ctx)
-        for snapshot in ctx.sp.snapshots_list() if vm_snapshots else ():
-            name = str(snapshot.get("name", ""))
-            parsed = ctx.naming.parse(name)
-            if (parsed is not None and parsed.kind == "vm_snapshot"
-                    and not snapshot.get("deleted") and _tagged_for(ctx, snapshot, vm.id)
-                    and any(name.startswith(ctx.naming.vm_snapshot_marker(n)) for n in names)
-                    and delete_snapshot(ctx.sp, name)):
+        listing = ctx.sp.snapshots_list()  # once for every volume of the folder
+        for name in (_snapshots_of(ctx, listing, volatile, None)
+                     + _snapshots_of(ctx, listing, names, vm.id, disk_snapshots=False)):
+            if delete_snapshot(ctx.sp, name):
                 removed.append(name)
+        for volume in volatile:
+            removed += _retire(ctx, volume, delay, None)
         for name in names:  # no data a user would want back: at once
             if ctx.sp.volume_exists(name):
                 delete_volume(ctx.sp, name)
@@ -448,29 +444,44 @@ def _vm_snapshots_go(ctx: TmContext) -> bool:
 
 def _delete_with_snapshots(ctx: TmContext, volume: str, delay: int,
                            remote: tuple[str, str] | None = None) -> list[str]:
-    """The volume (delayed, or a tombstone for ``remote`` backup) and its disk snapshots
-    ``<volume>-snap<N>``, matched by name parsing: ``one-sys-5-1-raw`` never takes
-    ``one-sys-5-10-raw`` or another prefix's."""
-    removed = []
+    """The volume (delayed, or a tombstone for ``remote`` backup) and its snapshots."""
+    removed = [name for name in _snapshots_of(ctx, ctx.sp.snapshots_list(), [volume], None)
+               if delete_snapshot(ctx.sp, name)]
+    return removed + _retire(ctx, volume, delay, remote)
+
+
+def _snapshots_of(ctx: TmContext, listing: list[dict[str, Any]], volumes: list[str],
+                  vm_id: int | None, disk_snapshots: bool = True) -> list[str]:
+    """The snapshots of ``volumes`` in ``listing``: disk snapshots ``<volume>-snap<N>`` and,
+    when they go with the VM, its VM snapshots, matched by name parsing
+    (``one-sys-5-1-raw`` never takes ``one-sys-5-10-raw`` or another prefix's) and tags."""
     vm_snapshots = _vm_snapshots_go(ctx)
-    for snapshot in ctx.sp.snapshots_list():
+    found = []
+    for snapshot in listing:
         name = str(snapshot.get("name", ""))
         parsed = ctx.naming.parse(name)
         if parsed is None or snapshot.get("deleted"):
             continue
-        mine = (parsed.kind == "disk_snapshot" and name.rsplit("-snap", 1)[0] == volume) or (
-            vm_snapshots and parsed.kind == "vm_snapshot"
-            and name.startswith(ctx.naming.vm_snapshot_marker(volume))
-            and _tagged_for(ctx, snapshot, None))
-        if mine and delete_snapshot(ctx.sp, name):
-            removed.append(name)
+        disk_snapshot = (disk_snapshots and parsed.kind == "disk_snapshot"
+                         and name.rsplit("-snap", 1)[0] in volumes)
+        vm_snapshot = (vm_snapshots and parsed.kind == "vm_snapshot"
+                       and any(name.startswith(ctx.naming.vm_snapshot_marker(v))
+                               for v in volumes)
+                       and _tagged_for(ctx, snapshot, vm_id))
+        if disk_snapshot or vm_snapshot:
+            found.append(name)
+    return found
+
+
+def _retire(ctx: TmContext, volume: str, delay: int,
+            remote: tuple[str, str] | None) -> list[str]:
     with contextlib.suppress(NotFound):
         if ctx.sp.volume_exists(volume):
             # one volume per disk: its remote-backup effect is the action's one effect
             ctx.event.update(retire_volume(ctx.sp, ctx.naming, ctx.tags, volume, delay=delay,
                                            remote=remote))
-            removed.append(volume)
-    return removed
+            return [volume]
+    return []
 
 
 # -- mv: the VM moves, stops, resumes -------------------------------------------------------
