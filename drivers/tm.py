@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,6 +343,9 @@ def context(ctx: TmContext) -> str:
 def _build_iso(files: Iterable[str], vm_id: int) -> bytes:
     """``mkisofs -V CONTEXT -J -R`` of the context files (``src:name`` renames a file);
     only files of the front-end, as oned names them."""
+    import shutil  # only this action needs them: not on every TM action's start-up
+    import tempfile
+
     frontend = hosts.frontend()
     tool = shutil.which("genisoimage") or shutil.which("mkisofs") or shutil.which("xorriso")
     if tool is None:
