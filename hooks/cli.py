@@ -103,6 +103,15 @@ class HookActions:
 
         run_pending(self.log, 0, runner="hook")
 
+    def request_effect(self, effect: dict[str, Any], seq: int, **subjects: Any) -> None:
+        import os
+
+        from onestorpool.eventlog.store import HOST
+        from onestorpool.subscribers.daemon import request_effect
+
+        request_effect(self.log, effect, seq, f"hook@{HOST}:{os.getpid()}", **subjects)
+        self.run_effects()
+
     def scan_soon(self) -> None:
         """oned runs the image's rm after the call returned: wait for its record (image ids
         are never reused)."""

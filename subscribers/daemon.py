@@ -55,6 +55,7 @@ class Actions(Protocol):
     onehem (:mod:`onestorpool.hooks.run`) at once."""
 
     def run_effects(self) -> None: ...
+    def request_effect(self, effect: dict[str, Any], seq: int, **subjects: Any) -> None: ...
     def scan_soon(self) -> None: ...
     def cleanup_vm(self, vm_id: int, seq: int) -> None: ...
     def prune_later(self, vm_id: int, position: int) -> None: ...
@@ -119,6 +120,19 @@ def cleanup_vm(log: EventLog, vm_id: int, seq: int, runner: str = "subscriber") 
     with StorPoolClient.from_config(config) as sp:
         cleanup(log, sp, config.naming(), (config["LOC_TAG"], config.loc_tag_value),
                 Owners(gone_vm=vm_id), position=seq, runner=runner)
+
+
+REQUESTED = "subscriber.requested"
+
+
+def request_effect(log: EventLog, effect: dict[str, Any], seq: int, writer: str,
+                   **subjects: Any) -> int:
+    """Append the request of ``effect`` (``type`` and idempotency ``key`` required) made on
+    the message recorded at ``seq``."""
+    if not effect.get("type") or not effect.get("key"):
+        raise ValueError(f"an effect needs a type and a key: {effect!r}")
+    return log.append(Event(REQUESTED, writer, {"effect": effect, "request_seq": seq},
+                            **subjects))
 
 
 def raft_leader() -> bool:
@@ -341,6 +355,12 @@ class Daemon:
             counts = run_pending(self.log, self._cursor, stop=lambda: self.should_stop)
             if not counts.get("left"):
                 self._cursor = head
+
+    def request_effect(self, effect: dict[str, Any], seq: int, **subjects: Any) -> None:
+        """Ask for ``effect`` (its ``key`` makes it happen once, whoever asks how often);
+        the next look at the log runs it, a failure is retried by reconciliation."""
+        request_effect(self.log, effect, seq, self.writer, **subjects)
+        self._soon.append(time.monotonic())
 
     def scan_soon(self) -> None:
         now = time.monotonic()

@@ -26,6 +26,7 @@ from onestorpool.eventlog.projections import pending_effects
 from onestorpool.eventlog.replay import load_handlers, run_effect
 from onestorpool.eventlog.store import HOST, Event, EventLog
 from onestorpool.subscribers.cleanup import Owners, cleanup
+from onestorpool.subscribers.daemon import REQUESTED
 
 RECONCILED = "subscriber.reconciled"
 
@@ -95,7 +96,7 @@ def request_unrequested_tombstones(log: EventLog, config: Any, sp: Any) -> int:
             continue
         effect = {"type": "remote_backup", "key": f"remote_backup:{name}", "snapshot": name,
                   "location": location[0], "tags": parse_extra_tags(location[1])}
-        events.append(Event("subscriber.requested", _writer("reconcile"),
+        events.append(Event(REQUESTED, _writer("reconcile"),
                             {"effect": effect, "reason": "tombstone without a request"},
                             snapshot=name))
     if events:
