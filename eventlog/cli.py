@@ -188,7 +188,6 @@ def cmd_objects(log: EventLog, args: argparse.Namespace) -> int:
 def cmd_replay(log: EventLog, args: argparse.Namespace) -> int:
     from onestorpool.eventlog import replay
 
-    replay.load_handlers()
     outcomes = replay.replay(log, since_seq=args.from_seq, dry_run=not args.execute,
                              effect_type=args.effect)
     for outcome in outcomes:

@@ -1,7 +1,8 @@
 """Replay: feed the log's requested effects to their handlers, safely.
 
 This registry is the seam the subscriber daemon plugs into: handlers register per effect
-type (the subscriber's handler modules do so when imported), and the daemon, like
+type (the composition root, :mod:`onestorpool.subscribers.composition`, registers the
+product's; this package names none), and the daemon, like
 ``onestorpool log replay``, calls :func:`run_effect` for each request.
 
 A handler gets the requesting record and the log, does the work (idempotently: it checks
@@ -16,7 +17,6 @@ the idempotency key is unique whoever ran the effect; the event's writer says wh
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +33,7 @@ from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import HOST, AlreadyDone, Event, EventLog
 
 Handler = Callable[[Record, EventLog], dict[str, Any]]
-HANDLERS: dict[str, Handler] = {}
-HANDLER_MODULES = ("onestorpool.subscribers.handlers",)
+HANDLERS: dict[str, Handler] = {}  # filled by the composition root (subscribers.composition)
 
 
 def register_handler(effect_type: str, handler: Handler) -> Handler:
@@ -42,12 +41,6 @@ def register_handler(effect_type: str, handler: Handler) -> Handler:
     registration wins, so a test or a site plug-in can replace a product handler)."""
     HANDLERS[effect_type] = handler
     return handler
-
-
-def load_handlers() -> None:
-    """Import the modules that register the product's handlers."""
-    for module in HANDLER_MODULES:
-        importlib.import_module(module)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ def run(route: str, argument: str, log_path: str | None = None) -> int:
     import os
 
     from onestorpool.eventlog.store import HOST, Event, EventLog
-    from onestorpool.subscribers.daemon import ROUTES, api_object_id
+    from onestorpool.subscribers.composition import ROUTES
+    from onestorpool.subscribers.routes import api_object_id
 
     if route not in templates.TRIGGERS:
         raise InputError(f"hooks run: unknown route {route!r} (one of "

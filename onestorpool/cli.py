@@ -30,6 +30,8 @@ class Command:
     # the module's function adding the options (it sets ``run``); None: the module parses
     # its own arguments with ``main(argv)``
     configure: str | None = "configure"
+    # the command runs side-effect handlers: the composition root registers them first
+    runs_effects: bool = False
 
 
 GROUPS = {"sandbox": "the embedded sandboxes: a StorPool API cluster and an oned, to try the "
@@ -52,9 +54,10 @@ COMMANDS: list[Command] = [
     Command(("sandbox", "oned"), "onestorpool.sandbox.oned",
             "run the oned sandbox in the foreground", None),
     Command(("log",), "onestorpool.eventlog.cli",
-            "audit, verify, export and replay the event log"),
+            "audit, verify, export and replay the event log", runs_effects=True),
     Command(("subscriber", "run"), "onestorpool.subscribers.daemon",
-            "listen to oned's hook bus and perform the side effects, exactly once"),
+            "listen to oned's hook bus and perform the side effects, exactly once",
+            runs_effects=True),
     Command(("hooks", "install"), "onestorpool.hooks.cli",
             "register the add-on's hooks in oned (one.hook.allocate/update)",
             "configure_install"),
@@ -63,9 +66,11 @@ COMMANDS: list[Command] = [
     Command(("hooks", "show"), "onestorpool.hooks.cli",
             "print the hook templates (for onehook create)", "configure_show"),
     Command(("hooks", "run"), "onestorpool.hooks.cli",
-            "what the hooks execute: one route's action, once", "configure_run"),
+            "what the hooks execute: one route's action, once", "configure_run",
+            runs_effects=True),
     Command(("remote-send",), "onestorpool.subscribers.remote_send",
-            "send tombstones of deleted images to the remote location", None),
+            "send tombstones of deleted images to the remote location", None,
+            runs_effects=True),
     Command(("config",), "onestorpool.config",
             "print the effective configuration (rc syntax, token never shown)"),
     Command(("install",), "onestorpool.install",
@@ -135,12 +140,21 @@ def main(argv: list[str]) -> int:
     if chosen is not None and not _configurable(chosen) and \
             tuple(argv[: len(chosen.words)]) == chosen.words:
         rest = argv[len(chosen.words):]
+        _install_effects(chosen)
         with _address_in_use(chosen, rest):
             return int(importlib.import_module(chosen.module).main(rest) or 0)
     args = build_parser(argv).parse_args(argv)
     command: Command = args._command
+    _install_effects(command)
     with _address_in_use(command, argv):
         return int(args.run(args) or 0)
+
+
+def _install_effects(command: Command) -> None:
+    if command.runs_effects:
+        from onestorpool.subscribers import composition
+
+        composition.install()
 
 
 @contextlib.contextmanager

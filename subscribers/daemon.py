@@ -2,7 +2,7 @@
 
 A ZeroMQ SUB socket connects to one_hm's PUB socket (``HOOK_ENDPOINT``, ``$ONE_ZMQ`` wins,
 ``--endpoint`` wins over both) and subscribes only to the keys a route needs
-(:data:`ROUTES`). The loop, in the kombu consumer's shape:
+(the routes of :mod:`onestorpool.subscribers.composition`). The loop, in the kombu consumer's shape:
 
 * polls the socket (and its monitor) with a one-second timeout, so a stop request, a due
   reconciliation or checkpoint and the systemd watchdog are noticed;
@@ -34,8 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -44,67 +43,13 @@ from onestorpool.errors import AddonError
 from onestorpool.eventlog.store import HOST, Event, EventLog
 from onestorpool.one import HookEvent, parse_hook_message
 from onestorpool.subscribers.notify import Notifier
+from onestorpool.subscribers.routes import Route, api_object_id
 
 RECEIVED = "hook.received"
 MALFORMED = "hook.malformed"
 BATCH = 1000  # messages appended per transaction at most
 
 
-class Actions(Protocol):
-    """What a route's action may ask for: the daemon does it in its loop, a hook run by
-    onehem (:mod:`onestorpool.hooks.run`) at once."""
-
-    def run_effects(self) -> None: ...
-    def request_effect(self, effect: dict[str, Any], seq: int, **subjects: Any) -> None: ...
-    def scan_soon(self) -> None: ...
-    def cleanup_vm(self, vm_id: int, seq: int) -> None: ...
-    def prune_later(self, vm_id: int, position: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class Route:
-    """``prefix``: the ZeroMQ subscription; ``matches``: the exact filter after receiving
-    (prefix matching over-matches); ``action(actions, event, seq)`` does the work (``seq``:
-    the record of the message)."""
-
-    name: str
-    prefix: bytes
-    matches: Callable[[HookEvent], bool]
-    action: Callable[[Actions, HookEvent, int], None]
-
-
-def _vm_done(daemon: Actions, event: HookEvent, seq: int) -> None:
-    """A VM is DONE: the effects its disks' ``delete`` requested (tombstones to ship), then
-    its snapshots the drivers left behind."""
-    daemon.run_effects()
-    if event.object_id is not None:
-        daemon.cleanup_vm(event.object_id, seq)
-
-
-def _image_deleted(daemon: Actions, event: HookEvent, seq: int) -> None:
-    """``one.image.delete`` succeeded: oned runs the datastore's ``rm`` next; its effect is
-    picked up by following the log (and leftovers by reconciliation). Look a few times
-    soon."""
-    daemon.scan_soon()
-
-
-def _disk_snapshot_created(daemon: Actions, event: HookEvent, seq: int) -> None:
-    """A disk snapshot was asked for: once the VM is idle again, prune its disks."""
-    vm_id = api_object_id(event)
-    if vm_id is not None:
-        daemon.prune_later(vm_id, seq)
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("vm.done", b"EVENT STATE VM/DONE/",
-          lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "DONE", _vm_done),
-    Route("image.delete", b"EVENT API one.image.delete ",
-          lambda e: e.kind == "API" and e.method == "one.image.delete" and bool(e.success),
-          _image_deleted),
-    Route("disk.snapshot", b"EVENT API one.vm.disksnapshotcreate ",
-          lambda e: e.kind == "API" and e.method == "one.vm.disksnapshotcreate"
-          and bool(e.success), _disk_snapshot_created),
-)
 PRUNE_PATIENCE = 600.0  # seconds a busy VM is waited for; reconciliation takes over then
 
 
@@ -186,24 +131,15 @@ def endpoint(config: Any, given: str | None = None) -> str:
     return str(config["HOOK_ENDPOINT"])
 
 
-def api_object_id(event: HookEvent) -> int | None:
-    """The object an API call was about: its first argument after the session."""
-    for parameter in event.parameters:
-        if parameter.position == 2 and parameter.direction == "IN":
-            try:
-                return int(parameter.value)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 class Daemon:
     def __init__(self, endpoint: str, log: EventLog, *, reconcile_every: float = 300,
-                 checkpoint_every: float = 3600, routes: tuple[Route, ...] = ROUTES,
+                 checkpoint_every: float = 3600, routes: tuple[Route, ...] | None = None,
                  notifier: Notifier | None = None, effects_every: float = 1.0,
                  reconcile: Callable[..., dict[str, Any]] | None = None,
                  context: zmq.Context | None = None,
                  leader: Callable[[], bool] | None = raft_leader, leader_every: float = 5.0):
+        if routes is None:
+            from onestorpool.subscribers.composition import ROUTES as routes
         self.endpoint, self.log, self.routes = endpoint, log, routes
         self.reconcile_every, self.checkpoint_every = reconcile_every, checkpoint_every
         self.effects_every = effects_every

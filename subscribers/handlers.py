@@ -1,4 +1,4 @@
-"""Side-effect handlers, registered with the event log's replay registry.
+"""Side-effect handlers (registered by :mod:`onestorpool.subscribers.composition`).
 
 ``remote_backup``: the datastore ``rm`` action kept a tombstone snapshot of a deleted image
 and asked for it to be sent to a remote StorPool location (``REMOTE_BACKUP_DELETE``). The
@@ -16,7 +16,6 @@ from typing import Any
 
 from onestorpool.errors import AddonError
 from onestorpool.eventlog.record import Record
-from onestorpool.eventlog.replay import register_handler
 from onestorpool.eventlog.store import EventLog
 from onestorpool.storpool import NotFound, StorPoolClient
 from onestorpool.subscribers import notify
@@ -127,5 +126,3 @@ def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | Non
     return {"remote_id": found.get("remoteId") or remote_id, "location": location,
             "snapshot": tombstone}
 
-
-register_handler("remote_backup", remote_backup)

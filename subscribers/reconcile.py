@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from onestorpool.eventlog.projections import pending_effects
-from onestorpool.eventlog.replay import load_handlers, run_effect
+from onestorpool.eventlog.replay import run_effect
 from onestorpool.eventlog.store import HOST, Event, EventLog
 from onestorpool.subscribers.cleanup import Owners, cleanup
 from onestorpool.subscribers.daemon import REQUESTED
@@ -57,7 +57,9 @@ def run_pending(log: EventLog, since_seq: int = 0, runner: str = "subscriber",
                 stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
     """Run the pending effects, one after the other until ``stop()`` says so (SIGTERM: the
     one in flight finishes, the others wait for the next run)."""
-    load_handlers()
+    from onestorpool.subscribers import composition
+
+    composition.install()
     counts: dict[str, int] = {}
     for pending in pending_effects(log, since_seq):
         if stop():

@@ -21,4 +21,3 @@ def isolated_handlers(monkeypatch):
     """Tests register handlers freely; the product's registry comes back afterwards, and
     replay does not import the product's handler modules."""
     monkeypatch.setattr(replay_module, "HANDLERS", dict(replay_module.HANDLERS))
-    monkeypatch.setattr(replay_module, "HANDLER_MODULES", ())

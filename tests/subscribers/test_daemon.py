@@ -13,7 +13,8 @@ import zmq
 
 from onestorpool.errors import AddonError
 from onestorpool.eventlog import EventLog
-from onestorpool.subscribers.daemon import ROUTES, Daemon
+from onestorpool.subscribers.composition import ROUTES
+from onestorpool.subscribers.daemon import Daemon
 from onestorpool.subscribers.notify import Notifier
 from tests.subscribers.conftest import deploy, events, remote_copies, wait_for
 
