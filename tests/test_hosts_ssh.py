@@ -5,66 +5,25 @@ the drivers reach KVM hosts and bridges as oneadmin."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
 
 import pytest
 
 from onestorpool import hosts
 from onestorpool.hosts import Host, HostCommandError
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.sshd import SSHD, ssh_servers
 
 
 @pytest.fixture(scope="module")
 def ssh_host(tmp_path_factory: pytest.TempPathFactory):
     if not os.path.exists(SSHD):
         pytest.skip("openssh-server is not installed (make test installs it)")
-    base = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(base / name)], check=True)
-    (base / "authorized_keys").write_text((base / "user_key.pub").read_text())
-    port = free_port()
-    (base / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
-        f"AuthorizedKeysFile {base / 'authorized_keys'}\nPidFile {base / 'sshd.pid'}\n"
-        "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "UsePAM no\nPermitRootLogin prohibit-password\n")
-    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(base / "sshd_config")],
-                              stderr=subprocess.PIPE)
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
-                                                    text=True).stdout.strip()
-    config = base / "ssh_config"
-    config.write_text(f"Host kvm-ssh\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n"
-                      f"  IdentityFile {base / 'user_key'}\n  IdentitiesOnly yes\n"
-                      "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
-                      "  LogLevel ERROR\n")
-    os.environ[hosts.SSH_CONFIG_ENV] = str(config)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            probe = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "kvm-ssh",
-                                    "true"], capture_output=True)
-            if probe.returncode == 0:
-                break
-            assert server.poll() is None, server.stderr.read().decode()
-            assert time.monotonic() < deadline, probe.stderr.decode()
-            time.sleep(0.2)
-        yield Host("kvm-ssh", ssh=True)
-    finally:
-        del os.environ[hosts.SSH_CONFIG_ENV]
-        server.terminate()
-        server.wait(timeout=10)
+    with ssh_servers(tmp_path_factory.mktemp("sshd"), {"kvm-ssh": None}) as config:
+        os.environ[hosts.SSH_CONFIG_ENV] = str(config)
+        try:
+            yield Host("kvm-ssh", ssh=True)
+        finally:
+            del os.environ[hosts.SSH_CONFIG_ENV]
 
 
 def test_commands_run_on_the_host_with_their_arguments_quoted(ssh_host, tmp_path):
