@@ -24,6 +24,7 @@ from typing import Any
 
 from onestorpool import hosts
 from onestorpool.config import Config
+from onestorpool.drivers import nvram
 from onestorpool.drivers.storage import (
     MIB,
     Rollback,
@@ -146,15 +147,46 @@ def parse_id(text: str, what: str) -> int:
 # -- shared steps ----------------------------------------------------------------------
 
 
-def link_disk(host: hosts.Host, volume: str, path: str) -> None:
-    """``<path> -> /dev/storpool/<volume>`` on the host (its folder made first)."""
-    target = host.path(path)
-    host.run(["mkdir", "-p", os.path.dirname(target)])
-    host.run(["ln", "-sfn", host.device(volume), target])
+def link_disk(host: hosts.Host, volume: str, path: str, *, markers: bool = True,
+              ds_marker: str | None = None) -> None:
+    """``<path> -> /dev/storpool/<volume>`` on the host (its folder made first), in one
+    command. With ``markers``, the Bash add-on's ``oneSymlink`` markers: ``storpool`` in
+    ``<path>.monitor`` and, given ``ds_marker`` (a system datastore that is not shared), its
+    TM name in ``<vmdir>/../.monitor``, the mark of a datastore its hosts monitor."""
+    script = 'mkdir -p "${2%/*}" && ln -sfn "$1" "$2"'
+    args = [host.device(volume), host.path(path)]
+    if markers:
+        script += ' && echo storpool > "$2.monitor"'
+    if markers and ds_marker:
+        script += ' && echo "$3" > "${2%/*}/../.monitor"'
+        args.append(ds_marker)
+    host.run(["sh", "-c", script, "link_disk", *args])
 
 
 def unlink_disk(host: hosts.Host, path: str) -> None:
-    host.run(["rm", "-f", host.path(path)])
+    """The link and its ``.monitor`` marker (one the Bash add-on left included)."""
+    host.run(["rm", "-f", host.path(path), host.path(path) + ".monitor"])
+
+
+def ds_marker(ctx: TmContext, vm: Vm) -> str | None:
+    """The VM's system datastore's TM name when that datastore is not shared (``SHARED`` of
+    its ``TM_MAD_CONF``), for ``<vmdir>/../.monitor``; ``None`` when shared. A StorPool
+    system datastore is shared (``TM_MAD_CONF`` ``SHARED=yes``): only a VM on another kind
+    costs a look at its datastore."""
+    history = vm.last_history
+    if ctx.is_system_ds and (history is None or history.ds_id == ctx.datastore.id):
+        system = ctx.datastore
+    elif history is None or vm.system_tm_mad == "storpool":
+        return None
+    else:
+        from onestorpool import oneapi
+
+        system = oneapi.datastore_info(history.ds_id)
+    if system.shared:
+        return None
+    if not system.tm_mad.replace("_", "").replace("-", "").isalnum():
+        raise InputError(f"datastore {system.id}: invalid TM_MAD {system.tm_mad!r}")
+    return system.tm_mad
 
 
 def attach_exclusively(sp: StorPoolClient, volume: str, client: int, mode: str,
@@ -192,6 +224,8 @@ def vm_volumes(ctx: TmContext, vm: Vm, *, system: bool) -> list[tuple[str, str]]
             found.append((disk_volume(ctx.naming, vm, disk.disk_id), attach_mode(ctx, disk)))
     if system and vm.context_disk_id is not None:
         found.append((ctx.naming.context(vm.id, vm.context_disk_id), "rw"))
+    if system and nvram.on_storpool(vm):
+        found.append((ctx.naming.nvram(vm.id), "rw"))
     return found
 
 
@@ -220,7 +254,7 @@ def clone(ctx: TmContext) -> str:
         attach_exclusively(ctx.sp, volume, client, attach_mode(ctx, disk),
                            ctx.config["ATTACH_TIMEOUT"])
         undo.push(f"detach {volume}", detach_all, ctx.sp, volume)
-        link_disk(host, volume, where.path)
+        link_disk(host, volume, where.path, ds_marker=ds_marker(ctx, vm))
     return ""
 
 
@@ -249,7 +283,7 @@ def ln(ctx: TmContext) -> str:
         attach_exclusively(ctx.sp, volume, client, attach_mode(ctx, disk),
                            ctx.config["ATTACH_TIMEOUT"])
         undo.push(f"detach {volume}", detach_all, ctx.sp, volume)
-        link_disk(host, volume, where.path)
+        link_disk(host, volume, where.path, ds_marker=ds_marker(ctx, vm))
     return ""
 
 
@@ -304,7 +338,7 @@ def _volatile(ctx: TmContext, size: str, fmt: str, dst: str, vm_id: str) -> str:
             if not fs.isalnum():
                 raise InputError(f"{ctx.action}: invalid filesystem type {fs!r}")
             host.run([*ctx.config["MKFS"].split(), "-F", "-t", fs, device], timeout=600)
-        link_disk(host, volume, where.path)
+        link_disk(host, volume, where.path, ds_marker=ds_marker(ctx, vm))
     return ""
 
 
@@ -319,6 +353,7 @@ def context(ctx: TmContext) -> str:
     disk_id = where.require_disk()
     volume = ctx.naming.context(vm.id, disk_id)
     host, client = ctx.host(where.host)
+    uefi_vars = _nvram_to_create(ctx, vm)  # checked before anything is made
     iso = _build_iso(files, vm.id)
     size = round_up(len(iso), MIB)
     tags = ctx.tags.for_vm(vm.id, disk_id, "CNTXT")
@@ -336,8 +371,45 @@ def context(ctx: TmContext) -> str:
         device = host.wait_for_device(volume)
         host.run(["dd", f"of={device}", "bs=1M", "conv=notrunc,fsync", "status=none"],
                  stdin=iso, timeout=300)
-        link_disk(host, volume, where.path)
+        link_disk(host, volume, where.path, ds_marker=ds_marker(ctx, vm))
+        if nvram.on_storpool(vm):
+            _attach_nvram(ctx, vm, host, client, uefi_vars, undo)
     return ""
+
+
+def _nvram_to_create(ctx: TmContext, vm: Vm) -> bytes | None:
+    """``T_OS_NVRAM=storpool``: the OVMF vars template's bytes when the VM's NVRAM volume
+    is still to be made (``None`` when it is there already, or the VM has none)."""
+    request = nvram.NvramRequest.of(vm)
+    if request is None or not request.on_storpool:
+        return None
+    if ctx.sp.volume_exists(ctx.naming.nvram(vm.id)):
+        return None
+    from onestorpool.config import ovmf_dir
+
+    return nvram.read_template(nvram.template_path(request, ovmf_dir(ctx.config), vm.id),
+                               vm.id)
+
+
+def _attach_nvram(ctx: TmContext, vm: Vm, host: hosts.Host, client: int,
+                  uefi_vars: bytes | None, undo: Rollback) -> None:
+    """``<px>-sys-<VM>-NVRAM`` attached to the host; made from the template first when
+    ``uefi_vars`` are given. An existing one is never written: it holds the guest's UEFI
+    variables (boot entries, Secure Boot keys)."""
+    volume = ctx.naming.nvram(vm.id)
+    if uefi_vars is not None:
+        create_volume(ctx.sp, volume, size=len(uefi_vars),
+                      template=ctx.naming.template(ctx.datastore.id),
+                      tags=ctx.tags.for_vm(vm.id, None, "NVRAM"))
+        undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
+        ctx.event.setdefault("created", []).append(volume)
+    attach_exclusively(ctx.sp, volume, client, "rw", ctx.config["ATTACH_TIMEOUT"])
+    undo.push(f"detach {volume}", detach_all, ctx.sp, volume)
+    if uefi_vars is not None:
+        device = host.wait_for_device(volume)
+        host.run(["dd", f"of={device}", "bs=128k", "conv=notrunc,fsync", "status=none"],
+                 stdin=uefi_vars, timeout=120)
+    ctx.event["nvram"] = volume
 
 
 def _build_iso(files: Iterable[str], vm_id: int) -> bytes:
@@ -393,15 +465,19 @@ def delete(ctx: TmContext) -> str:
                              f"{ctx.datastore.id}")
         volatile = [disk_volume(ctx.naming, vm, disk.disk_id) for disk in vm.disks
                     if disk.is_volatile]
-        names = [ctx.naming.rawcheckpoint(vm.id), ctx.naming.nvram(vm.id)]
+        # the guest's UEFI variables are its data: kept for DELAY_DELETE like its disks
+        # (the Bash add-on deleted them at once, reference §10)
+        uefi_vars = ctx.naming.nvram(vm.id)
+        names = [ctx.naming.rawcheckpoint(vm.id), ctx.naming.checkpoint(vm.id)]
         if vm.context_disk_id is not None:
             names.insert(0, ctx.naming.context(vm.id, vm.context_disk_id))
         listing = ctx.sp.snapshots_list()  # once for every volume of the folder
         for name in (_snapshots_of(ctx, listing, volatile, None)
-                     + _snapshots_of(ctx, listing, names, vm.id, disk_snapshots=False)):
+                     + _snapshots_of(ctx, listing, [*names, uefi_vars], vm.id,
+                                     disk_snapshots=False)):
             if delete_snapshot(ctx.sp, name):
                 removed.append(name)
-        for volume in volatile:
+        for volume in [*volatile, uefi_vars]:
             removed += _retire(ctx, volume, delay, None)
         for name in names:  # no data a user would want back: at once
             if ctx.sp.volume_exists(name):
@@ -504,18 +580,22 @@ def mv(ctx: TmContext) -> str:
     if state not in _MOVE | _ATTACH | _DETACH:
         raise InputError(f"mv: VM {vm.id} is in LCM state {state.name}; the StorPool TM "
                          "moves disks only to stop, undeploy, resume or migrate a VM")
+    moved: list[tuple[str, str, str | None]]  # volume, attach mode, link (if any)
     if target.disk_id is not None:
         disk = vm.disk(target.disk_id)
         moved = [(disk_volume(ctx.naming, vm, disk.disk_id), attach_mode(ctx, disk),
                   target.path)]
-    elif ctx.is_system_ds and vm.context_disk_id is not None:
-        moved = [(ctx.naming.context(vm.id, vm.context_disk_id), "rw",
-                  f"{target.path.rstrip('/')}/disk.{vm.context_disk_id}")]
-    else:
+    else:  # the VM folder: the system datastore's own volumes go with the VM
         moved = []
+        if ctx.is_system_ds and vm.context_disk_id is not None:
+            moved.append((ctx.naming.context(vm.id, vm.context_disk_id), "rw",
+                          f"{target.path.rstrip('/')}/disk.{vm.context_disk_id}"))
+        if ctx.is_system_ds and nvram.on_storpool(vm):  # no link: the domain names the device
+            moved.append((ctx.naming.nvram(vm.id), "rw", None))
     src_host = hosts.get(source.host)
     src_client = hosts.client_id(src_host, ctx.config) if state == LcmState.EPILOG_STOP \
         else None
+    marker = ds_marker(ctx, vm) if state in _ATTACH or state in _MOVE else None
     for volume, mode, path in moved:
         if state in _DETACH or state in _MOVE:
             if src_client is None:
@@ -528,7 +608,8 @@ def mv(ctx: TmContext) -> str:
             if ctx.is_system_ds:
                 _follow_datastore(ctx, volume)
             attach_exclusively(ctx.sp, volume, client, mode, ctx.config["ATTACH_TIMEOUT"])
-            link_disk(host, volume, path)
+            if path is not None:
+                link_disk(host, volume, path, ds_marker=marker)
     if target.disk_id is None:
         dst_host = hosts.get(target.host)
         if ctx.config["SP_SYSTEM"] == "ssh" and (src_host.name, source.path) != (
@@ -537,15 +618,19 @@ def mv(ctx: TmContext) -> str:
             ctx.event["folder_moved"] = True
         elif state not in _DETACH:
             dst_host.run(["mkdir", "-p", dst_host.path(target.path)])
+        if marker:  # the host monitors a datastore that is not shared (ssh_make_path)
+            dst_host.run(["sh", "-c", 'echo "$2" > "$1/../.monitor"', "mv",
+                          dst_host.path(target.path.rstrip("/")), marker])
     ctx.event.update(lcm_state=state.name, volumes=[v for v, _, _ in moved])
     return ""
 
 
 def _follow_datastore(ctx: TmContext, volume: str) -> None:
-    """A VM moved to another system datastore (``DS_MIGRATE``): its volatile and context
-    volumes keep their data and take the new datastore's template (placement, capacity)."""
+    """A VM moved to another system datastore (``DS_MIGRATE``): its volatile, context and
+    NVRAM volumes keep their data and take the new datastore's template (placement,
+    capacity)."""
     parsed = ctx.naming.parse(volume)
-    if parsed is None or parsed.kind not in ("volatile", "context"):
+    if parsed is None or parsed.kind not in ("volatile", "context", "nvram"):
         return
     template = ctx.naming.template(ctx.datastore.id)
     if ctx.sp.volume(volume).get("templateName") != template:
@@ -731,7 +816,7 @@ def snap_revert(ctx: TmContext) -> str:
                              disk, disk.persistent), disk_qos(ctx, disk)))
     attach_exclusively(ctx.sp, volume, client, attach_mode(ctx, disk),
                        ctx.config["ATTACH_TIMEOUT"])
-    link_disk(host, volume, where.path)
+    link_disk(host, volume, where.path, ds_marker=ds_marker(ctx, vm))
     ctx.event.update(volume=volume, reverted_from=snapshot, kept_snapshot=kept)
     return ""
 
@@ -915,7 +1000,7 @@ def presave(ctx: TmContext) -> str:
         undo.push(f"delete {volume}", delete_volume, ctx.sp, volume)
         attach_exclusively(ctx.sp, volume, client, "rw", ctx.config["ATTACH_TIMEOUT"])
         host.wait_for_device(volume)
-        link_disk(host, volume, where.path)
+        link_disk(host, volume, where.path, markers=False)
     ctx.event.update(volume=volume, created=[volume], size_mb=2 * memory_mb, host=host.name,
                      replaced=removed is not None)
     return ""
@@ -945,7 +1030,7 @@ def prerestore(ctx: TmContext) -> str:
     host, client = ctx.host(where.host)
     attach_exclusively(ctx.sp, volume, client, "rw", ctx.config["ATTACH_TIMEOUT"])
     host.wait_for_device(volume)
-    link_disk(host, volume, where.path)
+    link_disk(host, volume, where.path, markers=False)
     ctx.event.update(volume=volume, host=host.name)
     return ""
 

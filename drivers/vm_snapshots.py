@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onestorpool import hosts
+from onestorpool.drivers import nvram
 from onestorpool.drivers.storage import (
     StorageError,
     Tags,
@@ -48,7 +49,10 @@ def vm_volumes(ctx: VmmContext, vm: Vm, system_tm: str) -> list[tuple[str, str]]
         found.append((disk_volume(naming, vm, disk.disk_id), mode))
     if system and vm.context_disk_id is not None:
         found.append((naming.context(vm.id, vm.context_disk_id), "rw"))
-    if system and ctx.sp.volume_exists(naming.nvram(vm.id)):
+    # NVRAM is in the snapshot (the Bash add-on never took it, reference §10): a revert
+    # gives back the boot entries and keys that go with the disks' data. Asked of StorPool
+    # only for a VM with T_OS_NVRAM=storpool (a Bash-laid one may lack the volume).
+    if system and nvram.on_storpool(vm) and ctx.sp.volume_exists(naming.nvram(vm.id)):
         found.append((naming.nvram(vm.id), "rw"))
     return found
 

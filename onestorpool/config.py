@@ -121,6 +121,19 @@ def parse_anchor_target(value: str) -> str:
     return value
 
 
+def parse_log_volume(value: str) -> str:
+    """``EVENT_LOG_VOLUME``: off (empty, ``no``, ``0``), ``yes`` (``<ONE_PX>-eventlog``) or a
+    StorPool volume name."""
+    text = value.strip()
+    if text.lower() in ("", "0", "no", "off"):
+        return ""
+    if text.lower() in ("1", "yes", "on"):
+        return "yes"
+    if not re.fullmatch(r"[A-Za-z0-9_\-.]{1,190}", text) or text in ("list", "status"):
+        raise ValueError(f"expected yes, no or a StorPool volume name, got {value!r}")
+    return text
+
+
 def parse_words(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
@@ -164,8 +177,7 @@ class Setting:
 # says so; tests/test_config_settings.py fails when one of them is read, or when a setting
 # not listed here is read by nothing.
 UNUSED = frozenset("""
-    AUTO_TEMPLATE SP_TEMPLATE_PROPAGATE SP_CHECKPOINT
-    SP_COMPRESSION SKIP_UNDEPLOY_SSH CLEAN_SRC_ON_UNDEPLOY VMSNAPSHOT_OVERRIDE
+    AUTO_TEMPLATE SP_TEMPLATE_PROPAGATE SKIP_UNDEPLOY_SSH CLEAN_SRC_ON_UNDEPLOY VMSNAPSHOT_OVERRIDE
     VMSNAPSHOT_FSFREEZE
     DISK_SAVEAS_FSFREEZE UPDATE_ONE_DISK_SIZE
     UPDATE_IMAGE_ON_IMPORT DS_CP_FORCE_DEV_PREFIX TAG_CONTEXT_ISO
@@ -189,9 +201,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NO_VOLUME_TEMPLATE", "1", parse_bool, "clones inherit the parent's template"),
     Setting("SP_SYSTEM", "ssh", _choice("ssh", "shared"), "system datastore mode",
             datastore=True),
-    Setting("SP_CHECKPOINT", "", _choice("", "yes", "nomigrate"), "archive checkpoint to volume"),
+    Setting("SP_CHECKPOINT", "", _choice("", "yes", "nomigrate"),
+            "the subscriber moves a suspended/stopped VM's checkpoint file onto "
+            "<px>-sys-<VM>-checkpoint (yes and nomigrate alike: never on migration)"),
     Setting("SP_CHECKPOINT_BD", "0", parse_bool, "checkpoint straight to a block device"),
-    Setting("SP_COMPRESSION", "lz4", parse_str, "compressor for archived checkpoints"),
+    Setting("SP_COMPRESSION", "lz4", _choice("lz4", "zstd", "gzip", "pigz", "xz", "bzip2"),
+            "compressor of archived checkpoints, run on the host (each of them reads back)"),
     Setting("SKIP_UNDEPLOY_SSH", "0", parse_bool, "skip copying the VM dir on undeploy"),
     Setting("CLEAN_SRC_ON_UNDEPLOY", "1", parse_bool, "wipe the source VM dir on undeploy"),
     Setting("VMSNAPSHOT_OVERRIDE", "1", parse_bool, "atomic StorPool VM snapshots"),
@@ -242,6 +257,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EXPORT_QEMU_IMG_ARGS", "", parse_str, "extra qemu-img arguments for exports"),
     Setting("EXPORT_TRANSPORT", "ssh", parse_str, "transport in IMPORT_SOURCE of exports"),
     Setting("STAGING_DIR", "/var/tmp", parse_str, "scratch directory for exports"),
+    Setting("OVMF_PATH", "", parse_abs_path,
+            "front-end directory of the UEFI vars templates a VM's "
+            "T_OS_NVRAM=storpool:template=<file> names (default: <remotes>/OVMF)"),
     Setting("COPY_CMD_DD_BS", "1M", parse_dd_size, "dd block size writing imported data"),
     Setting("CLONE_COMPRESSION", "", parse_str, "compress cross-cluster clone streams"),
     Setting("RAFT_LEADER_IP", "", parse_str,
@@ -271,6 +289,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EVENT_LOG_ANCHOR", "", parse_anchor_target,
             "where 'onestorpool log checkpoint' also publishes the chain head: file:/PATH "
             "or volume:NAME (empty: syslog only)"),
+    Setting("EVENT_LOG_VOLUME", "", parse_log_volume,
+            "keep the event log's directory on this StorPool volume (yes: <ONE_PX>-eventlog), "
+            "mounted by the leading front-end's subscriber only (OpenNebula HA; "
+            "docs/eventlog.md); empty: a local file"),
     Setting("LOG_TO_FILE", "", parse_str, "also log to /var/log/one/addon-storpool.log"),
     Setting("HOOK_ENDPOINT", "tcp://localhost:2101", parse_str,
             "oned's hook bus (one_hm's PUB socket) the subscriber connects to ($ONE_ZMQ wins)"),
@@ -296,7 +318,7 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 LEGACY_NAMES = frozenset("""
     PROPAGATE_YES VMSNAPSHOT_SLEEP VMSNAPSHOT_SLEEP_REMOTE VMSNAPSHOT_EXCLUDE_CDROM
     VMSNAPSHOT_ATOMIC VMSNAPSHOT_FSFREEZE_MULTIDISKS SP_IMPORT_CGROUPS COPY_CMD_DS_BS
-    ONE_ARGS NO_PROXY_API OVMF_PATH NVRAM_TEMPLATE_PATH SCRIPTS_REMOTE_DIR PING_COUNT
+    ONE_ARGS NO_PROXY_API NVRAM_TEMPLATE_PATH SCRIPTS_REMOTE_DIR PING_COUNT
     SP_SPACE_USED_LVMWAY MONITOR_VMSNAPSHOTS MONITOR_SEND_UDP MONITOR_ADDRESS
     MONITOR_PORT NC_WAIT_TIME MONITOR_HOST_ID SP_JSON_PATH SP_FE_JSON_PATH
     MONITOR_SYNC_REMOTE MV_DETACH_ALL CDROM_BACKWARD_COMPATIBILITY SKIP_RESERVED_CPU
@@ -400,6 +422,12 @@ def remotes_dir() -> Path:
     return _rooted("/var/lib/one/remotes")
 
 
+def ovmf_dir(config: Config) -> Path:
+    """Where the UEFI vars templates of ``T_OS_NVRAM`` are: ``OVMF_PATH``, else
+    ``<remotes>/OVMF`` (the Bash add-on's default, synced to the hosts with the remotes)."""
+    return Path(config["OVMF_PATH"]) if config["OVMF_PATH"] else remotes_dir() / "OVMF"
+
+
 def rc_candidates() -> list[Path]:
     """Where ``addon-storpoolrc`` may live, first found wins (front-end, then host)."""
     return [remotes_dir() / "addon-storpoolrc", _rooted("/var/tmp/one/addon-storpoolrc")]
@@ -407,8 +435,16 @@ def rc_candidates() -> list[Path]:
 
 def event_log_path(config: Config | None = None) -> Path:
     """``$ONESTORPOOL_EVENTLOG``, else ``EVENT_LOG`` of the configuration (loaded when not
-    given), else ``/var/lib/one/onestorpool/events.db`` under the root."""
-    return Path(event_log_origin(config)[0])
+    given), else ``/var/lib/one/onestorpool/events.db`` under the root. With
+    ``EVENT_LOG_VOLUME`` its directory must be that volume, mounted here (the leader): else
+    one error, so that no front-end starts a log of its own."""
+    config = load() if config is None else config
+    path = Path(event_log_origin(config)[0])
+    if config["EVENT_LOG_VOLUME"]:
+        from onestorpool.eventlog.volume import check_mounted, volume_name
+
+        check_mounted(path.parent, str(volume_name(config)))
+    return path
 
 
 def event_log_origin(config: Config | None = None) -> tuple[str, str]:
