@@ -256,7 +256,10 @@ def tmsave(ctx: VmmContext) -> str:
 
 def tmrestore(ctx: VmmContext) -> str:
     """``tmrestore <checkpoint> <host> <domain> <vm> <host>``: TM ``prerestore``, the native
-    ``restore``, TM ``postrestore`` (which deletes the checkpoint volume)."""
+    ``restore``, TM ``postrestore`` (which deletes the checkpoint volume). Without
+    ``SP_CHECKPOINT_BD``, a checkpoint the subscriber moved onto ``<px>-sys-<VM>-checkpoint``
+    (or the Bash add-on archived there) is written back to the path first, and the volume
+    removed once the restore succeeded (:mod:`onestorpool.subscribers.checkpoint`)."""
     data = ctx.action_data()
     if len(ctx.args) < 3:
         raise InputError("restore: expected checkpoint host domain")
@@ -275,6 +278,14 @@ def _with_tm(ctx: VmmContext, data: VmmAction, action: str, checkpoint: str, hos
     host = hosts.get(host_name)
     tm_args = [f"{host_name}:{checkpoint}", str(vm.id), str(ds_id)]
     ctx.event.update(host=host_name, checkpoint=checkpoint, tm=tm_mad)
+    archived = action == "restore" and tm_mad == "storpool" and not ctx.config[
+        "SP_CHECKPOINT_BD"]
+    if archived:  # the subscriber may have moved the file onto its volume: bring it back
+        from onestorpool.subscribers import checkpoint as archive
+
+        with archive.locked(vm.id):
+            ctx.event["checkpoint_from"] = archive.bring_back(
+                ctx.sp, ctx.config, vm.id, archive.Place(host, checkpoint))
     ran = []
     if _tm(ctx, tm_mad, f"pre{action}", tm_args):
         ran.append(f"pre{action}")
@@ -290,6 +301,9 @@ def _with_tm(ctx: VmmContext, data: VmmAction, action: str, checkpoint: str, hos
         ctx.event["tm_steps"] = ran
     if _tm(ctx, tm_mad, f"post{action}", tm_args):
         ran.append(f"post{action}")
+    if archived:  # the VM runs again: its archived checkpoint is nobody's data now
+        with archive.locked(vm.id):
+            ctx.event["checkpoint_removed"] = archive.forget(ctx.sp, ctx.config, vm.id)
     return _last_line(output) if action == "restore" else ""
 
 

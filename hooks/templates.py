@@ -12,6 +12,10 @@ PREFIX = "storpool-"  # the hooks' names: storpool-vm.done, ...
 # route -> the template's own attributes (NAME, COMMAND and the rest are added)
 TRIGGERS: dict[str, dict[str, str]] = {
     "vm.done": {"TYPE": "state", "RESOURCE": "VM", "ON": "DONE", "ARGUMENTS": "$TEMPLATE"},
+    "vm.suspended": {"TYPE": "state", "RESOURCE": "VM", "ON": "CUSTOM", "STATE": "SUSPENDED",
+                     "LCM_STATE": "LCM_INIT", "ARGUMENTS": "$TEMPLATE"},
+    "vm.stopped": {"TYPE": "state", "RESOURCE": "VM", "ON": "CUSTOM", "STATE": "STOPPED",
+                   "LCM_STATE": "LCM_INIT", "ARGUMENTS": "$TEMPLATE"},
     "image.delete": {"TYPE": "api", "CALL": "one.image.delete", "ARGUMENTS": "$API"},
     "disk.snapshot": {"TYPE": "api", "CALL": "one.vm.disksnapshotcreate",
                       "ARGUMENTS": "$API"},

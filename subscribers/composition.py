@@ -11,17 +11,24 @@ from __future__ import annotations
 
 from onestorpool.eventlog import replay
 from onestorpool.eventlog.replay import Handler
+from onestorpool.subscribers import checkpoint
 from onestorpool.subscribers.handlers import remote_backup
 from onestorpool.subscribers.routes import (
     Route,
     disk_snapshot_created,
     image_deleted,
-    vm_done,
 )
 
 ROUTES: tuple[Route, ...] = (
     Route("vm.done", b"EVENT STATE VM/DONE/",
-          lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "DONE", vm_done),
+          lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "DONE",
+          checkpoint.vm_done),
+    Route("vm.suspended", b"EVENT STATE VM/SUSPENDED/LCM_INIT/",
+          lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "SUSPENDED"
+          and e.lcm_state == "LCM_INIT", checkpoint.vm_saved),
+    Route("vm.stopped", b"EVENT STATE VM/STOPPED/LCM_INIT/",
+          lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "STOPPED"
+          and e.lcm_state == "LCM_INIT", checkpoint.vm_saved),
     Route("image.delete", b"EVENT API one.image.delete ",
           lambda e: e.kind == "API" and e.method == "one.image.delete" and bool(e.success),
           image_deleted),
@@ -33,6 +40,8 @@ ROUTES: tuple[Route, ...] = (
 # effect type (``payload["effect"]["type"]`` of a request) -> the handler that performs it
 EFFECT_HANDLERS: dict[str, Handler] = {
     "remote_backup": remote_backup,
+    checkpoint.RELOCATE: checkpoint.relocate,
+    checkpoint.DROP: checkpoint.drop,
 }
 
 

@@ -1,0 +1,494 @@
+"""Checkpoint relocation: a suspended or stopped VM's checkpoint file moves onto StorPool.
+
+When a VM reaches SUSPENDED or STOPPED, the hypervisor's checkpoint (its memory) is a file
+in the VM folder: on the host (suspended; stopped with ``SP_SYSTEM=shared``) or on the
+front-end (stopped with ``SP_SYSTEM=ssh``: the TM ``mv`` of EPILOG_STOP carried the folder
+there). With ``SP_CHECKPOINT`` set (``yes``/``nomigrate``, as in the Bash add-on) the
+subscriber moves it onto the volume ``<px>-sys-<VM>-checkpoint`` (template ``<px>-ds-<DS>``
+of the system datastore, tags ``virt``, ``nloc``, ``nvm``, ``type=CHKPNT``) and frees the
+disk. With ``SP_CHECKPOINT_BD=1`` the checkpoint never was a file (the TM's presave made the
+path a link to ``-rawcheckpoint``): nothing to do.
+
+The volume holds what the Bash add-on's ``oneCheckpointSave`` wrote: a tar archive of the
+file (member ``<path without the leading />``), compressed with ``SP_COMPRESSION`` (lz4),
+from the first byte of the volume; so either add-on resumes a VM the other saved. A copy is
+verified (read back from the volume: size and SHA-256 of the member) before the file is
+removed, and the volume records them (tags ``bytes``, ``sha256``). Each step can be re-run:
+a run that died after writing finds the volume, verifies it against the file and finishes;
+the file is never removed unless the volume holds a verified copy.
+
+Resume: the ``restore`` local action (:func:`onestorpool.drivers.vmm.tmrestore`) calls
+:func:`bring_back` before the native restore (the file is written back from the volume when
+it is absent, verified against the recorded checksum) and :func:`forget` after it succeeded.
+The VM's terminate removes the volume (TM ``delete``); a VM that is DONE also has it removed
+by the ``checkpoint_drop`` effect (a relocation that ran while the VM was being deleted).
+
+A relocation and a restore of one VM never overlap: both hold the VM's lock file beside the
+event log on the front-end, where the subscriber and oned's local actions run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from onestorpool import hosts
+from onestorpool.errors import AddonError, InputError
+from onestorpool.eventlog.record import Record
+from onestorpool.eventlog.store import EventLog
+from onestorpool.one import HookEvent, Vm, VmState
+from onestorpool.subscribers.routes import Actions
+from onestorpool.subscribers.routes import vm_done as vm_done_cleanup
+
+RELOCATE = "checkpoint_relocate"  # effect: a saved VM's checkpoint file onto its volume
+DROP = "checkpoint_drop"  # effect: the volume of a VM that is DONE removed
+CHECKPOINT_TYPE = "CHKPNT"  # the ``type`` tag, as the Bash add-on's
+SAVED_STATES = ("SUSPENDED", "STOPPED")
+MIB = 1 << 20
+ONE_NO_EXISTS = 0x0400  # oned's error code for an object that does not exist
+
+# first bytes of a compressed stream -> the command that decompresses it (read by magic: a
+# volume written with another SP_COMPRESSION, or by the Bash add-on, still reads)
+_DECOMPRESS = """
+magic=$(head -c 4 "$dev" | od -An -tx1 | tr -d ' \\n')
+case $magic in
+    04224d18) decompress="lz4 -dc" ;;
+    28b52ffd) decompress="zstd -dcq" ;;
+    1f8b*) decompress="gzip -dc" ;;
+    fd377a58) decompress="xz -dc" ;;
+    425a68*) decompress="bzip2 -dc" ;;
+    *) echo "$dev holds no compressed checkpoint archive (starts with ${magic:-nothing})" >&2
+       exit 3 ;;
+esac
+"""
+
+# size and SHA-256 of a file, or "absent"
+_INSPECT = """set -eu
+f=$1
+if [ ! -f "$f" ]; then echo absent; exit 0; fi
+size=$(stat -c %s -- "$f")
+sum=$(sha256sum < "$f" | cut -d' ' -f1)
+echo "$size $sum"
+"""
+
+# the file as a tar member (path relative to root), compressed, from the device's first byte
+_WRITE = """set -eu -o pipefail
+root=$1 member=$2 dev=$3 compress=$4
+tar -C "$root" -cf - -- "$member" | "$compress" -c | dd of="$dev" bs=1M conv=notrunc,fsync \
+    status=none
+"""
+
+# size and SHA-256 of the archive's content, in one pass. The decompressor's status is not
+# looked at: lz4 complains about the volume's bytes after the frame; tar tells whether the
+# archive was whole (a truncated or corrupt one is "Unexpected EOF").
+_READ_BACK = """set -u
+dev=$1
+""" + _DECOMPRESS + """
+work=$(mktemp -d) || exit 1
+trap 'rm -rf "$work"' EXIT
+mkfifo "$work/fifo"
+sha256sum < "$work/fifo" | cut -d' ' -f1 > "$work/sum" &
+summer=$!
+size=$($decompress < "$dev" 2>/dev/null | tar -xOf - | tee "$work/fifo" | wc -c;
+       exit "${PIPESTATUS[1]}") || { wait "$summer"; echo "$dev: not a whole archive" >&2; exit 4; }
+wait "$summer"
+echo "$size $(cat "$work/sum")"
+"""
+
+# the archive's content into "$dst.restoring" (renamed once verified); its size and SHA-256
+_EXTRACT = """set -u
+dev=$1 dst=$2
+""" + _DECOMPRESS + """
+mkdir -p -- "$(dirname -- "$dst")"
+$decompress < "$dev" 2>/dev/null | tar -xOf - > "$dst.restoring"
+if [ "${PIPESTATUS[1]}" != 0 ]; then
+    rm -f -- "$dst.restoring"; echo "$dev: not a whole archive" >&2; exit 4
+fi
+size=$(stat -c %s -- "$dst.restoring")
+sum=$(sha256sum < "$dst.restoring" | cut -d' ' -f1)
+echo "$size $sum"
+"""
+
+
+class CheckpointError(AddonError):
+    """A checkpoint cannot be moved or brought back; nothing was removed."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What identifies a checkpoint's bytes."""
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def parse(cls, line: str, where: str) -> Facts:
+        words = line.split()
+        if (len(words) != 2 or not words[0].isdigit() or len(words[1]) != 64
+                or any(c not in "0123456789abcdef" for c in words[1])):
+            raise CheckpointError(f"{where}: unexpected output {line[:100]!r}")
+        return cls(int(words[0]), words[1])
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Facts | None:
+        """Recorded on a volume we wrote; ``None`` for one the Bash add-on wrote."""
+        try:
+            return cls.parse(f"{tags['bytes']} {tags['sha256']}", "tags")
+        except (KeyError, CheckpointError):
+            return None
+
+    def tags(self) -> dict[str, str]:
+        return {"bytes": str(self.size), "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a checkpoint file is: a host and the absolute path on it."""
+
+    host: hosts.Host
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.host.name}:{self.path}"
+
+
+# -- the lock shared with the restore action ------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(vm_id: int) -> Iterator[None]:
+    """One relocation or restore of ``vm_id`` at a time on this front-end (a lock file
+    beside the event log; the kernel frees it if the holder dies)."""
+    from onestorpool.config import event_log_path
+
+    path = f"{event_log_path()}.checkpoint-{int(vm_id)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- host side ------------------------------------------------------------------------------
+
+
+def _bash(host: hosts.Host, script: str, *args: str, timeout: float = 3600) -> str:
+    done = host.run(["bash", "-c", script, "checkpoint", *args], check=False, timeout=timeout)
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.decode("utf-8", "replace").splitlines()
+                 if line.strip()]
+        raise CheckpointError(f"{host.name}: {lines[-1] if lines else 'failed'} "
+                              f"(exit {done.returncode})")
+    return done.stdout.decode("utf-8", "replace").strip()
+
+
+def inspect_file(place: Place) -> Facts | None:
+    """Size and checksum of the checkpoint file, ``None`` when there is none."""
+    output = _bash(place.host, _INSPECT, place.host.path(place.path))
+    return None if output == "absent" else Facts.parse(output, str(place))
+
+
+def write_archive(place: Place, device: str, compressor: str) -> None:
+    root = place.host.path("/")
+    _bash(place.host, _WRITE, root, place.path.lstrip("/"), device, compressor)
+
+
+def read_back(host: hosts.Host, device: str) -> Facts:
+    return Facts.parse(_bash(host, _READ_BACK, device), f"{host.name}:{device}")
+
+
+@contextlib.contextmanager
+def _attached(sp: Any, volume: str, host: hosts.Host, client: int, mode: str,
+              timeout: int) -> Iterator[str]:
+    """``volume`` attached to ``host`` only (a host a crashed run left it on is forced off)
+    for the block; detached after it."""
+    from onestorpool.drivers.storage import detach_all
+
+    sp.volumes_reassign_wait([{"volume": volume, "detach": "all", "force": True},
+                              {"volume": volume, mode: [client]}], attach_timeout=timeout)
+    try:
+        yield host.wait_for_device(volume, timeout=max(timeout, 5))
+    finally:
+        detach_all(sp, volume)
+
+
+# -- where the file is ------------------------------------------------------------------------
+
+
+def folder(vm: Vm, base_path: str) -> str:
+    """The VM folder on the system datastore (``<BASE_PATH>/<VM>``, oned's
+    ``DATASTORE_LOCATION/<DS>/<VM>`` of ``History::non_persistent_data``)."""
+    if not base_path.startswith("/") or ".." in base_path.split("/"):
+        raise InputError(f"system datastore BASE_PATH {base_path!r} is not an absolute path")
+    return posixpath.join(posixpath.normpath(base_path), str(vm.id))  # oned writes "//"
+
+
+def saved_place(vm: Vm, base_path: str, system_mode: str) -> Place:
+    """A STOPPED VM's folder went to the front-end with ``SP_SYSTEM=ssh``; otherwise the
+    checkpoint is on the VM's last host (a shared folder is seen there too)."""
+    path = posixpath.join(folder(vm, base_path), "checkpoint")
+    if vm.state == VmState.STOPPED and system_mode == "ssh":
+        return Place(hosts.frontend(), path)
+    if not vm.hostname:
+        raise InputError(f"VM {vm.id} has no host in its history")
+    return Place(hosts.get(vm.hostname), path)
+
+
+# -- the volume -------------------------------------------------------------------------------
+
+
+def volume_size(size: int) -> int:
+    """Twice the file, in whole MiB, as the Bash add-on sized it (at least 1 MiB: the
+    archive's headers need room even for an empty file)."""
+    return max(1, -(-2 * size // MIB)) * MIB
+
+
+def _ours(volume: dict[str, Any], config: Any, vm_id: int) -> bool:
+    """The volume belongs to this ONE instance's VM (a volume of another instance sharing
+    the cluster and prefix is never touched)."""
+    tags = volume.get("tags") or {}
+    loc, vm_tag = config["LOC_TAG"], config["VM_TAG"]
+    if tags.get(loc) not in (None, config.loc_tag_value):
+        return False
+    return not (vm_tag and tags.get(vm_tag) not in (None, str(vm_id)))
+
+
+def _existing(sp: Any, name: str, config: Any, vm_id: int) -> dict[str, Any] | None:
+    from onestorpool.storpool import NotFound
+
+    try:
+        volume = sp.volume(name)
+    except NotFound:
+        return None
+    if not _ours(volume, config, vm_id):
+        raise CheckpointError(f"{name} exists with the tags of another OpenNebula instance "
+                              f"({volume.get('tags')}); it is left alone")
+    return volume
+
+
+def store(sp: Any, config: Any, vm: Vm, datastore_id: int, place: Place) -> dict[str, Any]:
+    """The checkpoint file at ``place`` copied onto the VM's volume and verified, then
+    removed. Returns what was done."""
+    from onestorpool.drivers.storage import Tags, create_volume, delete_volume
+
+    naming = config.naming()
+    name = naming.checkpoint(vm.id)
+    outcome: dict[str, Any] = {"vm": vm.id, "volume": name, "file": str(place)}
+    facts = inspect_file(place)
+    existing = _existing(sp, name, config, vm.id)
+    if facts is None:
+        if existing is not None:
+            return {**outcome, "note": "relocated already (no file, the volume is there)"}
+        return {**outcome, "skipped": "no checkpoint file"}
+    client = hosts.client_id(place.host, config)
+    timeout = config["ATTACH_TIMEOUT"]
+    if existing is not None:  # an earlier run died: its copy counts only if it verifies
+        with _attached(sp, name, place.host, client, "ro", timeout) as device:
+            try:
+                copy: Facts | None = read_back(place.host, device)
+            except CheckpointError:
+                copy = None
+        if copy == facts:
+            outcome["note"] = "verified the copy of an earlier run"
+        else:
+            delete_volume(sp, name)
+            existing = None
+    if existing is None:
+        tags = {**Tags.from_config(config).for_vm(vm.id, None, CHECKPOINT_TYPE),
+                **facts.tags()}
+        create_volume(sp, name, size=volume_size(facts.size),
+                      template=naming.template(datastore_id), tags=tags)
+        with _attached(sp, name, place.host, client, "rw", timeout) as device:
+            write_archive(place, device, config["SP_COMPRESSION"])
+            copy = read_back(place.host, device)
+        if copy != facts:
+            delete_volume(sp, name)
+            raise CheckpointError(f"the copy of {place} on {name} reads back as {copy} "
+                                  f"instead of {facts}; the file stays")
+        outcome["volume_size"] = volume_size(facts.size)
+    return {**outcome, "bytes": facts.size, "sha256": facts.sha256,
+            "compression": config["SP_COMPRESSION"]}
+
+
+def bring_back(sp: Any, config: Any, vm_id: int, place: Place) -> dict[str, Any]:
+    """Before a restore: the checkpoint file at ``place`` as it was saved. A file that is
+    there is the checkpoint; else the volume's archive is extracted beside it, verified
+    (against the size and checksum the volume records; a Bash add-on volume records none:
+    a whole archive is its check) and renamed into place. Neither file nor volume: one
+    clear error."""
+    if not place.path.startswith("/") or ".." in place.path.split("/"):
+        raise InputError(f"restore: the checkpoint path {place.path!r} is not absolute")
+    name = config.naming().checkpoint(vm_id)
+    if inspect_file(place) is not None:
+        return {"checkpoint": "file"}
+    volume = _existing(sp, name, config, vm_id)
+    if volume is None:
+        raise CheckpointError(f"VM {vm_id} has no checkpoint: no volume {name} and no file "
+                              f"{place}")  # oned shows 100 characters: the gist first
+    expected = Facts.from_tags(volume.get("tags") or {})
+    client = hosts.client_id(place.host, config)
+    target = place.host.path(place.path)
+    with _attached(sp, name, place.host, client, "ro", config["ATTACH_TIMEOUT"]) as device:
+        got = Facts.parse(_bash(place.host, _EXTRACT, device, target), str(place))
+    if expected is not None and got != expected:
+        place.host.run(["rm", "-f", "--", f"{target}.restoring"], check=False)
+        raise CheckpointError(f"{name} reads back as {got}, it recorded {expected}: "
+                              "the checkpoint is damaged; the volume is kept")
+    place.host.run(["mv", "-f", "--", f"{target}.restoring", target])
+    return {"checkpoint": "volume", "volume": name, "bytes": got.size, "sha256": got.sha256,
+            "verified": expected is not None}
+
+
+def forget(sp: Any, config: Any, vm_id: int) -> str | None:
+    """After a restore that succeeded: the VM's checkpoint volume removed (at once: memory
+    of a VM that runs again is nobody's data). Returns its name if there was one."""
+    from onestorpool.drivers.storage import delete_volume
+
+    name = config.naming().checkpoint(vm_id)
+    if _existing(sp, name, config, vm_id) is None:
+        return None
+    delete_volume(sp, name)
+    return name
+
+
+# -- the effects --------------------------------------------------------------------------
+
+
+def _effect_vm(record: Record) -> tuple[dict[str, Any], int]:
+    effect = record.payload["effect"]
+    vm_id = effect.get("vm")
+    if not isinstance(vm_id, int) or isinstance(vm_id, bool) or vm_id < 0:
+        raise InputError(f"{effect.get('type')}: no valid VM id in {effect!r:.200}")
+    return effect, vm_id
+
+
+def _vm_now(vm_id: int) -> Vm | None:
+    """The VM as oned has it now; ``None`` once it is gone from the pool."""
+    from onestorpool import oneapi
+
+    try:
+        return oneapi.vm_info(vm_id)
+    except oneapi.OneError as exc:
+        if exc.code == ONE_NO_EXISTS:
+            return None
+        raise
+
+
+def _drop_volume(sp: Any, config: Any, vm_id: int) -> list[str]:
+    removed = forget(sp, config, vm_id)
+    return [removed] if removed else []
+
+
+def relocate(record: Record, log: EventLog) -> dict[str, Any]:
+    """``checkpoint_relocate``: the checkpoint of a VM saved in history record
+    ``history_seq`` onto its volume, when the VM still is where the request saw it."""
+    from onestorpool import config as config_module
+    from onestorpool import oneapi
+    from onestorpool.storpool import StorPoolClient
+
+    effect, vm_id = _effect_vm(record)
+    history_seq = effect.get("history_seq")
+    config = config_module.load()
+    with locked(vm_id), StorPoolClient.from_config(config) as sp:
+        vm = _vm_now(vm_id)
+        if vm is None or vm.state == VmState.DONE:
+            return {"vm": vm_id, "skipped": "the VM is done",
+                    "removed": _drop_volume(sp, config, vm_id)}
+        last = vm.last_history
+        if vm.state.name not in SAVED_STATES or last is None or last.seq != history_seq:
+            return {"vm": vm_id, "skipped": f"the VM is {vm.state.name}/{vm.lcm_state.name} "
+                    "now (resumed or moved on)"}
+        if last.tm_mad != "storpool":
+            return {"vm": vm_id, "skipped": f"system datastore TM is {last.tm_mad}"}
+        datastore = oneapi.datastore_info(last.ds_id)
+        config = config.for_datastore(datastore.template, f"datastore {datastore.id}")
+        if config["SP_CHECKPOINT_BD"]:
+            return {"vm": vm_id, "skipped": "SP_CHECKPOINT_BD: the checkpoint is on "
+                    "StorPool already"}
+        if not config["SP_CHECKPOINT"]:
+            return {"vm": vm_id, "skipped": "SP_CHECKPOINT is off"}
+        place = saved_place(vm, datastore.base_path, config["SP_SYSTEM"])
+        outcome = store(sp, config, vm, datastore.id, place)
+        if "bytes" not in outcome:
+            return outcome
+        # the copy is verified; the file goes unless the VM started resuming meanwhile (a
+        # resume that finds the file uses it and removes the volume after)
+        now = _vm_now(vm_id)
+        if now is None or now.state != vm.state or now.last_history != last:
+            return {**outcome, "kept_file": "the VM moved on before the file was removed"}
+        place.host.run(["rm", "-f", "--", place.host.path(place.path)])
+        return {**outcome, "removed_file": True}
+
+
+def drop(record: Record, log: EventLog) -> dict[str, Any]:
+    """``checkpoint_drop``: a VM that is DONE keeps no checkpoint volume (the TM ``delete``
+    removes it; this catches one a relocation made while the VM was being deleted)."""
+    from onestorpool import config as config_module
+    from onestorpool.storpool import StorPoolClient
+
+    _, vm_id = _effect_vm(record)
+    config = config_module.load()
+    with locked(vm_id), StorPoolClient.from_config(config) as sp:
+        vm = _vm_now(vm_id)
+        if vm is not None and vm.state != VmState.DONE:
+            return {"vm": vm_id, "skipped": f"the VM is {vm.state.name}"}
+        return {"vm": vm_id, "removed": _drop_volume(sp, config, vm_id)}
+
+
+# -- the routes -------------------------------------------------------------------------
+
+
+def _history_seq(event: HookEvent) -> int | None:
+    """The VM's last history record's SEQ, from the bus message (``HOOK_MESSAGE/VM``) or
+    the hook's ``$TEMPLATE`` (the ``VM`` itself)."""
+    from lxml import etree
+
+    from onestorpool.one import parse_vm
+
+    try:
+        if event.message is not None and event.message.tag == "VM":
+            vm = parse_vm(etree.tostring(event.message))
+        else:
+            vm = event.vm()
+    except AddonError:
+        return None
+    last = vm.last_history
+    return None if last is None else last.seq
+
+
+def vm_saved(actions: Actions, event: HookEvent, seq: int) -> None:
+    """A VM is SUSPENDED or STOPPED: relocate its checkpoint. Keyed by the VM, its history
+    record and the message (a VM suspended twice in one history record is two
+    relocations; the handler acts on the VM as it is when it runs)."""
+    vm_id, history_seq = event.object_id, _history_seq(event)
+    if vm_id is None or history_seq is None:
+        return
+    actions.request_effect({"type": RELOCATE, "key": f"{RELOCATE}:{vm_id}:{history_seq}:{seq}",
+                            "vm": vm_id, "history_seq": history_seq, "state": event.state},
+                           seq, vm=vm_id)
+
+
+def vm_done(actions: Actions, event: HookEvent, seq: int) -> None:
+    """A VM is DONE: the clean-up of :func:`onestorpool.subscribers.routes.vm_done`, and no
+    checkpoint volume left. The TM ``delete`` of the terminate removed it, and a relocation
+    still pending ran in that clean-up and found the VM done: a volume still there was made
+    by one that ran while the VM was being deleted, and is dropped (asked for only then)."""
+    from onestorpool import config as config_module
+    from onestorpool.storpool import StorPoolClient
+
+    vm_done_cleanup(actions, event, seq)
+    vm_id = event.object_id
+    if vm_id is None:
+        return
+    config = config_module.load()
+    with StorPoolClient.from_config(config) as sp:
+        left = sp.volume_exists(config.naming().checkpoint(vm_id))
+    if left:
+        actions.request_effect({"type": DROP, "key": f"{DROP}:{vm_id}", "vm": vm_id}, seq,
+                               vm=vm_id)
