@@ -159,6 +159,7 @@ class Daemon:
         self._prune: dict[int, tuple[int, float]] = {}  # VM -> (position, give up at)
         self._leader_check, self.leader_every = leader, leader_every
         self.leading: bool | None = None  # unknown until asked
+        self.standby_exits = False  # set by the HA loop: a follower has no log to write
         self._next_leader = 0.0
         self._next_prune = 0.0
         self.socket: zmq.Socket | None = None
@@ -388,6 +389,8 @@ class Daemon:
                 print(f"WARN: subscriber: raft status unknown: {exc}", file=sys.stderr)
                 leading = bool(self.leading)
             if leading != self.leading:
+                if not leading and self.standby_exits:
+                    self.should_stop = True  # the HA loop releases the log volume (ha.py)
                 self.log.append(Event("subscriber.leader" if leading else "subscriber.standby",
                                       self.writer, {"endpoint": self.endpoint}))
                 if leading and self.leading is not None:
@@ -502,25 +505,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def build(config: Any, args: argparse.Namespace, log: EventLog,
+          leader: Callable[[], bool] | None, notifier: Notifier | None = None) -> Daemon:
+    return Daemon(
+        endpoint(config, args.endpoint), log,
+        reconcile_every=args.reconcile_interval if args.reconcile_interval is not None
+        else config["SUBSCRIBER_RECONCILE_INTERVAL"],
+        checkpoint_every=args.checkpoint_interval if args.checkpoint_interval is not None
+        else config["SUBSCRIBER_CHECKPOINT_INTERVAL"],
+        leader=leader, notifier=notifier)
+
+
 def run(args: argparse.Namespace) -> int:
     from onestorpool import config as config_module
 
     config = config_module.load()
+    port = (args.metrics_port if args.metrics_port is not None
+            else config["SUBSCRIBER_METRICS_PORT"])
+    if config["EVENT_LOG_VOLUME"] and not args.once and not args.log:
+        from onestorpool.subscribers import ha
+
+        leader = leader_check(config)
+        return ha.run(config, lambda log, notifier: build(config, args, log, leader, notifier),
+                      metrics_port=port, leader=leader)
     with EventLog.open(args.log) as log:
         if args.once:
             from onestorpool.subscribers.reconcile import reconcile
 
             print(reconcile(log, why="once"))
             return 0
-        daemon = Daemon(
-            endpoint(config, args.endpoint), log,
-            reconcile_every=args.reconcile_interval if args.reconcile_interval is not None
-            else config["SUBSCRIBER_RECONCILE_INTERVAL"],
-            checkpoint_every=args.checkpoint_interval if args.checkpoint_interval is not None
-            else config["SUBSCRIBER_CHECKPOINT_INTERVAL"],
-            leader=leader_check(config))
-        port = (args.metrics_port if args.metrics_port is not None
-                else config["SUBSCRIBER_METRICS_PORT"])
+        daemon = build(config, args, log, leader_check(config))
         if port:
             from onestorpool.subscribers.metrics import serve
 

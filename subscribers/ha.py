@@ -142,6 +142,8 @@ def run(config: Any, build: Callable[[EventLog, Notifier], Any], *, metrics_port
                     if stopping["now"]:
                         daemon.stop()
                     daemon.run()  # until stopped, or no longer the leader
+                    if daemon.leading:  # it had the signal (its handler, during run)
+                        stopping["now"] = True
                     announced = False
             except AddonError as exc:
                 print(f"ERROR: subscriber: {exc}", file=sys.stderr, flush=True)

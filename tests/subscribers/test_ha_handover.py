@@ -1,0 +1,170 @@
+"""OpenNebula HA with the event log on a StorPool volume (EVENT_LOG_VOLUME): two emulated
+front-ends, each a real ``onestorpool subscriber run`` process with its own root, StorPool
+client id and leader address, sharing the StorPool and oned sandboxes.
+
+Leadership is the floating address of ``RAFT_LEADER_IP`` (the Bash add-on's mechanism): each
+front-end names its own TEST-NET address, and the test moves "the" address by putting it on
+``lo``. A front-end's death is SIGKILL of its processes plus :func:`crash` of its filesystem
+(the sandbox cannot take a loop device away as a cluster's forced detach takes the device).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from onestorpool.eventlog import EventLog
+from onestorpool.eventlog.volume import LogVolume
+from tests.eventlog.test_log_volume import crash, unmount_everything_under
+from tests.subscribers.conftest import Daemon, remote_copies, subscriber_env, wait_for
+
+pytest_plugins = ["tests.sandbox.conftest_oned"]  # make_world
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mkfs.ext4") is None or shutil.which("ip") is None,
+    reason="mounting a filesystem and adding an address to lo need root")
+
+VOLUME = "one-eventlog"
+RC = 'ONE_PX=one\nDELAY_DELETE=0\nREMOTE_BACKUP_DELETE="backup-site"\nEVENT_LOG_VOLUME=yes\n'
+
+
+class LeaderAddresses:
+    """Two addresses of 198.18.0.0/15 (RFC 2544, never routed), unique to this process, that
+    the test puts on and takes off ``lo``."""
+
+    def __init__(self) -> None:
+        base = int(ipaddress.ip_address("198.18.0.0")) + (os.getpid() % 60000) * 2 + 2
+        self.a, self.b = str(ipaddress.ip_address(base)), str(ipaddress.ip_address(base + 1))
+        self.up: set[str] = set()
+        self.daemons: list[Daemon] = []  # killed at teardown, before the unmounts
+
+    def lead(self, address: str | None) -> None:
+        for old in list(self.up):
+            subprocess.run(["ip", "addr", "del", f"{old}/32", "dev", "lo"], check=True)
+            self.up.discard(old)
+        if address is not None:
+            subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+            self.up.add(address)
+
+
+@pytest.fixture
+def leader_addresses(tmp_path) -> Iterator[LeaderAddresses]:
+    addresses = LeaderAddresses()
+    yield addresses
+    for daemon in addresses.daemons:
+        if daemon.process.poll() is None:
+            daemon.stop(signal.SIGKILL)
+    addresses.lead(None)
+    unmount_everything_under(tmp_path)
+
+
+def records(path: Path) -> list:
+    with EventLog(path, readonly=True) as log:
+        return list(log.read())
+
+
+def test_the_log_survives_the_leader_and_only_the_leader_writes(cloud, tmp_path,
+                                                                 leader_addresses):
+    w, image_ds, _system_ds, _hosts, remote = cloud
+    sandbox = w.frontend.sandbox
+    sp = w.frontend.sp
+    # Front-end A is the world's; B has its own root and StorPool client (21).
+    root_a, root_b = w.frontend.root, tmp_path / "fe-b"
+    log_a, log_b = root_a / "log" / "events.db", root_b / "log" / "events.db"
+    conf = (root_a / "etc/storpool.conf").read_text()
+    (root_a / "etc/storpool.conf").write_text("SP_OURID=1\n" + conf)
+    (root_b / "etc").mkdir(parents=True)
+    (root_b / "etc/storpool.conf").write_text("SP_OURID=21\n" + conf)
+    (root_b / "hosts/localhost").mkdir(parents=True)
+    sandbox.add_client(21, root_b / "hosts/localhost")
+    w.frontend.write_rc(RC + f"RAFT_LEADER_IP={leader_addresses.a}\n")
+    (root_b / "var/lib/one/remotes").mkdir(parents=True)
+    (root_b / "var/lib/one/remotes/addon-storpoolrc").write_text(
+        RC + f"RAFT_LEADER_IP={leader_addresses.b}\n")
+    w.oned.driver_env["ONESTORPOOL_EVENTLOG"] = str(log_a)  # oned A's drivers
+    env_a = {**subscriber_env(w), "ONESTORPOOL_EVENTLOG": str(log_a)}
+    env_b = {**env_a, "ONESTORPOOL_ROOT": str(root_b), "ONESTORPOOL_EVENTLOG": str(log_b),
+             "ONESTORPOOL_SANDBOX_HOSTS": str(root_b / "hosts")}
+    sp.volume_template_create("eventlog", replication=3)
+    LogVolume(VOLUME, log_a, 1, sp, device=str(w.frontend.device("localhost", VOLUME))
+              ).init(size=64 << 20, template="eventlog")
+
+    def attached() -> list[int]:
+        return sorted(a["client"] for a in sp.attachments_list() if a["volume"] == VOLUME)
+
+    def start(env: dict[str, str], name: str) -> Daemon:
+        daemon = Daemon(env, tmp_path / f"subscriber-{name}.log", tmp_path / f"notify-{name}")
+        leader_addresses.daemons.append(daemon)
+        daemon.wait_ready()
+        return daemon
+
+    def done_keys(path: Path) -> list[str]:
+        return [r.payload["key"] for r in records(path) if r.type == "effect.done"]
+
+    leader_addresses.lead(leader_addresses.a)
+    a = start(env_a, "a")
+    wait_for(lambda: os.path.ismount(log_a.parent) and log_a.exists() and any(
+        r.type == "subscriber.leader" for r in records(log_a)), "A leading with the log")
+    b = start(env_b, "b")  # a standby: READY at once, no log
+    assert "standby" in "".join(b.read_notify())
+    assert attached() == [1] and not os.path.ismount(log_b.parent)
+
+    # A's drivers and subscriber append; the first tombstone is shipped by A.
+    first = w.oned.create_image(image_ds, "first", size_mb=1)
+    w.srv.image.delete(first)
+    wait_for(lambda: len(done_keys(log_a)) == 1, "A shipping the first tombstone")
+    a.stop(signal.SIGKILL)  # A's subscriber dies; its oned and drivers go on a moment
+    second = w.oned.create_image(image_ds, "second", size_mb=1)
+    w.srv.image.delete(second)
+    wait_for(lambda: [r for r in records(log_a) if r.effect_key and r.image == second],
+             "the second tombstone requested on A")
+    before = [(r.seq, r.hash) for r in records(log_a)]
+    assert len(remote_copies(remote)) == 1
+
+    crash(log_a.parent)  # front-end A is gone, without releasing anything
+    with pytest.raises(RuntimeError, match="is not StorPool volume one-eventlog"):
+        w.oned.create_image(image_ds, "third", size_mb=1)  # oned A's drivers would fail ...
+    assert list(log_a.parent.iterdir()) == []  # ... and leave no log of their own
+
+    leader_addresses.lead(leader_addresses.b)
+    wait_for(lambda: os.path.ismount(log_b.parent) and any(
+        r.type == "subscriber.reconciled" for r in records(log_b)[len(before):]),
+        "B taking the volume and reconciling", 90)
+    assert attached() == [21]  # A's attachment taken by force
+    after = records(log_b)
+    assert [(r.seq, r.hash) for r in after[:len(before)]] == before  # every record of A's
+    types = [r.type for r in after[len(before):]]
+    assert types[:3] == ["log.volume.acquired", "subscriber.started", "subscriber.leader"]
+    acquired = after[len(before)]
+    assert acquired.payload["head"] == before[-1][0] and acquired.payload["client"] == 21
+    # the new leader's reconciliation, before it acted on anything, shipped what A left
+    assert types[3:5] == ["effect.done", "subscriber.reconciled"]
+    assert after[len(before) + 4].payload["why"] == "start"
+    keys = done_keys(log_b)
+    assert len(keys) == len(set(keys)) == 2
+    copies = remote_copies(remote)
+    assert len(copies) == 2 and len({c["tags"]["tombstone"] for c in copies}) == 2
+    verified = subprocess.run([sys.executable, "-m", "onestorpool.cli", "log", "verify",
+                               "--no-archives", "--log", str(log_b)], env=env_b,
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # A comes back (its machine rebooted): a standby, it takes nothing and writes nothing.
+    head = records(log_b)[-1].seq
+    a = start(env_a, "a-again")
+    assert "standby" in "".join(a.read_notify())
+    assert attached() == [21] and not os.path.ismount(log_a.parent)
+    assert list(log_a.parent.iterdir()) == []
+    assert all(r.pid != a.process.pid for r in records(log_b) if r.seq > head)
+    assert a.stop() == 0
+
+    assert b.stop() == 0  # B releases: unmounted, detached
+    assert attached() == [] and not os.path.ismount(log_b.parent)
