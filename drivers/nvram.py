@@ -105,15 +105,17 @@ def read_template(path: Path, vm_id: int) -> bytes:
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
-                raise InputError(f"VM {vm_id}: NVRAM template {path} is not a regular file")
+                raise InputError(f"VM {vm_id}: NVRAM template {path.name} is not a regular "
+                                 f"file ({path.parent})")
             size = info.st_size
             if size == 0 or size > TEMPLATE_MAX_BYTES or size % SECTOR:
-                raise InputError(f"VM {vm_id}: NVRAM template {path} is {size} bytes: an OVMF "
-                                 f"vars file is whole {SECTOR}-byte sectors, at most "
-                                 f"{TEMPLATE_MAX_BYTES >> 20} MiB")
+                raise InputError(f"VM {vm_id}: NVRAM template {path.name} is {size} bytes: an "
+                                 f"OVMF vars file is whole {SECTOR}-byte sectors, at most "
+                                 f"{TEMPLATE_MAX_BYTES >> 20} MiB ({path.parent})")
             data = handle.read(size + 1)
     except OSError as exc:
-        raise InputError(f"VM {vm_id}: NVRAM template {path}: {exc.strerror}") from None
+        raise InputError(f"VM {vm_id}: NVRAM template {path.name}: {exc.strerror} "
+                         f"({path.parent})") from None
     if len(data) != size:
-        raise InputError(f"VM {vm_id}: NVRAM template {path} changed while read")
+        raise InputError(f"VM {vm_id}: NVRAM template {path.name} changed while read")
     return data

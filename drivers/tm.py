@@ -638,10 +638,11 @@ def _follow_datastore(ctx: TmContext, volume: str) -> None:
         ctx.event.setdefault("template_changed", []).append(volume)
 
 
-def move_folder(src: hosts.Host, src_path: str, dst: hosts.Host, dst_path: str) -> None:
+def move_folder(src: hosts.Host, src_path: str, dst: hosts.Host, dst_path: str, *,
+                keep_source: bool = False) -> None:
     """``SP_SYSTEM=ssh``: the VM folder's files (checkpoint, deployment files, disk links)
     stream from one host to the other through ``tar`` (sparse files stay sparse), then the
-    source is removed."""
+    source is removed (unless ``keep_source``: a live migration's until it succeeds)."""
     dst.run(["mkdir", "-p", dst.path(dst_path)])
     reader = src.popen(["tar", "-C", src.path(src_path), "-cSf", "-", "."],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -655,9 +656,10 @@ def move_folder(src: hosts.Host, src_path: str, dst: hosts.Host, dst_path: str) 
     reader.stderr.close()
     if reader.wait() != 0 or writer.returncode != 0:
         error = (read_error or written_error or b"").decode(errors="replace").strip()
-        raise StorageError(f"mv: copying {src.name}:{src_path} to {dst.name}:{dst_path} "
+        raise StorageError(f"copying {src.name}:{src_path} to {dst.name}:{dst_path} "
                            f"failed: {error[-200:]}")
-    src.run(["rm", "-rf", src.path(src_path)])
+    if not keep_source:
+        src.run(["rm", "-rf", src.path(src_path)])
 
 
 # -- migration ----------------------------------------------------------------------
@@ -682,14 +684,40 @@ def failmigrate(ctx: TmContext) -> str:
 def _migrate(ctx: TmContext, step: str) -> str:
     if len(ctx.args) < 5:
         raise InputError(f"{ctx.action}: expected src dst vmdir vm_id ds_id")
-    src_name, dst_name, _vmdir, vm_id = ctx.args[:4]
+    src_name, dst_name, vmdir, vm_id = ctx.args[:4]
     if len(ctx.args) > 6 and ctx.args[6].startswith("storpool"):
         return ""  # called back through migrate_other by ourselves
     vm = _vm_from_stdin(ctx) or ctx.vm(parse_id(vm_id, "vm_id"))
-    volumes = vm_volumes(ctx, vm, system=ctx.datastore.tm_mad == "storpool")
-    if not volumes:
-        return ""
+    system = ctx.datastore.tm_mad == "storpool"
+    volumes = vm_volumes(ctx, vm, system=system)
     src_host, dst_host = hosts.get(src_name), hosts.get(dst_name)
+    # SP_SYSTEM=ssh: the VM folder (deployment file, disk links) is on the source only;
+    # the destination's hypervisor needs it before the VM moves, the source's goes after
+    with Rollback() as undo:
+        if system and ctx.is_system_ds and ctx.config["SP_SYSTEM"] == "ssh" and \
+                src_host.name != dst_host.name:
+            folder = Location.parse(f"{dst_name}:{vmdir}", "vmdir").path
+            if step == "attach":
+                move_folder(src_host, folder, dst_host, folder, keep_source=True)
+                undo.push(f"remove {dst_name}:{folder}", dst_host.run,
+                          ["rm", "-rf", dst_host.path(folder)])
+                marker = ds_marker(ctx, vm)
+                if marker:
+                    dst_host.run(["sh", "-c", 'echo "$2" > "$1/../.monitor"', "premigrate",
+                                  dst_host.path(folder.rstrip("/")), marker])
+            else:
+                gone = src_host if step == "detach_source" else dst_host
+                gone.run(["rm", "-rf", gone.path(folder)])
+            ctx.event["folder"] = step
+        if volumes:
+            _reassign(ctx, step, volumes, src_host, dst_host)
+    return ""
+
+
+def _reassign(ctx: TmContext, step: str, volumes: list[tuple[str, str]],
+              src_host: hosts.Host, dst_host: hosts.Host) -> None:
+    """Every volume attached to the destination, or detached from one side, in one
+    ``VolumesReassignWait``."""
     src_client = hosts.client_id(src_host, ctx.config)
     dst_client = hosts.client_id(dst_host, ctx.config)
     if step == "attach":
@@ -699,9 +727,8 @@ def _migrate(ctx: TmContext, step: str) -> str:
         client = src_client if step == "detach_source" else dst_client
         items = [{"volume": v, "detach": [client], "force": True} for v, _ in volumes]
     ctx.sp.volumes_reassign_wait(items, attach_timeout=ctx.config["ATTACH_TIMEOUT"])
-    ctx.event.update(volumes=[v for v, _ in volumes], source=src_name,
-                     destination=dst_name)
-    return ""
+    ctx.event.update(volumes=[v for v, _ in volumes], source=src_host.name,
+                     destination=dst_host.name)
 
 
 def _vm_from_stdin(ctx: TmContext) -> Vm | None:
