@@ -170,9 +170,11 @@ def unlink_disk(host: hosts.Host, path: str) -> None:
 
 def ds_marker(ctx: TmContext, vm: Vm) -> str | None:
     """The VM's system datastore's TM name when that datastore is not shared (``SHARED`` of
-    its ``TM_MAD_CONF``), for ``<vmdir>/../.monitor``; ``None`` when shared. A StorPool
-    system datastore is shared (``TM_MAD_CONF`` ``SHARED=yes``): only a VM on another kind
-    costs a look at its datastore."""
+    its ``TM_MAD_CONF``), for ``<vmdir>/../.monitor``; ``None`` when shared. Actions of the
+    system datastore read its template; an image disk's (clone, ln) takes a StorPool system
+    datastore as shared (the ``SHARED=yes`` of the add-on's ``TM_MAD_CONF``; its empty
+    ``TM_MAD_SYSTEM`` keeps StorPool images off other system datastores) rather than ask
+    oned on every disk; mkimage and context mark an unshared one all the same."""
     history = vm.last_history
     if ctx.is_system_ds and (history is None or history.ds_id == ctx.datastore.id):
         system = ctx.datastore
