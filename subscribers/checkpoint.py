@@ -53,18 +53,30 @@ MIB = 1 << 20
 ONE_NO_EXISTS = 0x0400  # oned's error code for an object that does not exist
 
 # first bytes of a compressed stream -> the command that decompresses it (read by magic: a
-# volume written with another SP_COMPRESSION, or by the Bash add-on, still reads)
+# volume written with another SP_COMPRESSION, or by the Bash add-on, still reads); then
+# ``stream_ok STATUS ERRFILE`` judges the decompressor. The volume goes on after the
+# archive: lz4 then exits 1 without a word, and says "Error" when the data is damaged
+# (content checksum); the other tools' complaints about the bytes after are not told apart
+# from damage, so only tar judges their archive (and our own copies are checked by SHA-256).
 _DECOMPRESS = """
 magic=$(head -c 4 "$dev" | od -An -tx1 | tr -d ' \\n')
 case $magic in
-    04224d18) decompress="lz4 -dc" ;;
-    28b52ffd) decompress="zstd -dcq" ;;
-    1f8b*) decompress="gzip -dc" ;;
-    fd377a58) decompress="xz -dc" ;;
-    425a68*) decompress="bzip2 -dc" ;;
+    04224d18) kind=lz4 decompress="lz4 -dc" ;;
+    28b52ffd) kind=zstd decompress="zstd -dcq" ;;
+    1f8b*) kind=gzip decompress="gzip -dc" ;;
+    fd377a58) kind=xz decompress="xz -dc" ;;
+    425a68*) kind=bzip2 decompress="bzip2 -dc" ;;
     *) echo "$dev holds no compressed checkpoint archive (starts with ${magic:-nothing})" >&2
        exit 3 ;;
 esac
+stream_ok() {
+    if [ "$kind" = lz4 ] && { [ "$1" -gt 1 ] || grep -q Error "$2"; }; then
+        echo "$dev: the archive is damaged ($(grep -m1 . "$2"))" >&2
+        return 1
+    fi
+}
+work=$(mktemp -d) || exit 1
+trap 'rm -rf "$work"' EXIT
 """
 
 # size and SHA-256 of a file, or "absent"
@@ -83,20 +95,20 @@ tar -C "$root" -cf - -- "$member" | "$compress" -c | dd of="$dev" bs=1M conv=not
     status=none
 """
 
-# size and SHA-256 of the archive's content, in one pass. The decompressor's status is not
-# looked at: lz4 complains about the volume's bytes after the frame; tar tells whether the
-# archive was whole (a truncated or corrupt one is "Unexpected EOF").
+# size and SHA-256 of the archive's content, in one pass; tar says whether the archive was
+# whole (a truncated one is "Unexpected EOF")
 _READ_BACK = """set -u
 dev=$1
 """ + _DECOMPRESS + """
-work=$(mktemp -d) || exit 1
-trap 'rm -rf "$work"' EXIT
 mkfifo "$work/fifo"
 sha256sum < "$work/fifo" | cut -d' ' -f1 > "$work/sum" &
 summer=$!
-size=$($decompress < "$dev" 2>/dev/null | tar -xOf - | tee "$work/fifo" | wc -c;
-       exit "${PIPESTATUS[1]}") || { wait "$summer"; echo "$dev: not a whole archive" >&2; exit 4; }
+size=$($decompress < "$dev" 2>"$work/err" | tar -xOf - | tee "$work/fifo" | wc -c
+       echo "${PIPESTATUS[0]} ${PIPESTATUS[1]}" > "$work/status")
 wait "$summer"
+read -r decompressed untarred < "$work/status"
+[ "$untarred" = 0 ] || { echo "$dev: not a whole archive" >&2; exit 4; }
+stream_ok "$decompressed" "$work/err" || exit 5
 echo "$size $(cat "$work/sum")"
 """
 
@@ -105,10 +117,12 @@ _EXTRACT = """set -u
 dev=$1 dst=$2
 """ + _DECOMPRESS + """
 mkdir -p -- "$(dirname -- "$dst")"
-$decompress < "$dev" 2>/dev/null | tar -xOf - > "$dst.restoring"
-if [ "${PIPESTATUS[1]}" != 0 ]; then
+$decompress < "$dev" 2>"$work/err" | tar -xOf - > "$dst.restoring"
+status=("${PIPESTATUS[@]}")
+if [ "${status[1]}" != 0 ]; then
     rm -f -- "$dst.restoring"; echo "$dev: not a whole archive" >&2; exit 4
 fi
+stream_ok "${status[0]}" "$work/err" || { rm -f -- "$dst.restoring"; exit 5; }
 size=$(stat -c %s -- "$dst.restoring")
 sum=$(sha256sum < "$dst.restoring" | cut -d' ' -f1)
 echo "$size $sum"
@@ -179,13 +193,32 @@ def locked(vm_id: int) -> Iterator[None]:
 
 
 def _bash(host: hosts.Host, script: str, *args: str, timeout: float = 3600) -> str:
-    done = host.run(["bash", "-c", script, "checkpoint", *args], check=False, timeout=timeout)
-    if done.returncode != 0:
-        lines = [line.strip() for line in done.stderr.decode("utf-8", "replace").splitlines()
+    """``script`` run by bash on the host with ``args``; its stdout. A checkpoint of many GiB
+    takes minutes: the subscriber's watchdog is fed meanwhile."""
+    import subprocess
+    import time
+
+    from onestorpool.subscribers import notify
+
+    process = host.popen(["bash", "-c", script, "checkpoint", *args], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out, err = process.communicate(timeout=2)
+            break
+        except subprocess.TimeoutExpired:
+            notify.alive()
+            if time.monotonic() > deadline:
+                process.kill()
+                process.communicate()
+                raise CheckpointError(f"{host.name}: no end after {timeout:.0f}s") from None
+    if process.returncode != 0:
+        lines = [line.strip() for line in err.decode("utf-8", "replace").splitlines()
                  if line.strip()]
         raise CheckpointError(f"{host.name}: {lines[-1] if lines else 'failed'} "
-                              f"(exit {done.returncode})")
-    return done.stdout.decode("utf-8", "replace").strip()
+                              f"(exit {process.returncode})")
+    return out.decode("utf-8", "replace").strip()
 
 
 def inspect_file(place: Place) -> Facts | None:
@@ -306,11 +339,15 @@ def store(sp: Any, config: Any, vm: Vm, datastore_id: int, place: Place) -> dict
                       template=naming.template(datastore_id), tags=tags)
         with _attached(sp, name, place.host, client, "rw", timeout) as device:
             write_archive(place, device, config["SP_COMPRESSION"])
-            copy = read_back(place.host, device)
-        if copy != facts:
+            try:
+                copy = read_back(place.host, device)
+                problem = "" if copy == facts else f"reads back as {copy}, not {facts}"
+            except CheckpointError as exc:
+                problem = str(exc)
+        if problem:  # no copy that cannot be trusted is kept
             delete_volume(sp, name)
-            raise CheckpointError(f"the copy of {place} on {name} reads back as {copy} "
-                                  f"instead of {facts}; the file stays")
+            raise CheckpointError(f"the copy of {place} on {name} failed its check, the file "
+                                  f"stays: {problem}")
         outcome["volume_size"] = volume_size(facts.size)
     return {**outcome, "bytes": facts.size, "sha256": facts.sha256,
             "compression": config["SP_COMPRESSION"]}

@@ -232,6 +232,34 @@ def test_a_subscriber_killed_between_write_and_delete_finishes_after_restart(clo
     assert cloud.restored("node1", vm_id) == saved
 
 
+def test_a_copy_that_does_not_read_back_keeps_the_file(cloud, tmp_path):
+    """A compressor that loses data (here: its output cut short): the read-back finds the
+    archive broken, the volume goes, the file stays and the effect is failed; once the host
+    is fixed, the retry of a restarted subscriber moves it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "lz4").write_text('#!/bin/sh\nif [ "$1" = -c ]; then /usr/bin/lz4 -c | '
+                                 'head -c 100000; else exec /usr/bin/lz4 "$@"; fi\n')
+    (bin_dir / "lz4").chmod(0o755)
+    daemon = cloud.daemon(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    vm_id = cloud.deploy()
+    volume = f"one-sys-{vm_id}-checkpoint"
+    cloud.w.srv.vm.action("suspend", vm_id)
+    cloud.w.oned.wait_vm(vm_id, "SUSPENDED")
+    failed = wait_for(lambda: [r for r in events(cloud.w, "effect.failed") if r.vm == vm_id],
+                      "the relocation failed")
+    assert failed[0].payload["error"].startswith(
+        f"the copy of node1:/var/lib/one/datastores/{cloud.system_ds}/{vm_id}/checkpoint on "
+        f"{volume} failed its check, the file stays: node1: ")
+    assert "the archive is damaged (Error 66" in failed[0].payload["error"]  # lz4's checksum
+    checkpoint = cloud.folder("node1", vm_id) / "checkpoint"
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == cloud.saved("node1", vm_id)
+    assert not cloud.w.frontend.sp.volume_exists(volume) and not cloud.done(vm_id)
+    daemon.stop()
+    cloud.daemon()
+    assert cloud.relocated(vm_id)["removed_file"] is True and not checkpoint.exists()
+
+
 def test_terminate_while_suspended_leaves_no_checkpoint_volume(cloud):
     cloud.daemon()
     vm_id = cloud.deploy()
