@@ -3,7 +3,12 @@ names the upstream file (``github:OpenNebula/one`` at a release tag) and line it
 
 Schemas: tests/fixtures/xsd/<version>/ hold ``share/doc/xsd`` of ``release-<version>.0``.
 Where a release's schema and its code disagree, the code wins and the gap is listed in
-``XSD_GAPS`` with the line of code that emits what the schema lacks."""
+``XSD_GAPS`` with the line of code that emits what the schema lacks.
+
+The TM is the recording stand-in (``fake_remotes/tm/fake``) on purpose: these tests check
+oned's own conduct per release (the argv and stdin it gives a TM, its states, bodies and
+messages), not what a TM does; the StorPool TM's behaviour is tested with the real driver
+(test_tm_lifecycle.py, test_tm_nvram.py, test_tm_monitor_markers.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
 """The oned sandbox's XML-RPC and hook bus: pyone and the XSDs accept every body, errors
 and authentication as oned answers them, the hook bus on a real SUB socket with one_hm's
 framing and keys, API messages as HookAPI writes them (raw parameters included), and the
-rules that change between releases."""
+rules that change between releases.
+
+The TM is the recording stand-in (``fake_remotes/tm/fake``) on purpose: these tests check
+oned's own conduct per release (the argv and stdin it gives a TM, its states, bodies and
+messages), not what a TM does; the StorPool TM's behaviour is tested with the real driver
+(test_tm_lifecycle.py, test_tm_nvram.py, test_tm_monitor_markers.py)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,16 @@ pytest_plugins = ["tests.sandbox.conftest_oned"]  # fixtures: world, make_world,
 RELEASES = ["5.12", "6.0", "6.10", "7.0"]
 
 
+def storpool_image_datastore(w) -> int:
+    """The add-on's image datastore (its TM the real one; these tests never run a TM)."""
+    return w.oned.create_datastore("storpool", DS_MAD="storpool", TM_MAD="storpool",
+                                   DISK_TYPE="BLOCK", SAFE_DIRS=str(w.tmp), RESTRICTED_DIRS="/")
+
+
 @pytest.mark.parametrize("release", RELEASES)
 def test_refused_path_in_image_allocate(make_world, release):
     w = make_world(one_version=release)
-    image_ds, _ = w.datastores()
+    image_ds = storpool_image_datastore(w)
     with pytest.raises(pyone.OneException) as caught:
         w.srv.image.allocate('NAME="token"\nPATH="/etc/hostname"', image_ds)
     assert str(caught.value).endswith(
@@ -29,7 +35,7 @@ def test_refused_path_in_image_allocate(make_world, release):
 @pytest.mark.parametrize("release", RELEASES)
 def test_truncated_image_puts_the_reason_in_the_image_error(make_world, release):
     w = make_world(one_version=release)
-    image_ds, _ = w.datastores()
+    image_ds = storpool_image_datastore(w)
     disk = w.tmp / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-f", "qcow2", "-o", "preallocation=metadata",
                     str(disk), "8M"], check=True, capture_output=True)

@@ -1,6 +1,11 @@
 """Images in the oned sandbox: registration, clone, delete and snapshots through the real
 StorPool datastore driver and a recording stand-in, with oned's calling conventions per
-release, its state events and its error messages."""
+release, its state events and its error messages.
+
+The TM is the recording stand-in (``fake_remotes/tm/fake``) on purpose: these tests check
+oned's own conduct per release (the argv and stdin it gives a TM, its states, bodies and
+messages), not what a TM does; the StorPool TM's behaviour is tested with the real driver
+(test_tm_lifecycle.py, test_tm_nvram.py, test_tm_monitor_markers.py)."""
 
 from __future__ import annotations
 

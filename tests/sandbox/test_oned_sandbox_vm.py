@@ -1,6 +1,11 @@
 """VMs in the oned sandbox, driven through pyone: the TM lines oned writes (argv exactly as
 TransferManager.cc builds them), the VMM local actions as one_vmm_exec runs them, the state
-events on the hook bus, and the failure states with oned's messages."""
+events on the hook bus, and the failure states with oned's messages.
+
+The TM is the recording stand-in (``fake_remotes/tm/fake``) on purpose: these tests check
+oned's own conduct per release (the argv and stdin it gives a TM, its states, bodies and
+messages), not what a TM does; the StorPool TM's behaviour is tested with the real driver
+(test_tm_lifecycle.py, test_tm_nvram.py, test_tm_monitor_markers.py)."""
 
 from __future__ import annotations
 
