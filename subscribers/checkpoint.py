@@ -503,9 +503,14 @@ def vm_saved(actions: Actions, event: HookEvent, seq: int) -> None:
     """A VM is SUSPENDED or STOPPED: relocate its checkpoint. Keyed by the VM, its history
     record and the message (a VM suspended twice in one history record is two
     relocations; the handler acts on the VM as it is when it runs)."""
+    from onestorpool import config as config_module
+
     vm_id, history_seq = event.object_id, _history_seq(event)
     if vm_id is None or history_seq is None:
         return
+    config = config_module.load()  # neither is a datastore setting: decided here, once
+    if not config["SP_CHECKPOINT"] or config["SP_CHECKPOINT_BD"]:
+        return  # relocation off, or the checkpoint never was a file (on -rawcheckpoint)
     actions.request_effect({"type": RELOCATE, "key": f"{RELOCATE}:{vm_id}:{history_seq}:{seq}",
                             "vm": vm_id, "history_seq": history_seq, "state": event.state},
                            seq, vm=vm_id)

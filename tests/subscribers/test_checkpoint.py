@@ -356,8 +356,11 @@ def test_with_the_checkpoint_on_a_block_device_nothing_is_relocated(cloud):
     vm_id = cloud.deploy()
     cloud.w.srv.vm.action("suspend", vm_id)
     cloud.w.oned.wait_vm(vm_id, "SUSPENDED")
-    outcome = cloud.relocated(vm_id)
-    assert outcome["skipped"].startswith("SP_CHECKPOINT_BD")
+    wait_for(lambda: [r for r in events(cloud.w, "hook.received")
+                      if r.vm == vm_id and r.payload["route"] == "vm.suspended"],
+             "the subscriber saw the VM SUSPENDED")
+    assert not [r for r in events(cloud.w) if r.vm == vm_id and r.effect_key
+                and r.effect_key.startswith("checkpoint_")]  # nothing asked
     assert cloud.w.frontend.sp.volume_exists(f"one-sys-{vm_id}-rawcheckpoint")
     assert not cloud.w.frontend.sp.volume_exists(f"one-sys-{vm_id}-checkpoint")
     cloud.w.srv.vm.action("resume", vm_id)
