@@ -441,7 +441,7 @@ class EventLog:
         if queue is not None:
             try:
                 queue.enter(time.monotonic() + BUSY_TIMEOUT_MS / 1000)
-            except EventLogError as exc:
+            except (EventLogError, OSError) as exc:  # OSError: the lock file's disk failed
                 raise EventLogError(f"event log {self.path}: {exc}") from None
         try:
             try:

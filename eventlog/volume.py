@@ -85,6 +85,15 @@ def check_mounted(directory: Path, name: str) -> None:
 class Filesystem(Protocol):
     """What the log volume needs from the machine: the one place that mounts."""
 
+    def _output(self, argv: list[str], what: str) -> str:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0 or not result.stdout.strip():
+            detail = result.stderr.strip().splitlines()
+            raise LogVolumeError(f"{what}: {argv[0]} exit {result.returncode}: "
+                                 f"{detail[-1] if detail else 'no output'}")
+        return result.stdout.strip()
+
     def make(self, device: str) -> None: ...
 
     def check(self, device: str) -> None: ...
@@ -115,6 +124,15 @@ class Ext4:
             raise LogVolumeError(f"{what}: {argv[0]} exit {result.returncode}: "
                                  f"{detail[-1] if detail else 'no message'}")
 
+    def _output(self, argv: list[str], what: str) -> str:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0 or not result.stdout.strip():
+            detail = result.stderr.strip().splitlines()
+            raise LogVolumeError(f"{what}: {argv[0]} exit {result.returncode}: "
+                                 f"{detail[-1] if detail else 'no output'}")
+        return result.stdout.strip()
+
     def make(self, device: str) -> None:
         self._run(["mkfs.ext4", "-q", "-F", "-L", LABEL, device], f"mkfs {device}")
 
@@ -125,11 +143,18 @@ class Ext4:
                   f"'e2fsck -f {device}' by hand)", ok=(0, 1, 2))
 
     def mount(self, device: str, directory: Path) -> None:
-        options = "nodev,nosuid,noexec,errors=remount-ro"
+        loop = None
         if Path(device).is_file():
-            options += ",loop"
-        self._run(["mount", "-t", "ext4", "-o", options, device, str(directory)],
-                  f"mount {device} on {directory}")
+            # A loop device of our own: mount -o loop would reuse one already bound to the
+            # file, and with it a filesystem an earlier holder shut down.
+            loop = self._output(["losetup", "--find", "--show", device], f"losetup {device}")
+        try:
+            self._run(["mount", "-t", "ext4", "-o", "nodev,nosuid,noexec,errors=remount-ro",
+                       loop or device, str(directory)], f"mount {device} on {directory}")
+        except LogVolumeError:
+            if loop is not None:
+                subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
+            raise
 
     def unmount(self, directory: Path) -> None:
         """Stop every write at once, then unmount (lazily when a writer still has a file
@@ -141,10 +166,14 @@ class Ext4:
                 fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", SHUTDOWN_LOGFLUSH))
             finally:
                 os.close(fd)
+        source = _mount_source(directory)
         try:
             self._run(["umount", str(directory)], f"unmount {directory}")
         except LogVolumeError:
             self._run(["umount", "-l", str(directory)], f"unmount {directory}")
+        if source is not None and source.startswith("/dev/loop"):
+            # ours (mount above); freed now, or when the last file in it is closed
+            subprocess.run(["losetup", "-d", source], capture_output=True, check=False)
 
     def is_mounted(self, directory: Path) -> bool:
         return os.path.ismount(directory)
@@ -153,6 +182,19 @@ class Ext4:
         """The empty mount point takes no file, not even root's (a writer racing a release
         would otherwise create a local log there)."""
         self._run(["chattr", "+i", str(directory)], f"chattr +i {directory}")
+
+
+def _mount_source(directory: Path) -> str | None:
+    """The device mounted on ``directory`` (the last mount there), from mountinfo."""
+    target = os.path.realpath(directory)
+    source = None
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as info:
+        for line in info:
+            fields = line.split()
+            mount_point = fields[4].encode().decode("unicode_escape")
+            if mount_point == target:
+                source = fields[fields.index("-") + 2]
+    return source
 
 
 def _syncfs(fd: int) -> None:

@@ -42,12 +42,25 @@ def crash(directory: Path) -> None:
     link to a file, which a loop device keeps open, so its machine is stopped here instead:
     the filesystem shut down without flushing its journal (FS_IOC_SHUTDOWN NOLOGFLUSH, as
     xfstests' godown), then dropped from the mount table."""
+    source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(directory)],
+                            capture_output=True, text=True, check=True).stdout.strip()
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", 2))
     finally:
         os.close(fd)
     subprocess.run(["umount", "-l", str(directory)], check=True)
+    subprocess.run(["losetup", "-d", source], check=True)  # freed when its last file closes
+
+
+def release_loop_devices(root: Path) -> None:
+    """Detach (lazily, when still in use) the loop devices of files under ``root``."""
+    listed = subprocess.run(["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"],
+                            capture_output=True, text=True, check=False).stdout
+    for line in listed.splitlines():
+        name, _, backing = line.strip().partition(" ")
+        if backing.strip().startswith(str(root) + "/"):
+            subprocess.run(["losetup", "-d", name], capture_output=True, check=False)
 
 
 def unmount_everything_under(root: Path) -> None:
@@ -57,6 +70,7 @@ def unmount_everything_under(root: Path) -> None:
     for point in reversed(points):
         if point.startswith(str(root) + "/"):
             subprocess.run(["umount", "-l", point], check=False)
+    release_loop_devices(root)
     for directory, _dirs, _files in os.walk(root):
         subprocess.run(["chattr", "-i", directory], check=False, capture_output=True)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from onestorpool.eventlog import EventLog
+from onestorpool.eventlog import Event, EventLog, EventLogError
 from onestorpool.eventlog.volume import LogVolume
 from tests.eventlog.test_log_volume import crash, unmount_everything_under
 from tests.subscribers.conftest import Daemon, remote_copies, subscriber_env, wait_for
@@ -36,17 +36,44 @@ VOLUME = "one-eventlog"
 RC = 'ONE_PX=one\nDELAY_DELETE=0\nREMOTE_BACKUP_DELETE="backup-site"\nEVENT_LOG_VOLUME=yes\n'
 
 
-class LeaderAddresses:
-    """Two addresses of 198.18.0.0/15 (RFC 2544, never routed), unique to this process, that
-    the test puts on and takes off ``lo``."""
+class FrontEnds:
+    """Front-end A (the world's, StorPool client 1) and B (its own root, client 21), each
+    with its own leader address; the log volume made; subscribers killed at teardown."""
 
-    def __init__(self) -> None:
+    def __init__(self, cloud, tmp_path: Path):
+        self.w, self.image_ds, _system_ds, _hosts, self.remote = cloud
+        self.tmp = tmp_path
+        w, sandbox = self.w, self.w.frontend.sandbox
+        self.sp = w.frontend.sp
         base = int(ipaddress.ip_address("198.18.0.0")) + (os.getpid() % 60000) * 2 + 2
-        self.a, self.b = str(ipaddress.ip_address(base)), str(ipaddress.ip_address(base + 1))
+        self.address_a, self.address_b = (str(ipaddress.ip_address(base)),
+                                          str(ipaddress.ip_address(base + 1)))
         self.up: set[str] = set()
-        self.daemons: list[Daemon] = []  # killed at teardown, before the unmounts
+        self.daemons: list[Daemon] = []
+        root_a, root_b = w.frontend.root, tmp_path / "fe-b"
+        self.log_a, self.log_b = root_a / "log" / "events.db", root_b / "log" / "events.db"
+        conf = (root_a / "etc/storpool.conf").read_text()
+        (root_a / "etc/storpool.conf").write_text("SP_OURID=1\n" + conf)
+        (root_b / "etc").mkdir(parents=True)
+        (root_b / "etc/storpool.conf").write_text("SP_OURID=21\n" + conf)
+        (root_b / "hosts/localhost").mkdir(parents=True)
+        sandbox.add_client(21, root_b / "hosts/localhost")
+        w.frontend.write_rc(RC + f"RAFT_LEADER_IP={self.address_a}\n")
+        (root_b / "var/lib/one/remotes").mkdir(parents=True)
+        (root_b / "var/lib/one/remotes/addon-storpoolrc").write_text(
+            RC + f"RAFT_LEADER_IP={self.address_b}\n")
+        w.oned.driver_env["ONESTORPOOL_EVENTLOG"] = str(self.log_a)  # oned A's drivers
+        self.env_a = {**subscriber_env(w), "ONESTORPOOL_EVENTLOG": str(self.log_a)}
+        self.env_b = {**self.env_a, "ONESTORPOOL_ROOT": str(root_b),
+                      "ONESTORPOOL_EVENTLOG": str(self.log_b),
+                      "ONESTORPOOL_SANDBOX_HOSTS": str(root_b / "hosts")}
+        self.sp.volume_template_create("eventlog", replication=3)
+        LogVolume(VOLUME, self.log_a, 1, self.sp,
+                  device=str(w.frontend.device("localhost", VOLUME))
+                  ).init(size=64 << 20, template="eventlog")
 
     def lead(self, address: str | None) -> None:
+        """Put the floating address on ``lo`` for one front-end (``None``: for nobody)."""
         for old in list(self.up):
             subprocess.run(["ip", "addr", "del", f"{old}/32", "dev", "lo"], check=True)
             self.up.discard(old)
@@ -54,16 +81,31 @@ class LeaderAddresses:
             subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)
             self.up.add(address)
 
+    def start(self, env: dict[str, str], name: str) -> Daemon:
+        daemon = Daemon(env, self.tmp / f"subscriber-{name}.log", self.tmp / f"notify-{name}")
+        self.daemons.append(daemon)
+        daemon.wait_ready()
+        return daemon
+
+    def attached(self) -> list[int]:
+        return sorted(a["client"] for a in self.sp.attachments_list()
+                      if a["volume"] == VOLUME)
+
+    def close(self) -> None:
+        for daemon in self.daemons:
+            if daemon.process.poll() is None:
+                daemon.stop(signal.SIGKILL)
+        self.lead(None)
+        unmount_everything_under(self.tmp)
+
 
 @pytest.fixture
-def leader_addresses(tmp_path) -> Iterator[LeaderAddresses]:
-    addresses = LeaderAddresses()
-    yield addresses
-    for daemon in addresses.daemons:
-        if daemon.process.poll() is None:
-            daemon.stop(signal.SIGKILL)
-    addresses.lead(None)
-    unmount_everything_under(tmp_path)
+def front_ends(cloud, tmp_path) -> Iterator[FrontEnds]:
+    ends = FrontEnds(cloud, tmp_path)
+    try:
+        yield ends
+    finally:
+        ends.close()
 
 
 def records(path: Path) -> list:
@@ -71,49 +113,21 @@ def records(path: Path) -> list:
         return list(log.read())
 
 
-def test_the_log_survives_the_leader_and_only_the_leader_writes(cloud, tmp_path,
-                                                                 leader_addresses):
-    w, image_ds, _system_ds, _hosts, remote = cloud
-    sandbox = w.frontend.sandbox
-    sp = w.frontend.sp
-    # Front-end A is the world's; B has its own root and StorPool client (21).
-    root_a, root_b = w.frontend.root, tmp_path / "fe-b"
-    log_a, log_b = root_a / "log" / "events.db", root_b / "log" / "events.db"
-    conf = (root_a / "etc/storpool.conf").read_text()
-    (root_a / "etc/storpool.conf").write_text("SP_OURID=1\n" + conf)
-    (root_b / "etc").mkdir(parents=True)
-    (root_b / "etc/storpool.conf").write_text("SP_OURID=21\n" + conf)
-    (root_b / "hosts/localhost").mkdir(parents=True)
-    sandbox.add_client(21, root_b / "hosts/localhost")
-    w.frontend.write_rc(RC + f"RAFT_LEADER_IP={leader_addresses.a}\n")
-    (root_b / "var/lib/one/remotes").mkdir(parents=True)
-    (root_b / "var/lib/one/remotes/addon-storpoolrc").write_text(
-        RC + f"RAFT_LEADER_IP={leader_addresses.b}\n")
-    w.oned.driver_env["ONESTORPOOL_EVENTLOG"] = str(log_a)  # oned A's drivers
-    env_a = {**subscriber_env(w), "ONESTORPOOL_EVENTLOG": str(log_a)}
-    env_b = {**env_a, "ONESTORPOOL_ROOT": str(root_b), "ONESTORPOOL_EVENTLOG": str(log_b),
-             "ONESTORPOOL_SANDBOX_HOSTS": str(root_b / "hosts")}
-    sp.volume_template_create("eventlog", replication=3)
-    LogVolume(VOLUME, log_a, 1, sp, device=str(w.frontend.device("localhost", VOLUME))
-              ).init(size=64 << 20, template="eventlog")
+def done_keys(path: Path) -> list[str]:
+    return [r.payload["key"] for r in records(path) if r.type == "effect.done"]
 
-    def attached() -> list[int]:
-        return sorted(a["client"] for a in sp.attachments_list() if a["volume"] == VOLUME)
 
-    def start(env: dict[str, str], name: str) -> Daemon:
-        daemon = Daemon(env, tmp_path / f"subscriber-{name}.log", tmp_path / f"notify-{name}")
-        leader_addresses.daemons.append(daemon)
-        daemon.wait_ready()
-        return daemon
+def test_the_log_survives_the_leader_and_only_the_leader_writes(front_ends, tmp_path):
+    fe = front_ends
+    w, image_ds, remote = fe.w, fe.image_ds, fe.remote
+    log_a, log_b, env_a, env_b = fe.log_a, fe.log_b, fe.env_a, fe.env_b
+    attached = fe.attached
 
-    def done_keys(path: Path) -> list[str]:
-        return [r.payload["key"] for r in records(path) if r.type == "effect.done"]
-
-    leader_addresses.lead(leader_addresses.a)
-    a = start(env_a, "a")
+    fe.lead(fe.address_a)
+    a = fe.start(env_a, "a")
     wait_for(lambda: os.path.ismount(log_a.parent) and log_a.exists() and any(
         r.type == "subscriber.leader" for r in records(log_a)), "A leading with the log")
-    b = start(env_b, "b")  # a standby: READY at once, no log
+    b = fe.start(env_b, "b")  # a standby: READY at once, no log
     assert "standby" in "".join(b.read_notify())
     assert attached() == [1] and not os.path.ismount(log_b.parent)
 
@@ -134,7 +148,7 @@ def test_the_log_survives_the_leader_and_only_the_leader_writes(cloud, tmp_path,
         w.oned.create_image(image_ds, "third", size_mb=1)  # oned A's drivers would fail ...
     assert list(log_a.parent.iterdir()) == []  # ... and leave no log of their own
 
-    leader_addresses.lead(leader_addresses.b)
+    fe.lead(fe.address_b)
     wait_for(lambda: os.path.ismount(log_b.parent) and any(
         r.type == "subscriber.reconciled" for r in records(log_b)[len(before):]),
         "B taking the volume and reconciling", 90)
@@ -159,7 +173,7 @@ def test_the_log_survives_the_leader_and_only_the_leader_writes(cloud, tmp_path,
 
     # A comes back (its machine rebooted): a standby, it takes nothing and writes nothing.
     head = records(log_b)[-1].seq
-    a = start(env_a, "a-again")
+    a = fe.start(env_a, "a-again")
     assert "standby" in "".join(a.read_notify())
     assert attached() == [21] and not os.path.ismount(log_a.parent)
     assert list(log_a.parent.iterdir()) == []
@@ -168,3 +182,32 @@ def test_the_log_survives_the_leader_and_only_the_leader_writes(cloud, tmp_path,
 
     assert b.stop() == 0  # B releases: unmounted, detached
     assert attached() == [] and not os.path.ismount(log_b.parent)
+
+
+def test_a_leader_that_loses_leadership_stops_writing_and_hands_over(front_ends):
+    """No crash: A's subscriber sees it no longer leads, stops, and releases the volume; a
+    driver that opened the log on A just before gets an error, not a write B never sees."""
+    fe = front_ends
+    fe.lead(fe.address_a)
+    a = fe.start(fe.env_a, "a")
+    wait_for(lambda: os.path.ismount(fe.log_a.parent) and fe.log_a.exists(),
+             "A leading with the log")
+    b = fe.start(fe.env_b, "b")
+    late_driver = EventLog(fe.log_a)  # a driver of A's, started just before the change
+    seq = late_driver.append(Event("ds.cp", "ds/cp", {"before": "the change"}, image=7))
+    fe.lead(fe.address_b)
+    wait_for(lambda: os.path.ismount(fe.log_b.parent) and any(
+        r.type == "subscriber.reconciled" and r.seq > seq for r in records(fe.log_b)),
+        "B taking the volume", 90)
+    with pytest.raises(EventLogError):  # A shut its filesystem down on standing by
+        late_driver.append(Event("ds.cp", "ds/cp", {"after": "the change"}, image=8))
+    late_driver.close()
+    assert a.process.poll() is None  # A runs on, as a standby
+    assert not os.path.ismount(fe.log_a.parent) and list(fe.log_a.parent.iterdir()) == []
+    assert fe.attached() == [21]
+    shown = records(fe.log_b)
+    assert [r.payload for r in shown if r.type == "ds.cp"] == [{"before": "the change"}]
+    by_a = [r.type for r in shown if r.pid == a.process.pid]
+    assert by_a[-2:] == ["subscriber.standby", "subscriber.stopped"]  # its last words
+    assert a.stop() == 0 and b.stop() == 0
+    assert fe.attached() == []
