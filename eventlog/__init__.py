@@ -1,8 +1,9 @@
 """The append-only, hash-chained event log (SQLite). See docs/eventlog.md.
 
-Drivers call :func:`append_event` once per action; the subscriber and admin tools use
-:class:`EventLog`. Importing this package loads sqlite3 and msgpack only: it is on every
-driver's start-up path.
+Writers make events through their type's class (:mod:`onestorpool.eventlog.events`) and
+append them with :class:`EventLog`; :func:`append_event` does both for one event.
+Importing this package loads sqlite3 and msgpack only: it is on every driver's start-up
+path.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def append_event(type: str, *, writer: str, payload: dict[str, Any], vm: int | N
                  image: int | None = None, datastore: int | None = None,
                  volume: str | None = None, snapshot: str | None = None,
                  path: str | os.PathLike[str] | None = None) -> int:
-    """Append one event durably (on disk when this returns); returns its sequence number."""
+    """Append one event durably (on disk when this returns); returns its sequence number.
+    The event is checked by its type's class first."""
+    from onestorpool.eventlog.events import class_of
+
+    event = class_of(type).new(writer, payload, type=type, vm=vm, image=image,
+                               datastore=datastore, volume=volume, snapshot=snapshot)
     with EventLog.open(path) as log:
-        return log.append(Event(type, writer, payload, vm, image, datastore, volume,
-                                snapshot))
+        return log.append(event)

@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from onestorpool.eventlog.store import HOST, Event, EventLog, EventLogError
+from onestorpool.eventlog.events import LogCheckpoint
+from onestorpool.eventlog.store import HOST, EventLog, EventLogError
 
-CHECKPOINT = "log.checkpoint"
+CHECKPOINT = LogCheckpoint.TYPE
 TAG = "eventlog"  # the StorPool volume tag that holds the last checkpoint
 SYSLOG_IDENT = "onestorpool-eventlog"
 ANCHOR_RE = re.compile(r"\b(\d+):([0-9a-f]{64})\b")
@@ -53,8 +54,8 @@ def checkpoint(log: EventLog, *, file: Path | None = None, volume: str | None = 
     previous head, so consecutive checkpoints also vouch for each other."""
     previous_seq, previous_hash = log.head()
     with log.transaction() as tx:
-        seq = tx.append(Event(CHECKPOINT, f"checkpoint@{HOST}:{os.getpid()}",
-                              {"previous": f"{previous_seq}:{previous_hash.hex()}"}))
+        seq = tx.append(LogCheckpoint.new(f"checkpoint@{HOST}:{os.getpid()}",
+                                          previous=f"{previous_seq}:{previous_hash.hex()}"))
         digest = tx.head[1]
     when = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     anchor = f"{seq}:{digest.hex()}"

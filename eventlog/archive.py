@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onestorpool.eventlog.events import LogArchived
 from onestorpool.eventlog.projections import pending_effects
 from onestorpool.eventlog.record import GENESIS, Record, chain_hash
-from onestorpool.eventlog.store import ARCHIVED, COLUMNS, HOST, Event, EventLog, EventLogError
+from onestorpool.eventlog.store import ARCHIVED, COLUMNS, HOST, EventLog, EventLogError
 
 ARCHIVE_FORMAT = 1
 PURGE_CHUNK = 5000  # records deleted per transaction: drivers never wait long for the lock
@@ -86,10 +87,10 @@ def _archive(log: EventLog, directory: Path, older_than: float | None,
             path.unlink()
             raise EventLogError("another archive run moved the anchor meanwhile; try again")
         # The chain itself testifies to the cut, and the triggers want it first.
-        tx.append(Event(ARCHIVED, f"archive@{HOST}:{os.getpid()}",
-                        {"first": anchor_seq + 1, "through": through, "file": path.name,
-                         "dir": str(path.parent.resolve()), "head_hash": head_hash.hex(),
-                         "sha256": digest}))
+        tx.append(LogArchived.new(f"archive@{HOST}:{os.getpid()}",
+                                  first=anchor_seq + 1, through=through, file=path.name,
+                                  dir=str(path.parent.resolve()), head_hash=head_hash.hex(),
+                                  sha256=digest))
         log.db.execute("UPDATE meta SET value = ? WHERE key = 'archived_through'",
                        (str(through),))
         log.db.execute("UPDATE meta SET value = ? WHERE key = 'anchor_hash'",

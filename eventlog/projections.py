@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from onestorpool.eventlog.events import Effect, EffectDone, EffectFailed, decode
 from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import EventLog
 
-EFFECT_DONE = "effect.done"
+EFFECT_DONE = EffectDone.TYPE
 EFFECTS = "effects"  # the tracking consumer of every side effect
-EFFECT_FAILED = "effect.failed"
+EFFECT_FAILED = EffectFailed.TYPE
 
 
 def history(log: EventLog, **subject: Any) -> Iterator[Record]:
@@ -34,34 +35,37 @@ def history(log: EventLog, **subject: Any) -> Iterator[Record]:
 
 @dataclass(frozen=True)
 class PendingEffect:
-    key: str
-    type: str
+    effect: Effect
     requested_by: Record
     failures: int
     last_error: str
 
     @property
-    def details(self) -> dict[str, Any]:
-        return self.requested_by.payload["effect"]
+    def key(self) -> str:
+        return self.effect.key
+
+    @property
+    def type(self) -> str:
+        return self.effect.type
 
 
 def pending_effects(log: EventLog, since_seq: int = 0,
                     effect_type: str | None = None) -> list[PendingEffect]:
     done = log.done_keys()
-    requested: dict[str, Record] = {}
+    requested: dict[str, tuple[Effect, Record]] = {}
     for record in log.read(since_seq=since_seq, effects_only=True):
         if record.effect_key not in done:
-            effect = record.payload.get("effect", {})
-            if effect_type is None or effect.get("type") == effect_type:
-                requested.setdefault(str(record.effect_key), record)
+            effect = decode(record).effect
+            if effect is not None and effect_type in (None, effect.type):
+                requested.setdefault(effect.key, (effect, record))
     failures: dict[str, list[str]] = {}
     if requested:
         for record in log.read(since_seq=since_seq, types=[EFFECT_FAILED]):
             failures.setdefault(str(record.payload.get("key")), []).append(
                 str(record.payload.get("error", "")))
-    return [PendingEffect(key, str(rec.payload["effect"].get("type")), rec,
-                          len(failures.get(key, [])), (failures.get(key) or [""])[-1])
-            for key, rec in requested.items()]
+    return [PendingEffect(effect, rec, len(failures.get(key, [])),
+                          (failures.get(key) or [""])[-1])
+            for key, (effect, rec) in requested.items()]
 
 
 def believed_objects(log: EventLog) -> dict[str, dict[str, Any]]:
@@ -75,10 +79,10 @@ def believed_objects(log: EventLog) -> dict[str, dict[str, Any]]:
     for record in log.read():
         if b"created" not in record.raw_payload and b"removed" not in record.raw_payload:
             continue  # msgpack keeps keys as plain bytes: skip decoding what cannot matter
-        payload = record.payload
-        for name in payload.get("removed") or ():
+        typed = decode(record)
+        for name in typed.removed:
             objects.pop(name, None)
-        for name in payload.get("created") or ():
+        for name in typed.created:
             objects[name] = {"seq": record.seq, "event": record.type, "vm": record.vm,
                              "image": record.image, "datastore": record.datastore}
     return objects

@@ -1,4 +1,4 @@
-"""The event record: fields, canonical encoding, hash chain link, upcasting, secret scrubbing.
+"""The event record: fields, canonical encoding, hash chain link, secret scrubbing.
 
 A record's hash is SHA-256 over the msgpack encoding of all its fields and the previous
 record's hash, so changing, removing or reordering any record breaks every later link.
@@ -12,12 +12,12 @@ from __future__ import annotations
 import binascii
 import hashlib
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
 
-# Payload schema version written by this code; older records are upcast on read.
+# The payload schema of an event whose type does not say otherwise; each type versions its
+# payload and upcasts older ones (onestorpool.eventlog.events).
 SCHEMA_VERSION = 1
 GENESIS = b"\0" * 32  # the "previous hash" of the very first record
 
@@ -30,8 +30,9 @@ AUTH_SCHEME = "storpool v1:"
 
 
 class Record(NamedTuple):
-    """One event as stored. ``payload`` decodes (and upcasts) ``raw_payload`` on access, so
-    scanning the log (replay, verify, filters) never pays for payloads it does not read."""
+    """One event as stored. ``payload`` decodes ``raw_payload`` on access, so scanning the
+    log (replay, verify, filters) never pays for payloads it does not read; the typed view
+    (upcast to its type's current schema) is :func:`onestorpool.eventlog.events.decode`."""
 
     seq: int
     time: float
@@ -53,8 +54,7 @@ class Record(NamedTuple):
     @property
     def payload(self) -> dict[str, Any]:
         # strict_map_key=False: records written before payloads were checked stay readable.
-        return upcast(self.schema, msgpack.unpackb(self.raw_payload, raw=False,
-                                                   strict_map_key=False))
+        return msgpack.unpackb(self.raw_payload, raw=False, strict_map_key=False)
 
     def to_json(self) -> dict[str, Any]:
         """A strict-JSON dict (hashes in hex, bytes as ``{"$bytes": base64}``) for export
@@ -187,17 +187,3 @@ def chain_hash(seq: int, time: float, writer: str, host: str, pid: int, type_: s
                               volume, snapshot, effect_key, schema, payload, prev_hash],
                              use_bin_type=True)
     return hashlib.sha256(material).digest()
-
-
-# The one place old payloads are brought up to date: UPCASTERS[N] turns a schema-N payload
-# into a schema-N+1 one. Records are never rewritten (the chain forbids it); they are upcast
-# every time they are read.
-Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: dict[int, Upcaster] = {}
-
-
-def upcast(schema: int, payload: dict[str, Any]) -> dict[str, Any]:
-    while schema < SCHEMA_VERSION:
-        payload = UPCASTERS[schema](payload)
-        schema += 1
-    return payload

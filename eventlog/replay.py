@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from onestorpool.errors import AddonError
+from onestorpool.eventlog.events import EffectDone, EffectFailed, decode
 from onestorpool.eventlog.projections import (
-    EFFECT_DONE,
-    EFFECT_FAILED,
     EFFECTS,
     pending_effects,
 )
 from onestorpool.eventlog.record import Record
-from onestorpool.eventlog.store import HOST, AlreadyDone, Event, EventLog
+from onestorpool.eventlog.store import HOST, AlreadyDone, EventLog
 
 Handler = Callable[[Record, EventLog], dict[str, Any]]
 HANDLERS: dict[str, Handler] = {}  # filled by the composition root (subscribers.composition)
@@ -54,29 +53,31 @@ class Outcome:
 
 def run_effect(log: EventLog, record: Record, runner: str = "replay") -> Outcome:
     """Perform the effect ``record`` requests, unless it is done; record the outcome."""
-    effect = record.payload["effect"]
-    key, effect_type = record.effect_key or "", str(effect.get("type"))
+    effect = decode(record).effect
+    if effect is None:  # the key column says effect, the payload cannot: never run it
+        return Outcome(record.effect_key or "", "", "failed", "malformed effect request",
+                       record.seq)
+    key, effect_type = effect.key, effect.type
     if log.is_done(key, EFFECTS):
         return Outcome(key, effect_type, "skipped", "already done", record.seq)
     handler = HANDLERS.get(effect_type)
     if handler is None:
         return Outcome(key, effect_type, "no-handler", "", record.seq)
     writer = f"{runner}/{effect_type}@{HOST}:{os.getpid()}"
-    subjects = (record.vm, record.image, record.datastore, record.volume, record.snapshot)
+    subjects = {"vm": record.vm, "image": record.image, "datastore": record.datastore,
+                "volume": record.volume, "snapshot": record.snapshot}
     try:
         result = handler(record, log)
     except Exception as exc:
         # A bug in one handler must not stop the others: it is recorded and stays pending.
         error = str(exc) if isinstance(exc, AddonError) else f"{type(exc).__name__}: {exc}"
-        log.append(Event(EFFECT_FAILED, writer, {"key": key, "effect_type": effect_type,
-                                                 "request_seq": record.seq, "error": error},
-                         *subjects))
+        log.append(EffectFailed.new(writer, key=key, effect_type=effect_type,
+                                    request_seq=record.seq, error=error, **subjects))
         return Outcome(key, effect_type, "failed", error, record.seq)
     try:
         with log.transaction() as tx:
-            seq = tx.append(Event(EFFECT_DONE, writer,
-                                  {**result, "key": key, "effect_type": effect_type,
-                                   "request_seq": record.seq}, *subjects))
+            seq = tx.append(EffectDone.new(writer, result, key=key, effect_type=effect_type,
+                                           request_seq=record.seq, **subjects))
             tx.track(EFFECTS, key, position=record.seq, seq=seq)
     except AlreadyDone:
         return Outcome(key, effect_type, "skipped", "done concurrently", record.seq)
@@ -91,7 +92,7 @@ def replay(log: EventLog, *, since_seq: int = 0, dry_run: bool = True,
         if not dry_run:
             outcomes.append(run_effect(log, pending.requested_by, runner))
             continue
-        details = {k: v for k, v in pending.details.items() if k not in ("type", "key")}
+        details = dict(pending.effect.details)
         status = "would-run" if pending.type in HANDLERS else "no-handler"
         outcomes.append(Outcome(pending.key, pending.type, status, _describe(details),
                                 pending.requested_by.seq))

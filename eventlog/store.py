@@ -192,20 +192,24 @@ class _EventFields(NamedTuple):
     datastore: int | None
     volume: str | None
     snapshot: str | None
+    schema: int
 
 
 class Event(_EventFields):
     """An event to append (immutable). Subjects are indexed; ``payload`` is a dict of
-    msgpack types (None, bool, int, float, str, bytes, list, dict)."""
+    msgpack types (None, bool, int, float, str, bytes, list, dict); ``schema`` the version
+    of its type's payload. Writers make events through their type's class
+    (:meth:`onestorpool.eventlog.events.TypedEvent.new`), which checks the payload."""
 
     __slots__ = ()
 
     def __new__(cls, type: str, writer: str, payload: dict[str, Any] | None = None,
                 vm: int | None = None, image: int | None = None, datastore: int | None = None,
-                volume: str | None = None, snapshot: str | None = None) -> Event:
+                volume: str | None = None, snapshot: str | None = None,
+                schema: int = SCHEMA_VERSION) -> Event:
         # A fresh dict per event: a shared default would leak one caller's keys to another.
         return super().__new__(cls, type, writer, {} if payload is None else payload, vm,
-                               image, datastore, volume, snapshot)
+                               image, datastore, volume, snapshot, schema)
 
     @property
     def effect_key(self) -> str | None:
@@ -588,7 +592,7 @@ class Transaction:
                                 ) from None
         fields = (seq, time.time() if now is None else now, event.writer, HOST, os.getpid(),
                   event.type, event.vm, event.image, event.datastore, event.volume,
-                  event.snapshot, event.effect_key, SCHEMA_VERSION, payload, prev)
+                  event.snapshot, event.effect_key, event.schema, payload, prev)
         digest = chain_hash(*fields)
         db.execute(INSERT_SQL, (*fields, digest))
         self._head, self._appended = (seq, digest), True

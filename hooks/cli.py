@@ -143,7 +143,8 @@ class HookActions:
 def run(route: str, argument: str, log_path: str | None = None) -> int:
     import os
 
-    from onestorpool.eventlog.store import HOST, Event, EventLog
+    from onestorpool.eventlog.events import HookExecuted
+    from onestorpool.eventlog.store import HOST, EventLog
     from onestorpool.subscribers.composition import ROUTES
     from onestorpool.subscribers.routes import api_object_id
 
@@ -159,9 +160,8 @@ def run(route: str, argument: str, log_path: str | None = None) -> int:
     vm = object_id if route != "image.delete" else None
     image = object_id if route == "image.delete" else None
     with EventLog.open(log_path) as log:
-        seq = log.append(Event("hook.executed", f"hook/{route}@{HOST}:{os.getpid()}",
-                               {"route": route, "key": event.key.strip()}, vm=vm,
-                               image=image))
+        seq = log.append(HookExecuted.new(f"hook/{route}@{HOST}:{os.getpid()}", route=route,
+                                          key=event.key.strip(), vm=vm, image=image))
         chosen.action(HookActions(log, image=image), event, seq)
     return 0
 

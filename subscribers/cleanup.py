@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from onestorpool.eventlog.store import HOST, AlreadyDone, Event, EventLog
+from onestorpool.eventlog.events import CleanupFailed, CleanupSnapshot
+from onestorpool.eventlog.store import HOST, AlreadyDone, EventLog
 from onestorpool.naming import Naming
 from onestorpool.storpool import NotFound, StorPoolClient
 
 CLEANUP = "cleanup"  # the tracking consumer
-CLEANUP_EVENT = "cleanup.snapshot"
+CLEANUP_EVENT = CleanupSnapshot.TYPE
 CLEANABLE = frozenset({"disk_snapshot", "vm_snapshot", "backup", "export", "revert_temp",
                        "vmsnap_revert_temp", "restore_temp"})
 TEMPORARY = frozenset({"export", "revert_temp", "vmsnap_revert_temp", "restore_temp"})
@@ -111,16 +112,16 @@ def remove(log: EventLog, sp: StorPoolClient, orphan: Orphan, runner: str,
     except NotFound:
         gone = True
     except Exception as exc:  # recorded, retried by the next reconciliation
-        log.append(Event("cleanup.failed", writer,
-                         {"key": orphan.key, "error": f"{type(exc).__name__}: {exc}"},
-                         orphan.vm, orphan.image, snapshot=orphan.name))
+        log.append(CleanupFailed.new(writer, key=orphan.key,
+                                     error=f"{type(exc).__name__}: {exc}", vm=orphan.vm,
+                                     image=orphan.image, snapshot=orphan.name))
         return f"failed: {exc}"
     try:
         with log.transaction() as tx:
-            seq = tx.append(Event(CLEANUP_EVENT, writer,
-                                  {"key": orphan.key, "reason": orphan.reason,
-                                   "removed": [orphan.name], "already_gone": gone},
-                                  orphan.vm, orphan.image, snapshot=orphan.name))
+            seq = tx.append(CleanupSnapshot.new(writer, key=orphan.key, reason=orphan.reason,
+                                                removed=[orphan.name], already_gone=gone,
+                                                vm=orphan.vm, image=orphan.image,
+                                                snapshot=orphan.name))
             tx.track(CLEANUP, orphan.key, position=min(position, seq - 1), seq=seq)
     except AlreadyDone:
         return "skipped"

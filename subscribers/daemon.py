@@ -40,13 +40,25 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from onestorpool.errors import AddonError
+from onestorpool.eventlog.events import (
+    EffectRequested,
+    HookMalformed,
+    HookReceived,
+    SubscriberConnected,
+    SubscriberDisconnected,
+    SubscriberFailed,
+    SubscriberLeader,
+    SubscriberStandby,
+    SubscriberStarted,
+    SubscriberStopped,
+)
 from onestorpool.eventlog.store import HOST, Event, EventLog
 from onestorpool.one import HookEvent, parse_hook_message
 from onestorpool.subscribers.notify import Notifier
 from onestorpool.subscribers.routes import Route, api_object_id
 
-RECEIVED = "hook.received"
-MALFORMED = "hook.malformed"
+RECEIVED = HookReceived.TYPE
+MALFORMED = HookMalformed.TYPE
 BATCH = 1000  # messages appended per transaction at most
 
 
@@ -67,7 +79,7 @@ def cleanup_vm(log: EventLog, vm_id: int, seq: int, runner: str = "subscriber") 
                 Owners(gone_vm=vm_id), position=seq, runner=runner)
 
 
-REQUESTED = "subscriber.requested"
+REQUESTED = EffectRequested.TYPE
 
 
 def request_effect(log: EventLog, effect: dict[str, Any], seq: int, writer: str,
@@ -76,7 +88,7 @@ def request_effect(log: EventLog, effect: dict[str, Any], seq: int, writer: str,
     the message recorded at ``seq``."""
     if not effect.get("type") or not effect.get("key"):
         raise ValueError(f"an effect needs a type and a key: {effect!r}")
-    return log.append(Event(REQUESTED, writer, {"effect": effect, "request_seq": seq},
+    return log.append(EffectRequested.new(writer, effect=effect, request_seq=seq,
                             **subjects))
 
 
@@ -196,14 +208,13 @@ class Daemon:
             if message["event"] == zmq.EVENT_CONNECTED:
                 revived = not self._connected and self._ever_connected
                 self._connected = self._ever_connected = True
-                self.log.append(Event("subscriber.connected", self.writer,
-                                      {"endpoint": self.endpoint}))
+                self.log.append(SubscriberConnected.new(self.writer, endpoint=self.endpoint))
                 if revived:  # on_revived: what was published meanwhile is lost
                     self._reconcile_why, self._next_reconcile = "reconnected", 0.0
             elif message["event"] == zmq.EVENT_DISCONNECTED and self._connected:
                 self._connected = False  # on_connection_error: ZeroMQ reconnects by itself
-                self.log.append(Event("subscriber.disconnected", self.writer,
-                                      {"endpoint": self.endpoint}))
+                self.log.append(SubscriberDisconnected.new(self.writer,
+                                                           endpoint=self.endpoint))
                 print(f"WARN: hook bus {self.endpoint}: disconnected; reconnecting",
                       file=sys.stderr)
 
@@ -224,9 +235,8 @@ class Daemon:
                 key = frames[0][:120].decode("ascii", "replace") if frames else ""
                 print(f"WARN: hook bus: skipped a malformed message {key!r}: {exc}",
                       file=sys.stderr)
-                records.append(Event(MALFORMED, self.writer,
-                                     {"key": key, "frames": len(frames),
-                                      "error": str(exc)[:300]}))
+                records.append(HookMalformed.new(self.writer, key=key, frames=len(frames),
+                                                 error=str(exc)[:300]))
                 continue
             route = next((r for r in self.routes if r.matches(event)), None)
             if route is None:
@@ -256,7 +266,7 @@ class Daemon:
                 vm = event.object_id
             elif event.object == "IMAGE":
                 image = event.object_id
-        return Event(RECEIVED, self.writer, payload, vm=vm, image=image)
+        return HookReceived.new(self.writer, payload, vm=vm, image=image)
 
     def dispatch(self, routed: list[tuple[Route, HookEvent, int]]) -> None:
         """Each routed message's action (``seq``: its ``hook.received`` record)."""
@@ -267,10 +277,9 @@ class Daemon:
             except Exception as exc:
                 self.counts["failed"] += 1
                 print(f"WARN: {route.name} ({event.key.strip()}): {exc}", file=sys.stderr)
-                self.log.append(Event("subscriber.failed", self.writer,
-                                      {"route": route.name, "key": event.key.strip(),
-                                       "request_seq": seq,
-                                       "error": f"{type(exc).__name__}: {exc}"}))
+                self.log.append(SubscriberFailed.new(
+                    self.writer, route=route.name, key=event.key.strip(), request_seq=seq,
+                    error=f"{type(exc).__name__}: {exc}"))
 
     # -- actions ------------------------------------------------------------------------
 
@@ -391,8 +400,8 @@ class Daemon:
             if leading != self.leading:
                 if not leading and self.standby_exits:
                     self.should_stop = True  # the HA loop releases the log volume (ha.py)
-                self.log.append(Event("subscriber.leader" if leading else "subscriber.standby",
-                                      self.writer, {"endpoint": self.endpoint}))
+                change = SubscriberLeader if leading else SubscriberStandby
+                self.log.append(change.new(self.writer, endpoint=self.endpoint))
                 if leading and self.leading is not None:
                     self._reconcile_why, self._next_reconcile = "leader", 0.0
                 self.leading = leading
@@ -451,9 +460,9 @@ class Daemon:
         notify.install(self.notifier)
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.connect()
-        self.log.append(Event("subscriber.started", self.writer,
-                              {"endpoint": self.endpoint,
-                               "subscriptions": [r.prefix.decode() for r in self.routes]}))
+        self.log.append(SubscriberStarted.new(
+            self.writer, endpoint=self.endpoint,
+            subscriptions=[r.prefix.decode() for r in self.routes]))
         failures = 0
         try:
             if self.check_leader(time.monotonic()):
@@ -483,7 +492,7 @@ class Daemon:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             try:
-                self.log.append(Event("subscriber.stopped", self.writer, dict(self.counts)))
+                self.log.append(SubscriberStopped.new(self.writer, dict(self.counts)))
             except AddonError as exc:
                 print(f"WARN: subscriber: the stop was not recorded: {exc}", file=sys.stderr)
         return 0

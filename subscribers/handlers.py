@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from onestorpool.errors import AddonError
+from onestorpool.eventlog.events import decode
 from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import EventLog
 from onestorpool.storpool import NotFound, StorPoolClient
@@ -25,7 +26,7 @@ class EffectError(AddonError):
     """A side effect cannot be performed now (it stays pending)."""
 
 
-def storpool_for(effect: dict[str, Any]) -> StorPoolClient:
+def storpool_for(effect: Mapping[str, Any]) -> StorPoolClient:
     """The client of the cluster the effect's objects live on.
 
     Requests record the API host and port (never the token); the token is the configured
@@ -90,7 +91,10 @@ def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | Non
     an earlier run that died before recording it) is the outcome. Nothing local is
     deleted before the remote lists the copy; the tombstone itself then expires on its own
     (``deleteAfter`` set by the driver)."""
-    effect = record.payload["effect"]
+    request = decode(record).effect
+    if request is None:
+        raise EffectError(f"record #{record.seq}: not a well-formed effect request")
+    effect = request.details
     tombstone, location = str(effect["snapshot"]), str(effect["location"])
     tags = {**effect.get("tags", {}), "tombstone": tombstone}
     timeout = CONFIRM_TIMEOUT if confirm_timeout is None else confirm_timeout

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from onestorpool.eventlog.store import HOST, AlreadyDone, Event, EventLog
+from onestorpool.eventlog.events import PruneFailed, PruneSnapshot
+from onestorpool.eventlog.store import HOST, AlreadyDone, EventLog
 from onestorpool.one import LcmState, Vm, VmState
 
 PRUNE = "prune"  # the tracking consumer
@@ -157,13 +158,12 @@ class Pruner:
         try:
             self.call("one.vm.disksnapshotdelete", vm_id, first.disk, first.snapshot)
         except Exception as exc:
-            self.log.append(Event("prune.failed", writer,
-                                  {**fields, "error": f"{type(exc).__name__}: {exc}"},
-                                  vm=vm_id))
+            self.log.append(PruneFailed.new(writer, fields,
+                                            error=f"{type(exc).__name__}: {exc}", vm=vm_id))
             return "failed"
         try:
             with self.log.transaction() as tx:
-                seq = tx.append(Event("prune.snapshot", writer, fields, vm=vm_id))
+                seq = tx.append(PruneSnapshot.new(writer, fields, vm=vm_id))
                 tx.track(PRUNE, first.key, position=min(position, seq - 1), seq=seq)
         except AlreadyDone:
             pass

@@ -22,13 +22,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from onestorpool.eventlog.events import EffectRequested, Reconciled
 from onestorpool.eventlog.projections import pending_effects
 from onestorpool.eventlog.replay import run_effect
-from onestorpool.eventlog.store import HOST, Event, EventLog
+from onestorpool.eventlog.store import HOST, EventLog
 from onestorpool.subscribers.cleanup import Owners, cleanup
-from onestorpool.subscribers.daemon import REQUESTED
 
-RECONCILED = "subscriber.reconciled"
+RECONCILED = Reconciled.TYPE
 
 
 def oned_owners() -> Owners:
@@ -98,9 +98,9 @@ def request_unrequested_tombstones(log: EventLog, config: Any, sp: Any) -> int:
             continue
         effect = {"type": "remote_backup", "key": f"remote_backup:{name}", "snapshot": name,
                   "location": location[0], "tags": parse_extra_tags(location[1])}
-        events.append(Event(REQUESTED, _writer("reconcile"),
-                            {"effect": effect, "reason": "tombstone without a request"},
-                            snapshot=name))
+        events.append(EffectRequested.new(_writer("reconcile"), effect=effect,
+                                          reason="tombstone without a request",
+                                          snapshot=name))
     if events:
         log.append_batch(events)
     return len(events)
@@ -129,7 +129,7 @@ def reconcile(log: EventLog, *, why: str, owners: Callable[[], Owners] = oned_ow
                     owners, position=start, runner=runner, stop=stop)
         except Exception as exc:
             summary["cleanup_error"] = f"{type(exc).__name__}: {exc}"
-    log.append(Event(RECONCILED, _writer("reconcile"), summary))
+    log.append(Reconciled.new(_writer("reconcile"), summary))
     return summary
 
 

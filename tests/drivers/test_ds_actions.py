@@ -107,7 +107,7 @@ def test_rm_keeps_a_tombstone_and_the_send_reaches_the_remote(frontend,
     log_path = frontend.env["ONESTORPOOL_EVENTLOG"]
     with EventLog(log_path, readonly=True) as log:
         (pending,) = pending_effects(log)
-        assert pending.details["location"] == "backup-site"
+        assert pending.effect.details["location"] == "backup-site"
         assert tombstone["name"] in believed_objects(log)
     # Until the subscriber exists: the admin command sends it, once.
     import subprocess

@@ -54,8 +54,8 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(cloud, start_daemon)
                 volume = f"one-img-{number}"
                 fields = retire_volume(sp, naming, tags, volume, delay=0,
                                        remote=("backup-site", ""))
-                append_event("ds.rm", writer="ds/rm", payload=fields, image=number,
-                             volume=volume, path=log_path)
+                append_event("ds.rm", writer="ds/rm", payload={**fields, "duration_ms": 1},
+                             image=number, volume=volume, path=log_path)
             else:
                 w.oned.hooks.publish([f"EVENT STATE VM/DONE/LCM_INIT/{number} "],
                                      done_message(number))
@@ -97,8 +97,8 @@ def test_concurrent_runners_send_each_tombstone_once(cloud):
         volume = f"one-img-{i}"
         sp.volume_create(volume, size=MIB, tags=OURS)
         fields = retire_volume(sp, naming, tags, volume, delay=0, remote=("backup-site", ""))
-        append_event("ds.rm", writer="ds/rm", payload=fields, image=i, volume=volume,
-                     path=w.frontend.env["ONESTORPOOL_EVENTLOG"])
+        append_event("ds.rm", writer="ds/rm", payload={**fields, "duration_ms": 1}, image=i,
+                     volume=volume, path=w.frontend.env["ONESTORPOOL_EVENTLOG"])
     runners = [subprocess.Popen([sys.executable, "-m", "onestorpool.cli", "log", "replay",
                                  "--execute"], env=subscriber_env(w), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(4)]
