@@ -88,11 +88,15 @@ sum=$(sha256sum < "$f" | cut -d' ' -f1)
 echo "$size $sum"
 """
 
-# the file as a tar member (path relative to root), compressed, from the device's first byte
-_WRITE = """set -eu -o pipefail
-root=$1 member=$2 dev=$3 compress=$4
-tar -C "$root" -cf - -- "$member" | "$compress" -c | dd of="$dev" bs=1M conv=notrunc,fsync \
-    status=none
+# the file as a tar member (path relative to root), compressed, to stdout; and that stream
+# onto the device from its first byte (never truncated: a device, or a sandbox volume file)
+_ARCHIVE = """set -eu -o pipefail
+root=$1 member=$2 compress=$3
+tar -C "$root" -cf - -- "$member" | "$compress" -c"""
+_ONTO_DEVICE_FROM_ARCHIVE = """ | dd of="$4" bs=1M conv=notrunc,fsync status=none
+"""
+_ONTO_DEVICE = """set -eu
+dd of="$1" bs=1M conv=notrunc,fsync status=none
 """
 
 # size and SHA-256 of the archive's content, in one pass; tar says whether the archive was
@@ -192,16 +196,26 @@ def locked(vm_id: int) -> Iterator[None]:
 # -- host side ------------------------------------------------------------------------------
 
 
-def _bash(host: hosts.Host, script: str, *args: str, timeout: float = 3600) -> str:
+def _bash(host: hosts.Host, script: str, *args: str, timeout: float = 3600,
+          stdin: Any = None) -> str:
     """``script`` run by bash on the host with ``args``; its stdout. A checkpoint of many GiB
     takes minutes: the subscriber's watchdog is fed meanwhile."""
+    import subprocess
+
+    process = host.popen(["bash", "-c", script, "checkpoint", *args],
+                         stdin=subprocess.DEVNULL if stdin is None else stdin,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return _finish(process, host, timeout).decode("utf-8", "replace").strip()
+
+
+def _finish(process: Any, host: hosts.Host, timeout: float) -> bytes:
+    """Wait for ``process`` (run on ``host``) feeding the watchdog; its output, or one
+    error naming the host and its last complaint."""
     import subprocess
     import time
 
     from onestorpool.subscribers import notify
 
-    process = host.popen(["bash", "-c", script, "checkpoint", *args], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -214,11 +228,11 @@ def _bash(host: hosts.Host, script: str, *args: str, timeout: float = 3600) -> s
                 process.communicate()
                 raise CheckpointError(f"{host.name}: no end after {timeout:.0f}s") from None
     if process.returncode != 0:
-        lines = [line.strip() for line in err.decode("utf-8", "replace").splitlines()
+        lines = [line.strip() for line in (err or b"").decode("utf-8", "replace").splitlines()
                  if line.strip()]
         raise CheckpointError(f"{host.name}: {lines[-1] if lines else 'failed'} "
                               f"(exit {process.returncode})")
-    return out.decode("utf-8", "replace").strip()
+    return out or b""
 
 
 def inspect_file(place: Place) -> Facts | None:
@@ -227,9 +241,32 @@ def inspect_file(place: Place) -> Facts | None:
     return None if output == "absent" else Facts.parse(output, str(place))
 
 
-def write_archive(place: Place, device: str, compressor: str) -> None:
-    root = place.host.path("/")
-    _bash(place.host, _WRITE, root, place.path.lstrip("/"), device, compressor)
+def write_archive(place: Place, device: str, compressor: str,
+                  writer: hosts.Host | None = None) -> None:
+    """The archive of the file at ``place`` onto ``device``: on the file's own host, in one
+    command; or, given another ``writer`` (the file's host is no StorPool client), streamed
+    from the file's host to ``writer``, where the device is."""
+    import subprocess
+
+    root, member = place.host.path("/"), place.path.lstrip("/")
+    if writer is None or writer.name == place.host.name:
+        _bash(place.host, _ARCHIVE + _ONTO_DEVICE_FROM_ARCHIVE, root, member, compressor,
+              device)
+        return
+    source = place.host.popen(["bash", "-c", _ARCHIVE, "checkpoint", root, member, compressor],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert source.stdout is not None and source.stderr is not None
+    try:
+        _bash(writer, _ONTO_DEVICE, device, stdin=source.stdout)
+    finally:
+        source.stdout.close()  # the writer had its copy; a writer that died ends the source
+        complaint = source.stderr.read().decode("utf-8", "replace").strip()
+        source.stderr.close()
+        code = source.wait(timeout=60)
+    if code != 0:  # dd wrote what came: a source that failed leaves no good copy
+        reason = complaint.splitlines()[-1] if complaint else "failed"
+        raise CheckpointError(f"{place.host.name}: {reason} (exit {code})")
 
 
 def read_back(host: hosts.Host, device: str) -> Facts:
@@ -305,9 +342,27 @@ def _existing(sp: Any, name: str, config: Any, vm_id: int) -> dict[str, Any] | N
     return volume
 
 
-def store(sp: Any, config: Any, vm: Vm, datastore_id: int, place: Place) -> dict[str, Any]:
-    """The checkpoint file at ``place`` copied onto the VM's volume and verified, then
-    removed. Returns what was done."""
+def writer_for(place: Place, config: Any, relay: str) -> tuple[hosts.Host, int]:
+    """The host the volume is attached to while it is written and read back: the file's,
+    or, when that is a front-end that is no StorPool client, ``relay`` (the VM's last host,
+    a client: the Bash add-on archived a stopped VM's checkpoint there, before the folder
+    left it)."""
+    from onestorpool.errors import ConfigError
+
+    try:
+        return place.host, hosts.client_id(place.host, config)
+    except ConfigError:
+        if not relay or relay == place.host.name:
+            raise
+    writer = hosts.get(relay)
+    return writer, hosts.client_id(writer, config)
+
+
+def store(sp: Any, config: Any, vm: Vm, datastore_id: int, place: Place,
+          relay: str = "") -> dict[str, Any]:
+    """The checkpoint file at ``place`` copied onto the VM's volume and verified (``relay``:
+    a StorPool client to write through if the file's host is none). Returns what was
+    done; the caller removes the file."""
     from onestorpool.drivers.storage import Tags, create_volume, delete_volume
 
     naming = config.naming()
@@ -319,12 +374,12 @@ def store(sp: Any, config: Any, vm: Vm, datastore_id: int, place: Place) -> dict
         if existing is not None:
             return {**outcome, "note": "relocated already (no file, the volume is there)"}
         return {**outcome, "skipped": "no checkpoint file"}
-    client = hosts.client_id(place.host, config)
+    writer, client = writer_for(place, config, relay)
     timeout = config["ATTACH_TIMEOUT"]
     if existing is not None:  # an earlier run died: its copy counts only if it verifies
-        with _attached(sp, name, place.host, client, "ro", timeout) as device:
+        with _attached(sp, name, writer, client, "ro", timeout) as device:
             try:
-                copy: Facts | None = read_back(place.host, device)
+                copy: Facts | None = read_back(writer, device)
             except CheckpointError:
                 copy = None
         if copy == facts:
@@ -337,10 +392,10 @@ def store(sp: Any, config: Any, vm: Vm, datastore_id: int, place: Place) -> dict
                 **facts.tags()}
         create_volume(sp, name, size=volume_size(facts.size),
                       template=naming.template(datastore_id), tags=tags)
-        with _attached(sp, name, place.host, client, "rw", timeout) as device:
-            write_archive(place, device, config["SP_COMPRESSION"])
+        with _attached(sp, name, writer, client, "rw", timeout) as device:
+            write_archive(place, device, config["SP_COMPRESSION"], writer)
             try:
-                copy = read_back(place.host, device)
+                copy = read_back(writer, device)
                 problem = "" if copy == facts else f"reads back as {copy}, not {facts}"
             except CheckpointError as exc:
                 problem = str(exc)
@@ -349,6 +404,8 @@ def store(sp: Any, config: Any, vm: Vm, datastore_id: int, place: Place) -> dict
             raise CheckpointError(f"the copy of {place} on {name} failed its check, the file "
                                   f"stays: {problem}")
         outcome["volume_size"] = volume_size(facts.size)
+    if writer.name != place.host.name:
+        outcome["written_on"] = writer.name
     return {**outcome, "bytes": facts.size, "sha256": facts.sha256,
             "compression": config["SP_COMPRESSION"]}
 
@@ -451,7 +508,7 @@ def relocate(record: Record, log: EventLog) -> dict[str, Any]:
         if not config["SP_CHECKPOINT"]:
             return {"vm": vm_id, "skipped": "SP_CHECKPOINT is off"}
         place = saved_place(vm, datastore.base_path, config["SP_SYSTEM"])
-        outcome = store(sp, config, vm, datastore.id, place)
+        outcome = store(sp, config, vm, datastore.id, place, relay=vm.hostname)
         if "bytes" not in outcome:
             return outcome
         # the copy is verified; the file goes unless the VM started resuming meanwhile (a

@@ -203,6 +203,28 @@ def test_stop_and_resume_on_another_host(cloud, mode):
     assert not cloud.w.frontend.sp.volume_exists(volume)
 
 
+def test_a_frontend_that_is_no_storpool_client_writes_through_the_vms_host(cloud):
+    """SP_SYSTEM=ssh: a stopped VM's folder is on the front-end; when that is no StorPool
+    client (no SP_OURID for it), the archive streams to the VM's last host, which writes it
+    onto the volume and reads it back."""
+    conf = cloud.w.frontend.root / "etc/storpool.conf"
+    conf.write_text(conf.read_text().replace("[localhost]\nSP_OURID=1\n", ""))
+    cloud.rc("SP_CHECKPOINT=yes", "SP_SYSTEM=ssh")
+    cloud.daemon()
+    vm_id = cloud.deploy("node1")
+    cloud.w.srv.vm.action("stop", vm_id)
+    cloud.w.oned.wait_vm(vm_id, "STOPPED")
+    outcome = cloud.relocated(vm_id)
+    saved = cloud.saved("node1", vm_id)
+    assert (outcome["file"].split(":")[0], outcome["written_on"]) == ("localhost", "node1")
+    assert (outcome["sha256"], outcome["removed_file"]) == (saved, True)
+    assert not (cloud.folder("localhost", vm_id) / "checkpoint").exists()
+    cloud.w.srv.vm.action("resume", vm_id)
+    cloud.w.srv.vm.deploy(vm_id, cloud.hosts["node2"], False, cloud.system_ds)
+    cloud.w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert cloud.restored("node2", vm_id) == saved
+
+
 def test_a_subscriber_killed_between_write_and_delete_finishes_after_restart(cloud, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
