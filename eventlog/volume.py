@@ -288,7 +288,7 @@ class LogVolume:
             raise LogVolumeError(f"event log volume {self.name}: {exc}") from None
         if not exists:
             raise LogVolumeError(f"event log volume {self.name} does not exist in StorPool: "
-                                 "create it with 'onestorpool log volume-init' (see "
+                                 "create it with 'onestorpool subscriber log-volume init' (see "
                                  "docs/eventlog.md, High availability)")
 
     def _prepare_mount_point(self) -> None:
@@ -374,3 +374,53 @@ class LogVolume:
                     if a.get("volume") == self.name and not a.get("snapshot")]
         return {"exists": self.sp.volume_exists(self.name), "attached": attached,
                 "mounted": self.filesystem.is_mounted(self.directory)}
+
+
+# -- the command (onestorpool subscriber log-volume) -----------------------------------------
+
+
+def configure(parser: Any) -> None:
+    sub = parser.add_subparsers(dest="volume_command", required=True, metavar="COMMAND")
+    init = sub.add_parser("init", help="create the volume and its filesystem (once, on the "
+                                       "leader, with the subscriber stopped everywhere)")
+    init.add_argument("--size", required=True, help="e.g. 20G (the log grows ~1 GiB per "
+                                                    "3 million records)")
+    init.add_argument("--template", required=True,
+                      help="the StorPool template (its replication keeps the log)")
+    sub.add_parser("status", help="where the volume is attached and whether it is mounted "
+                                  "here")
+    parser.set_defaults(run=run)
+
+
+def parse_size(text: str) -> int:
+    """``20G``, ``512M``, ``1T`` (binary units) or bytes; at least 32 MiB (ext4 and a log)."""
+    import re
+
+    match = re.fullmatch(r"(\d{1,15})([KMGT]?)(?:i?B)?", text.strip().upper())
+    if match is None:
+        raise LogVolumeError(f"--size: not a size: {text!r} (e.g. 20G)")
+    size = int(match[1]) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[match[2]]
+    if size < 32 << 20:
+        raise LogVolumeError(f"--size: {text} is less than 32M")
+    return size
+
+
+def run(args: Any) -> int:
+    from onestorpool import config as config_module
+    from onestorpool.storpool import StorPoolClient
+
+    config = config_module.load()
+    with StorPoolClient.from_config(config) as sp:
+        volume = LogVolume.from_config(config, sp)
+        if args.volume_command == "init":
+            size = parse_size(args.size)
+            volume.init(size=size, template=args.template)
+            print(f"event log volume {volume.name} created ({size} bytes, template "
+                  f"{args.template}); the leader's subscriber mounts it on {volume.directory}")
+        else:
+            state = volume.status()
+            print(f"volume {volume.name}: {'exists' if state['exists'] else 'missing'}; "
+                  f"attached to client(s) {state['attached'] or 'none'}; "
+                  f"{'mounted' if state['mounted'] else 'not mounted'} on {volume.directory}"
+                  f" (this front-end: client {volume.client})")
+    return 0

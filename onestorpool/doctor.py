@@ -221,8 +221,11 @@ class Doctor:
             self.add("SP_OURID", OK, f"{len(self.hosts)} hosts, each with its client id")
 
     def event_log(self) -> None:
-        path = self.config_module.event_log_path(self.config)
+        path = Path(self.config_module.event_log_origin(self.config)[0])
         directory = path.parent
+        if self.config is not None and self.config["EVENT_LOG_VOLUME"]:
+            self.event_log_volume(path)
+            return
         try:
             account = pwd.getpwnam(self.user)
         except KeyError:
@@ -239,6 +242,31 @@ class Doctor:
                      f"chown -R {self.user}:{self.user} {directory}")
             return
         self.add("event log", OK, f"{path} writable by {self.user}")
+
+    def event_log_volume(self, path: Path) -> None:
+        """EVENT_LOG_VOLUME: the volume exists, this front-end has a client id, and the log
+        is mounted here exactly when the volume is attached here (the leader)."""
+        from onestorpool.eventlog.volume import LogVolume
+
+        if self.storpool is None:
+            self.add("event log volume", SKIP, "needs the StorPool API")
+            return
+        volume = LogVolume.from_config(self.config, self.storpool)  # SP_OURID checked
+        state = volume.status()
+        where = f"{volume.name} (mount point {volume.directory}, client {volume.client})"
+        if not state["exists"]:
+            self.add("event log volume", FAIL, f"{where} does not exist",
+                     "onestorpool subscriber log-volume init --size 20G --template <name>")
+        elif state["mounted"] != (volume.client in state["attached"]):
+            self.add("event log volume", FAIL, f"{where}: attached to {state['attached']}, "
+                     f"{'' if state['mounted'] else 'not '}mounted here",
+                     "restart onestorpool-subscriber on every front-end")
+        elif state["mounted"]:
+            self.add("event log volume", OK, f"{where}: mounted here (the leader), {path}")
+        else:
+            holder = (f"client {', '.join(map(str, state['attached']))}"
+                      if state["attached"] else "no front-end")
+            self.add("event log volume", OK, f"{where}: a standby here; held by {holder}")
 
     def subscriber(self) -> None:
         systemctl = shutil.which("systemctl")

@@ -26,11 +26,20 @@ from collections.abc import Callable
 from typing import Any
 
 from onestorpool.errors import AddonError
-from onestorpool.eventlog.store import HOST, Event, EventLog
+from onestorpool.eventlog.events import TypedEvent
+from onestorpool.eventlog.store import HOST, EventLog
 from onestorpool.eventlog.volume import LogVolume
 from onestorpool.subscribers.notify import Notifier
 
-ACQUIRED = "log.volume.acquired"  # the first record of a leader's term: what it verified
+
+class LogVolumeAcquired(TypedEvent):
+    """The first record of a leader's term: the volume it took and the head it verified."""
+
+    TYPE = "log.volume.acquired"
+    FIELDS = {"volume": str, "client": int, "head": int, "head_hash": str, "records": int}
+
+
+ACQUIRED = LogVolumeAcquired.TYPE
 RETRY_MAX = 30.0
 
 
@@ -135,7 +144,7 @@ def run(config: Any, build: Callable[[EventLog, Notifier], Any], *, metrics_port
                   f"{summary['seconds']}s", flush=True)
             try:
                 with EventLog(volume.path) as log:
-                    log.append(Event(ACQUIRED, f"{writer}:{os.getpid()}", summary))
+                    log.append(LogVolumeAcquired.new(f"{writer}:{os.getpid()}", summary))
                     daemon = build(log, TermNotifier(notifier))
                     daemon.standby_exits = True
                     current.daemon = daemon

@@ -229,3 +229,53 @@ def test_drivers_refuse_a_log_that_is_not_the_volume(tmp_path, monkeypatch):
         rc.write_text(f"EVENT_LOG_VOLUME='{bad}'\n")
         with pytest.raises(config.ConfigError, match="EVENT_LOG_VOLUME: expected yes, no or"):
             config.load(rc_paths=[rc], storpool_paths=[], environ={})
+
+
+def test_the_command_makes_the_volume_and_tells_where_it_is(tmp_path, storpool_sandbox, sp,
+                                                           monkeypatch, capsys):
+    import argparse
+
+    from onestorpool.eventlog import volume
+
+    path = front_end(tmp_path, storpool_sandbox, 11, monkeypatch)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/storpool.conf").write_text(
+        f"SP_API_HTTP_HOST={storpool_sandbox.host}\nSP_API_HTTP_PORT={storpool_sandbox.port}\n"
+        f"SP_AUTH_TOKEN={storpool_sandbox.token}\nSP_OURID=11\n")
+    (tmp_path / "var/lib/one/remotes").mkdir(parents=True)
+    (tmp_path / "var/lib/one/remotes/addon-storpoolrc").write_text(
+        f"ONE_PX=one\nEVENT_LOG_VOLUME=yes\nEVENT_LOG={path}\n")
+    monkeypatch.setenv("ONESTORPOOL_ROOT", str(tmp_path))
+    monkeypatch.delenv("ONESTORPOOL_EVENTLOG", raising=False)
+    parser = argparse.ArgumentParser()
+    volume.configure(parser)
+    for bad in ("12", "1X", "-5G"):
+        with pytest.raises((LogVolumeError, SystemExit)):
+            volume.run(parser.parse_args(["init", "--size", bad, "--template", "eventlog"]))
+    assert not sp.volume_exists(NAME)
+    assert volume.run(parser.parse_args(["init", "--size", "64M", "--template",
+                                         "eventlog"])) == 0
+    assert sp.volume(NAME)["size"] == 64 << 20
+    assert volume.run(parser.parse_args(["status"])) == 0
+    out = capsys.readouterr().out
+    assert "one-eventlog created (67108864 bytes" in out
+    assert "exists; attached to client(s) none; not mounted" in out
+    with pytest.raises(LogVolumeError, match="exists already"):
+        volume.run(parser.parse_args(["init", "--size", "64M", "--template", "eventlog"]))
+    from onestorpool.doctor import Doctor
+
+    def doctor() -> tuple[str, str]:
+        checks = Doctor(user="root")
+        checks.config, checks.storpool = config.load(), sp
+        checks.event_log()
+        (check,) = checks.checks
+        return check.status, check.detail
+
+    assert doctor() == ("ok", "one-eventlog (mount point "
+                        f"{path.parent}, client 11): a standby here; held by no front-end")
+    LogVolume.from_config(config.load(), sp).acquire()
+    assert doctor() == ("ok", f"one-eventlog (mount point {path.parent}, client 11): mounted "
+                        f"here (the leader), {path}")
+    storpool_sandbox.add_client(12, tmp_path / "fe12")
+    sp.volumes_reassign_wait([{"volume": NAME, "detach": "all", "rw": [12], "force": True}])
+    assert doctor()[0] == "fail"  # another front-end took it: this one must let go
