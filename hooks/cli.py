@@ -72,6 +72,20 @@ def show(command: str) -> int:
 # -- run --------------------------------------------------------------------------------------
 
 
+# A VM STATE hook's ON -> (STATE, LCM_STATE) it fires on (src/hm/HookStateVM.cc,
+# HookStateVM::parse_template, release-6.10.5); CUSTOM names both itself.
+STATE_CONDITIONS = {"PROLOG": ("ACTIVE", "PROLOG"), "RUNNING": ("ACTIVE", "RUNNING"),
+                    "SHUTDOWN": ("ACTIVE", "EPILOG"), "STOP": ("STOPPED", "LCM_INIT"),
+                    "DONE": ("DONE", "LCM_INIT"), "UNKNOWN": ("ACTIVE", "UNKNOWN")}
+
+
+def state_condition(trigger: dict[str, str]) -> tuple[str, str]:
+    on = trigger["ON"].upper()
+    if on == "CUSTOM":
+        return trigger["STATE"], trigger["LCM_STATE"]
+    return STATE_CONDITIONS[on]
+
+
 def hook_event(route: str, argument: str) -> Any:
     """The bus message the hook's argument stands for (the same parser, the same checks)."""
     from onestorpool.one import HookEvent, decode_base64, parse_hook_message, parse_xml
@@ -81,9 +95,10 @@ def hook_event(route: str, argument: str) -> Any:
     if trigger["TYPE"] == "state":
         body = parse_xml(raw, trigger["RESOURCE"])
         object_id = int(body.findtext("ID") or -1)
-        return HookEvent("STATE", f"EVENT STATE VM/{trigger['ON']}/LCM_INIT/{object_id} ",
+        state, lcm_state = state_condition(trigger)
+        return HookEvent("STATE", f"EVENT STATE VM/{state}/{lcm_state}/{object_id} ",
                          object=trigger["RESOURCE"], object_id=object_id,
-                         state=trigger["ON"], lcm_state="LCM_INIT", message=body)
+                         state=state, lcm_state=lcm_state, message=body)
     call = trigger["CALL"]
     info = raw.decode("utf-8", "replace")
     result = "1" if "<RESULT>1</RESULT>" in info else "0"

@@ -41,14 +41,14 @@ def test_installed_hooks_ship_tombstones_once(cloud, start_daemon):
     wait_for(lambda: len(remote_copies(remote)) == 3, "the image shipped")
     w.oned.hook_manager.hem.wait_idle(120)
     assert daemon.stop() == 0
-    done = events(w, "effect.done")
+    done = [e for e in events(w, "effect.done") if e.payload["effect_type"] == "remote_backup"]
     assert len(done) == 3 and len({e.payload["key"] for e in done}) == 3
     executed = events(w, "hook.executed")
     assert {(e.payload["route"], e.vm, e.image) for e in executed} == {
-        ("vm.done", vm_id, None), ("image.delete", None, base)}
+        ("vm.running", vm_id, None), ("vm.done", vm_id, None), ("image.delete", None, base)}
     hooklog = etree.fromstring(w.oned.call("one.hooklog.info", -1, -1, -1, 0).encode())
     codes = hooklog.xpath("HOOK_EXECUTION_RECORD/EXECUTION_RESULT/CODE/text()")
-    assert len(codes) == 2 and set(codes) == {"0"}
+    assert len(codes) == 3 and set(codes) == {"0"}
     cli(w, "hooks", "uninstall")
     assert not getattr(w.srv.hookpool.info(-2, -1, -1), "HOOK", None)
 
@@ -61,3 +61,25 @@ def test_a_bad_argument_is_one_error_line(cloud):
                                 text=True, timeout=60)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.strip()
+
+
+def test_each_hook_fires_its_own_route():
+    """A hook's trigger, as oned turns it into a state condition (HookStateVM.cc), makes an
+    event its route acts on: the hooks and the daemon's subscriptions never disagree."""
+    import base64
+
+    from onestorpool.hooks.cli import hook_event
+    from onestorpool.subscribers.composition import ROUTES
+
+    routes = {route.name: route for route in ROUTES}
+    assert set(templates.TRIGGERS) <= set(routes)
+    vm = base64.b64encode(b"<VM><ID>7</ID></VM>").decode()
+    call = base64.b64encode(b"<CALL_INFO><RESULT>1</RESULT><PARAMETERS>"
+                            b"<PARAMETER><POSITION>1</POSITION><TYPE>IN</TYPE>"
+                            b"<VALUE>****</VALUE></PARAMETER>"
+                            b"<PARAMETER><POSITION>2</POSITION><TYPE>IN</TYPE>"
+                            b"<VALUE>7</VALUE></PARAMETER></PARAMETERS></CALL_INFO>").decode()
+    for name, trigger in templates.TRIGGERS.items():
+        event = hook_event(name, vm if trigger["TYPE"] == "state" else call)
+        assert routes[name].matches(event), (name, event.key)
+        assert event.key.encode().startswith(routes[name].prefix), (name, event.key)
