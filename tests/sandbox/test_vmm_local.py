@@ -403,6 +403,7 @@ def test_live_migration_is_unsafe_only_with_every_disk_uncached(make_world, tmp_
     deployed = (w.frontend.root / "hosts/node1" /
                 f"var/lib/one/datastores/{system_ds}/{vm_id}/deployment.0")
     w.oned.driver_env["FAKE_VIRSH_DOMAIN"] = str(deployed)
+    domain = deployed.read_text()  # postmigrate removes node1's folder (SP_SYSTEM=ssh)
     w.srv.vm.migrate(vm_id, node2, True, False, system_ds, 0)
     w.oned.wait_idle()
     w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
@@ -412,7 +413,7 @@ def test_live_migration_is_unsafe_only_with_every_disk_uncached(make_world, tmp_
                                 "qemu+ssh://node2/system"]
     # a disk with the host's cache: no --unsafe (libvirt then refuses what is not shared)
     uncached = tmp_path / "cached.xml"
-    uncached.write_text(deployed.read_text().replace('cache="none"', 'cache="writeback"', 1))
+    uncached.write_text(domain.replace('cache="none"', 'cache="writeback"', 1))
     w.oned.driver_env["FAKE_VIRSH_DOMAIN"] = str(uncached)
     w.srv.vm.migrate(vm_id, node1, True, False, system_ds, 0)
     w.oned.wait_idle()
@@ -448,6 +449,6 @@ def test_context_migrate_moves_a_file_context_onto_storpool(snapshot_cloud, tmp_
     assert w.frontend.sp.volume(volume)["tags"]["type"] == "CNTXT"
     (line,) = (tmp_path / "virsh.log").read_text().splitlines()
     assert line.split()[2:5] == ["change-media", f"one-{vm_id}", "hda"]
-    assert not list(folder.glob("disk.1.*"))
+    assert not (folder / "disk.1.file").exists()  # disk.1.monitor: the TM's marker
     again = cli("context", "migrate", str(vm_id))
     assert again.returncode == 0 and "already a StorPool volume" in again.stdout
