@@ -215,3 +215,37 @@ def test_a_bash_laid_nvram_is_taken_over(cloud):
     w.srv.vm.action("terminate", vm_id)
     w.oned.wait_vm(vm_id, "DONE")
     assert w.frontend.storpool_names() == set()
+
+
+def test_template_paths(tmp_path):
+    """A file name in the OVMF directory, or an absolute path inside it (an admin's link
+    there is followed); nothing outside, however spelled."""
+    from pathlib import Path
+
+    from onestorpool.drivers.nvram import NvramRequest, read_template, template_path
+    from onestorpool.errors import InputError
+    from onestorpool.one import Template
+
+    ovmf = tmp_path / "OVMF"
+    ovmf.mkdir()
+    (tmp_path / "vars.fd").write_bytes(TEMPLATE)
+    (ovmf / "linked.fd").symlink_to(tmp_path / "vars.fd")
+
+    class Vm:
+        id = 7
+
+        def __init__(self, text: str):
+            self.user_template = Template("USER_TEMPLATE", {"T_OS_NVRAM": text})
+
+    def resolve(text: str) -> Path:
+        return template_path(NvramRequest.of(Vm(text)), ovmf, 7)
+
+    assert read_template(resolve("storpool:template=linked.fd"), 7) == TEMPLATE
+    assert resolve(f"storpool:template={ovmf}/linked.fd") == ovmf / "linked.fd"
+    for bad in (f"storpool:template={ovmf}/../vars.fd", "storpool:template=..",
+                "storpool:template=sub/x.fd", f"storpool:template={tmp_path}/vars.fd"):
+        with pytest.raises(InputError):
+            resolve(bad)
+    assert NvramRequest.of(Vm("nvram.fd:template=x.fd")).on_storpool is False
+    with pytest.raises(InputError, match="expected <file>"):
+        NvramRequest.of(Vm("storpool:template"))
