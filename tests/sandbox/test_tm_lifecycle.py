@@ -184,6 +184,9 @@ def test_failed_live_migration_is_rolled_back(make_world, tmp_path):
         assert attachments(w).get(volume) == {n1}, attachments(w)
     assert [e.type for e in w.frontend.events() if "migrate" in e.type] == [
         "tm.premigrate", "tm.failmigrate"]
+    # SP_SYSTEM=ssh: premigrate's copy of the VM folder is gone from node2, node1's stays
+    assert not disk_link(w, "node2", system_ds, vm_id, 0).parent.exists()
+    assert disk_link(w, "node1", system_ds, vm_id, 0).is_symlink()
 
 
 def test_disk_snapshots_resize_and_save_as(cloud):
