@@ -135,7 +135,11 @@ def run(config: Any, build: Callable[[EventLog, Notifier], Any], *, metrics_port
                 delay = min(RETRY_MAX, 0.5 * 2 ** min(failures, 6))
                 print(f"ERROR: subscriber: {exc}; nothing done, again in {delay:.1f}s",
                       file=sys.stderr, flush=True)
-                notifier.status(f"cannot take the event log volume: {exc}")
+                status = f"cannot take the event log volume: {exc}"
+                if not announced:  # running (and retrying): systemd must not time it out
+                    notifier.ready(status)
+                    announced = True
+                notifier.status(status)
                 _wait(delay, stopping, notifier)
                 continue
             failures = 0

@@ -211,3 +211,21 @@ def test_a_leader_that_loses_leadership_stops_writing_and_hands_over(front_ends)
     assert by_a[-2:] == ["subscriber.standby", "subscriber.stopped"]  # its last words
     assert a.stop() == 0 and b.stop() == 0
     assert fe.attached() == []
+
+
+def test_a_leader_without_its_volume_acts_on_nothing_until_it_has_it(front_ends):
+    fe = front_ends
+    fe.sp.volume_update(VOLUME, rename="one-eventlog-away")
+    fe.lead(fe.address_a)
+    a = fe.start(fe.env_a, "a")  # READY all the same: it runs, and retries
+    output = fe.tmp / "subscriber-a.log"
+    wait_for(lambda: "ERROR: subscriber: event log volume one-eventlog does not exist"
+             in output.read_text(), "the error")
+    assert "cannot take the event log volume" in "".join(a.read_notify())
+    with pytest.raises(RuntimeError, match="is not StorPool volume one-eventlog"):
+        fe.w.oned.create_image(fe.image_ds, "lost", size_mb=1)  # drivers fail, loudly
+    assert list(fe.log_a.parent.iterdir()) == [] and fe.attached() == []
+    fe.sp.volume_update("one-eventlog-away", rename=VOLUME)  # the admin puts it back
+    wait_for(lambda: fe.log_a.exists() and any(
+        r.type == "subscriber.reconciled" for r in records(fe.log_a)), "A taking it", 60)
+    assert fe.attached() == [1] and a.stop() == 0 and fe.attached() == []
