@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from tests.sandbox.test_tm_lifecycle import attachments, client_of, storpool_remotes
+from tests.sandbox.test_vmm_local import snapshot_cloud  # noqa: F401  (a fixture)
 
 pytest_plugins = ["tests.sandbox.conftest_oned"]  # fixtures: make_world
 
@@ -249,3 +250,30 @@ def test_template_paths(tmp_path):
     assert NvramRequest.of(Vm("nvram.fd:template=x.fd")).on_storpool is False
     with pytest.raises(InputError, match="expected <file>"):
         NvramRequest.of(Vm("storpool:template"))
+
+
+def test_a_vm_snapshot_takes_and_gives_back_the_nvram(snapshot_cloud):  # noqa: F811
+    """Decided against the Bash add-on (reference §10: its VM snapshots never held the
+    NVRAM): the UEFI variables go with the disks they boot."""
+    w, _image_ds, system_ds, node1 = snapshot_cloud
+    ovmf = w.frontend.root / "var/lib/one/remotes/OVMF"
+    ovmf.mkdir(parents=True)
+    (ovmf / "OVMF_VARS.fd").write_bytes(TEMPLATE)
+    vm_id = uefi_vm(w, system_ds, node1)
+    nvram = f"one-sys-{vm_id}-NVRAM"
+    before, after = os.urandom(len(TEMPLATE)), os.urandom(len(TEMPLATE))
+    w.frontend.device("node1", nvram).write_bytes(before)
+    snap = w.srv.vm.snapshotcreate(vm_id, "s1")
+    w.oned.wait_idle()
+    (record,) = w.srv.vm.info(vm_id).TEMPLATE["SNAPSHOT"]
+    assert w.frontend.sp.snapshot(f"{nvram}-{record['HYPERVISOR_ID']}")["tags"]["nvm"] == \
+        str(vm_id)
+    w.frontend.device("node1", nvram).write_bytes(after)
+    w.srv.vm.snapshotrevert(vm_id, snap)
+    w.oned.wait_idle()
+    vm = w.srv.vm.info(vm_id)
+    assert "ERROR" not in vm.USER_TEMPLATE, vm.USER_TEMPLATE.get("ERROR")
+    assert read_nvram(w, "node1", vm_id) == before
+    w.srv.vm.action("terminate", vm_id)
+    w.oned.wait_vm(vm_id, "DONE")
+    assert w.frontend.storpool_names() == set()
