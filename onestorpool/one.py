@@ -42,6 +42,11 @@ Rules:
   wrote them; :attr:`HookEvent.message` is lxml's recovered tree, for inspection only.
 
 Drivers import this module on their hot path: it needs lxml and the standard library only.
+A dataclass costs about a millisecond to build (its methods are generated and compiled), so
+what a transfer manager action never reads is defined in sibling modules loaded on first use
+and reached through this one as before: :class:`Image`, :class:`Host`, :class:`DsAction`,
+:class:`VmmAction` and their parsers in :mod:`onestorpool.one_bodies`; the hook bus in
+:mod:`onestorpool.one_hooks`.
 """
 
 from __future__ import annotations
@@ -49,9 +54,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
@@ -484,7 +490,7 @@ class _Node:
         return Template.from_element(self.element.find(tag), f"{self.path}/{tag}")
 
 
-# -- DATASTORE, IMAGE, HOST -------------------------------------------------------------------
+# -- DATASTORE -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -558,112 +564,6 @@ def _snapshots(node: _Node | None) -> tuple[Snapshot, ...]:
             active=item.flag("ACTIVE"), date=item.opt_int("DATE"),
             size_mb=item.opt_int("SIZE")))
     return tuple(found)
-
-
-@dataclass(frozen=True)
-class Image:
-    """An IMAGE body. In the DS ``stat`` action oned sends only ``<IMAGE><PATH/></IMAGE>``:
-    that image has ``id == -1`` and no owner (``uid``/``gid`` 0), see :func:`parse_ds_action`."""
-
-    id: int
-    name: str
-    uid: int
-    gid: int
-    type: ImageType
-    disk_type: DiskType | None
-    persistent: bool
-    state: ImageState
-    size: int | None  # MB
-    source: str
-    path: str
-    format: str
-    fs: str
-    fstype: str  # before 6.0 (the XSD no longer has it)
-    datastore_id: int | None
-    target_snapshot: int | None  # the snapshot a snap_* action works on
-    cloning_id: int | None  # the image this one is being cloned from
-    cloning_ops: int
-    running_vms: int
-    vm_ids: tuple[int, ...]
-    clone_ids: tuple[int, ...]
-    template: Template = field(default_factory=Template)
-    snapshots: tuple[Snapshot, ...] = ()
-
-    @property
-    def snapshot_ids(self) -> tuple[int, ...]:
-        return tuple(s.id for s in self.snapshots)
-
-    @property
-    def md5(self) -> str:
-        return self.template.get("MD5", "")
-
-    @property
-    def sha1(self) -> str:
-        return self.template.get("SHA1", "")
-
-    @property
-    def driver(self) -> str:
-        """Template ``DRIVER`` (``raw``, ``qcow2``); the add-on accepts raw only."""
-        return self.template.get("DRIVER", "")
-
-    @property
-    def qos_class(self) -> str:
-        return self.template.get("SP_QOSCLASS", "")
-
-
-def _minus_one_is_none(value: int | None) -> int | None:
-    return None if value is None or value < 0 else value
-
-
-def _image(node: _Node) -> Image:
-    disk_type = node.opt_int("DISK_TYPE")
-    return Image(
-        id=node.int("ID"), name=node.text("NAME"), uid=node.int("UID"), gid=node.int("GID"),
-        type=ImageType(node.int("TYPE")),
-        disk_type=None if disk_type is None else DiskType(disk_type),
-        persistent=node.flag("PERSISTENT"), state=ImageState(node.int("STATE")),
-        size=node.opt_int("SIZE"), source=node.opt_text("SOURCE"),
-        path=node.opt_text("PATH"), format=node.opt_text("FORMAT"), fs=node.opt_text("FS"),
-        fstype=node.opt_text("FSTYPE"), datastore_id=node.opt_int("DATASTORE_ID"),
-        target_snapshot=_minus_one_is_none(node.opt_int("TARGET_SNAPSHOT")),
-        cloning_id=_minus_one_is_none(node.opt_int("CLONING_ID")),
-        cloning_ops=node.int_or("CLONING_OPS", 0), running_vms=node.int_or("RUNNING_VMS", 0),
-        vm_ids=node.ids("VMS/ID"), clone_ids=node.ids("CLONES/ID"),
-        template=node.template("TEMPLATE"), snapshots=_snapshots(node.child("SNAPSHOTS")))
-
-
-def _stat_image(node: _Node) -> Image:
-    """``stat``'s synthetic image: oned sends the PATH (and the sandbox a SIZE) only."""
-    return Image(
-        id=-1, name="", uid=0, gid=0, type=ImageType.OS, disk_type=None, persistent=False,
-        state=ImageState.INIT, size=node.opt_int("SIZE"), source="",
-        path=node.opt_text("PATH"), format="", fs="", fstype="", datastore_id=None,
-        target_snapshot=None, cloning_id=None, cloning_ops=0, running_vms=0, vm_ids=(),
-        clone_ids=(), template=Template(f"{node.path}/TEMPLATE"))
-
-
-@dataclass(frozen=True)
-class Host:
-    id: int
-    name: str
-    state: HostState
-    im_mad: str
-    vm_mad: str
-    cluster_id: int | None
-    template: Template = field(default_factory=Template)
-
-    @property
-    def storpool_client_id(self) -> int | None:
-        """Template ``SP_OURID`` when it is a number. Anything else is ignored rather than
-        refused, as the old add-on's ``ONEHOST`` client-id source does: the next source in
-        ``STORPOOL_CLIENT_ID_SOURCES`` is then asked."""
-        return _id(self.template.get("SP_OURID", ""))
-
-
-def _host(node: _Node) -> Host:
-    return Host(id=node.int("ID"), name=node.text("NAME"), state=HostState(node.int("STATE")),
-                im_mad=node.opt_text("IM_MAD"), vm_mad=node.opt_text("VM_MAD"),
-                cluster_id=node.opt_int("CLUSTER_ID"), template=node.template("TEMPLATE"))
 
 
 # -- VM ---------------------------------------------------------------------------------------
@@ -964,338 +864,48 @@ def iter_vm_pool(payload: str | bytes, max_bytes: int = MAX_POOL_BYTES) -> Itera
         raise InputError(f"VM_POOL: malformed XML: {' '.join(str(exc.msg).split())}") from None
 
 
-def parse_image(payload: str | bytes) -> Image:
-    return _image(_root(payload, "IMAGE"))
-
-
 def parse_datastore(payload: str | bytes) -> Datastore:
     return _datastore(_root(payload, "DATASTORE"))
 
 
-def parse_host(payload: str | bytes) -> Host:
-    return _host(_root(payload, "HOST"))
+# -- defined elsewhere, loaded on first use ----------------------------------------------------
+
+_ELSEWHERE = {
+    **dict.fromkeys(("Image", "Host", "DsAction", "VmmAction", "parse_image", "parse_host",
+                     "parse_ds_action", "parse_vmm_action"), "onestorpool.one_bodies"),
+    **dict.fromkeys(("ApiParameter", "HookEvent", "parse_hook_key", "parse_hook_message"),
+                    "onestorpool.one_hooks"),
+}
+
+if TYPE_CHECKING:  # what __getattr__ gives, for type checkers
+    from onestorpool.one_bodies import (  # noqa: F401
+        DsAction,
+        Host,
+        Image,
+        VmmAction,
+        parse_ds_action,
+        parse_host,
+        parse_image,
+        parse_vmm_action,
+    )
+    from onestorpool.one_hooks import (  # noqa: F401
+        ApiParameter,
+        HookEvent,
+        parse_hook_key,
+        parse_hook_message,
+    )
 
 
-@dataclass(frozen=True)
-class DsAction:
-    """``DS_DRIVER_ACTION_DATA``: the DATASTORE, the IMAGE (all actions but monitor), the VM
-    (backup-datastore actions) and the single-valued extras (``SOURCE_BRIDGE_LIST``,
-    ``MONITOR_VM_DISKS``, ``DATASTORE_LOCATION``, ``DESTINATION_DS_ID``...)."""
+def __getattr__(name: str) -> Any:
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    datastore: Datastore
-    image: Image | None
-    extra: Template
-    vm: Vm | None = None
-
-    @property
-    def source_bridge_list(self) -> str:
-        return self.extra.get("SOURCE_BRIDGE_LIST", "")
-
-    @property
-    def monitor_vm_disks(self) -> bool:
-        """``MONITOR_VM_DISKS=1``: this monitor cycle also reports per-VM disk usage."""
-        return self.extra.get_bool("MONITOR_VM_DISKS")
-
-    @property
-    def datastore_location(self) -> str:
-        return self.extra.get("DATASTORE_LOCATION", "")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain one
+    return value
 
 
-def parse_ds_action(payload: str | bytes) -> DsAction:
-    """The DS driver action, base64 as oned passes it (or already-decoded XML)."""
-    node = _root(payload, "DS_DRIVER_ACTION_DATA", "DS driver action")
-    datastore = node.child("DATASTORE")
-    if datastore is None:
-        raise InputError("DS_DRIVER_ACTION_DATA/DATASTORE: missing")
-    image = node.child("IMAGE")
-    vm = node.child("VM")
-    return DsAction(
-        datastore=_datastore(datastore),
-        image=None if image is None else (
-            _image(image) if image.element.find("ID") is not None else _stat_image(image)),
-        extra=Template.from_element(node.element, node.path), vm=None if vm is None else _vm(vm))
-
-
-@dataclass(frozen=True)
-class VmmAction:
-    """``VMM_DRIVER_ACTION_DATA``: the VM, its host, and the system DATASTORE. Empty
-    elements (oned writes ``<MIGR_HOST/>`` when there is none) are empty strings."""
-
-    host: str
-    migrate_host: str
-    deploy_id: str
-    local_deployment_file: str
-    remote_deployment_file: str
-    checkpoint_file: str
-    tm_command: str
-    tm_command_rollback: str
-    disk_target_path: str
-    vm: Vm
-    datastore: Datastore | None
-
-
-def parse_vmm_action(payload: str | bytes) -> VmmAction:
-    node = _root(payload, "VMM_DRIVER_ACTION_DATA", "VMM driver action")
-    vm = node.child("VM")
-    if vm is None:
-        raise InputError("VMM_DRIVER_ACTION_DATA/VM: missing")
-    datastore = node.child("DATASTORE")
-    return VmmAction(
-        host=node.text("HOST"), migrate_host=node.opt_text("MIGR_HOST"),
-        deploy_id=node.opt_text("DEPLOY_ID"),
-        local_deployment_file=node.opt_text("LOCAL_DEPLOYMENT_FILE"),
-        remote_deployment_file=node.opt_text("REMOTE_DEPLOYMENT_FILE"),
-        checkpoint_file=node.opt_text("CHECKPOINT_FILE"),
-        tm_command=node.opt_text("TM_COMMAND"),
-        tm_command_rollback=node.opt_text("TM_COMMAND_ROLLBACK"),
-        disk_target_path=node.opt_text("DISK_TARGET_PATH"), vm=_vm(vm),
-        datastore=None if datastore is None else _datastore(datastore))
-
-
-# -- hook bus ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ApiParameter:
-    """One ``CALL_INFO/PARAMETERS/PARAMETER`` of an API hook message. ``IN`` parameters are
-    the call's arguments (position 1, the session, is always ``****``); ``OUT`` ones are the
-    reply: ``true, value, 0`` or ``false, message, code, object id``."""
-
-    position: int
-    direction: str  # "IN" or "OUT"
-    value: str
-
-
-@dataclass(frozen=True)
-class HookEvent:
-    """One message of oned's hook bus.
-
-    ``kind``: ``STATE`` (``EVENT VM 42/...`` and ``EVENT STATE VM/...`` keys alike),
-    ``SERVICE`` (the VM STATE message again, keyed by its OneFlow service), ``API`` or
-    ``RETRY``. ``state``/``lcm_state`` are oned's names (``VmState.ACTIVE.name`` ...).
-    ``message`` is the decoded ``HOOK_MESSAGE``; for API messages it is lxml's recovered tree,
-    which may be mangled by oned's unescaped strings: read ``parameters`` and ``extra``."""
-
-    kind: str
-    key: str
-    object: str = ""  # VM, HOST, IMAGE, NET
-    object_id: int | None = None
-    state: str = ""
-    lcm_state: str = ""
-    service_id: int | None = None
-    remote_host: str = ""
-    method: str = ""
-    success: bool | None = None
-    parameters: tuple[ApiParameter, ...] = ()
-    extra: etree._Element | None = None
-    hook_id: int | None = None
-    arguments: str = ""
-    message: etree._Element | None = None
-
-    def body(self, tag: str) -> etree._Element | None:
-        """The object body a STATE message carries (``VM``, ``HOST``, ``IMAGE``, ``VNET``)."""
-        return None if self.message is None else self.message.find(tag)
-
-    def _body_node(self, tag: str) -> _Node:
-        element = self.body(tag)
-        if element is None:
-            raise InputError(f"hook message {self.key.strip()!r}: no {tag} body")
-        return _Node(element, f"HOOK_MESSAGE/{tag}")
-
-    def vm(self) -> Vm:
-        return _vm(self._body_node("VM"))
-
-    def image(self) -> Image:
-        return _image(self._body_node("IMAGE"))
-
-    def host(self) -> Host:
-        return _host(self._body_node("HOST"))
-
-    def parameter(self, position: int, direction: str = "IN") -> str | None:
-        """The value of an API parameter, ``None`` when the call had no such parameter."""
-        for parameter in self.parameters:
-            if parameter.position == position and parameter.direction == direction:
-                return parameter.value
-        return None
-
-
-_OBJECT_RE = re.compile(r"[A-Z]+")
-
-
-def _state_key(kind: str, key: str, obj: str, object_id: str, state: str,
-               lcm: str) -> HookEvent | None:
-    number = _id(object_id)
-    if _OBJECT_RE.fullmatch(obj) is None or number is None:
-        return None
-    return HookEvent(kind, key, object=obj, object_id=number, state=state, lcm_state=lcm)
-
-
-def parse_hook_key(key: str | bytes) -> HookEvent:
-    """Keys as one_hm publishes them: ``EVENT API <method> <0|1>``,
-    ``EVENT STATE <OBJ>/<STATE>/<LCM>/<id> ``, ``EVENT <OBJ> <id>/<STATE>/<LCM> ``,
-    ``EVENT SERVICE <id> ``, ``RETRY`` (the LCM part is empty but for VMs)."""
-    if isinstance(key, bytes):
-        key = key.decode("ascii", "replace")
-    if not key.isascii():  # one_hm's keys are ASCII
-        raise InputError(f"hook message: unknown key {key[:80]!r}")
-    words = key.split()
-    event = None
-    if words == ["RETRY"]:
-        event = HookEvent("RETRY", key)
-    elif len(words) == 4 and words[:2] == ["EVENT", "API"] and words[3] in ("0", "1"):
-        event = HookEvent("API", key, method=words[2], success=words[3] == "1")
-    elif len(words) == 3 and words[:2] == ["EVENT", "SERVICE"] and _id(words[2]) is not None:
-        event = HookEvent("SERVICE", key, service_id=_id(words[2]))
-    elif len(words) == 3 and words[:2] == ["EVENT", "STATE"] and words[2].count("/") == 3:
-        obj, state, lcm, object_id = words[2].split("/")
-        event = _state_key("STATE", key, obj, object_id, state, lcm)
-    elif len(words) == 3 and words[0] == "EVENT" and words[2].count("/") == 2:
-        object_id, state, lcm = words[2].split("/")
-        event = _state_key("STATE", key, words[1], object_id, state, lcm)
-    if event is None:
-        raise InputError(f"hook message: unknown key {key[:80]!r}")
-    return event
-
-
-def parse_hook_message(key: str | bytes | Sequence[str | bytes],
-                       payload: str | bytes | None = None) -> HookEvent:
-    """Both ZeroMQ frames of one hook event (``key, payload``, or the list of frames)."""
-    if payload is None:
-        frames = [key] if isinstance(key, (str, bytes)) else list(key)
-        if len(frames) != 2:
-            raise InputError(f"hook message: expected 2 frames, got {len(frames)}")
-        key, payload = frames
-    if not isinstance(key, (str, bytes)):
-        raise InputError("hook message: the key frame is not text")
-    event = parse_hook_key(key)
-    raw = decode_base64(payload, "hook message")  # RETRY content ends in a blank: ignored
-    if event.kind == "RETRY":
-        return _retry_event(event, raw)
-    if event.kind == "API":
-        return _api_event(event, raw)
-    return _state_event(event, raw)
-
-
-def _hook_root(raw: bytes, forgiving: bool = False) -> _Node:
-    root = parse_xml(raw, "HOOK_MESSAGE", forgiving=forgiving)
-    if root.tag != "HOOK_MESSAGE":
-        raise InputError(f"hook message: expected HOOK_MESSAGE, got {root.tag}")
-    return _Node(root, "HOOK_MESSAGE")
-
-
-def _retry_event(event: HookEvent, raw: bytes) -> HookEvent:
-    node = _hook_root(raw)
-    arguments = decode_base64(node.text("ARGUMENTS"), "HOOK_MESSAGE/ARGUMENTS")
-    return replace(event, hook_id=node.int("HOOK_ID"),
-                   arguments=arguments.decode("utf-8", "replace"),
-                   remote_host=node.opt_text("REMOTE_HOST"), message=node.element)
-
-
-# oned writes SERVICE_ID (a user template attribute) and REMOTE_HOST unescaped in the header
-# of a STATE message; when that breaks the XML, escaping the two header values lets the
-# well-formed object body through. The lookaheads pin each to its place in the header.
-_RAW_STATE_FIELDS = (rb"(<SERVICE_ID>)(.*?)(</SERVICE_ID>)(?=\s*<REMOTE_HOST)",
-                     rb"(<REMOTE_HOST>)(.*?)(</REMOTE_HOST>)(?=\s*<(?:RESOURCE_ID|VM|HOST)>)")
-
-
-def _escape(text: bytes) -> bytes:
-    return text.replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b">", b"&gt;")
-
-
-def _state_root(raw: bytes) -> _Node:
-    try:
-        return _hook_root(raw)
-    except InputError:
-        repaired = raw
-        for pattern in _RAW_STATE_FIELDS:
-            repaired = re.sub(pattern, lambda m: m[1] + _escape(m[2]) + m[3], repaired,
-                              count=1, flags=re.S)
-        if repaired == raw:
-            raise
-        return _hook_root(repaired)
-
-
-# HOOK_OBJECT is VNET in hook_message_state.xsd, NET in what oned sends and in the keys.
-_HOOK_OBJECTS = {"VNET": "NET"}
-
-
-def _state_event(event: HookEvent, raw: bytes) -> HookEvent:
-    node = _state_root(raw)
-    if node.text("HOOK_TYPE") != "STATE":
-        raise InputError(f"hook message: key {event.key.strip()!r} with HOOK_TYPE "
-                         f"{node.text('HOOK_TYPE')!r}")
-    obj = node.text("HOOK_OBJECT")
-    obj = _HOOK_OBJECTS.get(obj, obj)
-    resource_id = node.int("RESOURCE_ID")
-    raw_service = node.opt_text("SERVICE_ID")
-    # SERVICE_ID comes from the VM's user template: a non-number is the user's, not corruption
-    service_id = _id(raw_service)
-    if event.kind == "STATE" and (event.object, event.object_id) != (obj, resource_id):
-        raise InputError(f"hook message: key {event.key.strip()!r} but the message is about "
-                         f"{obj} {resource_id}")
-    if event.kind == "SERVICE" and (obj != "VM" or service_id != event.service_id):
-        raise InputError(f"hook message: key {event.key.strip()!r} but the message is about "
-                         f"{obj} {resource_id} of service {raw_service or 'none'}")
-    return replace(event, object=obj, object_id=resource_id, state=node.text("STATE"),
-                   lcm_state=node.opt_text("LCM_STATE"), service_id=service_id,
-                   remote_host=node.opt_text("REMOTE_HOST"), message=node.element)
-
-
-# API messages are cut along oned's fixed layout (src/hm/HookAPI.cc): the header and the
-# trailer are oned's own text, string parameter values are whatever the caller sent. Plain
-# pattern strings: ``re`` compiles and caches them on first use, off the drivers' start-up.
-_API_HEAD = (rb"\s*(?:<\?xml[^>]*\?>\s*)?<HOOK_MESSAGE>\s*<HOOK_TYPE>API</HOOK_TYPE>"
-             rb"\s*<CALL>([^<]*)</CALL>\s*<CALL_INFO>\s*<RESULT>([01])</RESULT>\s*<PARAMETERS>")
-_API_PARAMETER = (rb"\s*<PARAMETER>\s*<POSITION>([0-9]{1,9})</POSITION>\s*<TYPE>(IN|OUT)</TYPE>"
-                  rb"\s*(?:<VALUE>(.*?)</VALUE>|<VALUE/>)\s*</PARAMETER>")
-_API_TAIL = (rb"\s*</PARAMETERS>\s*(?:<EXTRA>(.*)</EXTRA>|<EXTRA/>)?\s*</CALL_INFO>"
-             rb"\s*</HOOK_MESSAGE>\s*")
-
-
-def _unescape(text: str) -> str:
-    for escaped, plain in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"),
-                           ("&amp;", "&")):
-        text = text.replace(escaped, plain)
-    return text
-
-
-def _api_parameters(raw: bytes, start: int, where: str) -> tuple[list[ApiParameter], int]:
-    parameters = []
-    parameter = re.compile(_API_PARAMETER, re.S)  # cached by re after the first call
-    while (found := parameter.match(raw, start)) is not None:
-        parameters.append(ApiParameter(int(found[1]), found[2].decode(),
-                                       (found[3] or b"").decode("utf-8", "replace")))
-        start = found.end()
-    inputs = [p for p in parameters if p.direction == "IN"]
-    outputs = [p for p in parameters if p.direction == "OUT"]
-    # oned numbers the IN block 1..n, then the OUT block 1..m. A string parameter that
-    # contains parameter markup breaks that order: refuse it rather than guess.
-    if (parameters != inputs + outputs
-            or [p.position for p in inputs] != list(range(1, len(inputs) + 1))
-            or [p.position for p in outputs] != list(range(1, len(outputs) + 1))):
-        raise InputError(f"{where}: parameters out of order (a string parameter that "
-                         "contains parameter markup?)")
-    if outputs and outputs[0].value == "false" and len(outputs) > 1:
-        # the error message is the one value oned escapes (Request::failure_response)
-        outputs[1] = replace(outputs[1], value=_unescape(outputs[1].value))
-    return inputs + outputs, start
-
-
-def _api_event(event: HookEvent, raw: bytes) -> HookEvent:
-    where = f"hook message {event.method}"
-    message = _hook_root(raw, forgiving=True)  # size and DOCTYPE checks, and the tree
-    head = re.match(_API_HEAD, raw)
-    if head is None:
-        raise InputError(f"{where}: not an API HOOK_MESSAGE")
-    call, result = head[1].decode("utf-8", "replace").strip(), head[2] == b"1"
-    if (call, result) != (event.method, event.success):
-        raise InputError(f"{where}: key {event.key.strip()!r} but the message is about "
-                         f"{' '.join(call.split())} with RESULT {int(result)}")
-    parameters, end = _api_parameters(raw, head.end(), where)
-    tail = re.compile(_API_TAIL, re.S).fullmatch(raw, end)
-    if tail is None:
-        raise InputError(f"{where}: cannot find the end of the PARAMETERS")
-    extra = None
-    if tail[1] and tail[1].strip():
-        extra = parse_xml(b"<EXTRA>" + tail[1] + b"</EXTRA>", "HOOK_MESSAGE/CALL_INFO/EXTRA")
-    return replace(event, parameters=tuple(parameters), extra=extra, message=message.element)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ELSEWHERE})
