@@ -208,7 +208,8 @@ def _syncfs(fd: int) -> None:
 
 def _own_root(directory: Path, name: str) -> None:
     """Mark the new filesystem as the volume's; its root 0750, group oneadmin (drivers)."""
-    fd = os.open(directory / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+    # readable by all: the drivers (oneadmin) check it before writing; it holds only a name
+    fd = os.open(directory / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     try:
         os.write(fd, (name + "\n").encode())
         os.fsync(fd)
@@ -220,6 +221,22 @@ def _own_root(directory: Path, name: str) -> None:
 
         account = pwd.getpwnam("oneadmin")
         os.chown(directory, account.pw_uid, account.pw_gid)
+
+
+def _log_file_for_the_drivers(path: Path) -> None:
+    """A new volume's database is made here, owned like its directory (oneadmin), before
+    SQLite opens it as root: SQLite gives its -wal and -shm files the database's owner, the
+    writers' queue its lock file, so the drivers can write them all."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+    except FileExistsError:
+        return
+    try:
+        owner = os.stat(path.parent)
+        os.fchown(fd, owner.st_uid, owner.st_gid)
+        os.fchmod(fd, 0o640)
+    finally:
+        os.close(fd)
 
 
 # -- the volume -----------------------------------------------------------------------------
@@ -347,6 +364,7 @@ class LogVolume:
             self.filesystem.check(device)
             self.filesystem.mount(device, self.directory)
             check_mounted(self.directory, self.name)
+            _log_file_for_the_drivers(self.path)
             with EventLog(self.path) as log:
                 result = verify(log, anchors=anchors or (), find_archives=False)
                 if not result.ok:

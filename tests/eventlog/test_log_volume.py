@@ -113,12 +113,19 @@ def test_init_acquire_release_and_take_over(tmp_path, storpool_sandbox, sp, monk
         check_mounted(a.directory, NAME)  # a writer here now fails ...
     with pytest.raises(OSError):
         (a.directory / "events.db").touch()  # ... and cannot create a local log
+    sp.attach(NAME, 11)  # the filesystem's root as init leaves it to oneadmin: here uid 4321
+    a.filesystem.mount(a.device(), tmp_path / "fe11")
+    os.chown(tmp_path / "fe11", 4321, 4321)
+    a.filesystem.unmount(tmp_path / "fe11")
     summary = a.acquire()
     assert summary["records"] == 0 and attached(sp) == [11]
     check_mounted(a.directory, NAME)
-    with EventLog(path_a) as log:
+    with EventLog(path_a) as log:  # the subscriber (root) writes first
         log.append_batch([Event("ds.rm", "ds/rm", {"n": n}, image=n) for n in range(5)])
         head = log.head()
+        for name in ("events.db", "events.db-wal", "events.db-shm", "events.db.lock"):
+            made = (a.directory / name).stat()  # the drivers' (oneadmin's), made by root
+            assert (made.st_uid, made.st_gid) == (4321, 4321), name
 
     crash(a.directory)  # A dies holding the volume
     path_b = front_end(tmp_path, storpool_sandbox, 12, monkeypatch)
