@@ -396,6 +396,39 @@ def video(domain: etree._Element, given: TweakInput) -> None:
     found.set("type", model)
 
 
+def nvram(domain: etree._Element, given: TweakInput) -> None:
+    """``T_OS_NVRAM=storpool[:... type=block|file]`` (the Bash add-on's ``os.py``): the
+    domain's UEFI variable store is the VM's own volume
+    ``/dev/storpool/<px>-sys-<VM>-NVRAM``, which the TM's ``context`` made from the OVMF
+    template and attached to this host (so no ``template=`` is passed on). Any other
+    ``T_OS_NVRAM`` is a file nvram this add-on does not manage: left as oned wrote it.
+    On when ``DEPLOY_TWEAKS`` lists ``nvram`` (``os.py`` was not on by default either)."""
+    from onestorpool.drivers.nvram import NvramRequest
+
+    request = NvramRequest.of(given.vm)  # a malformed one drops the tweak with its reason
+    if request is None or not request.on_storpool:
+        return
+    loader = domain.find("os/loader")
+    if loader is None:  # libvirt refuses an nvram without a UEFI loader
+        log.warning("deploy-tweaks: nvram: VM %s has no UEFI loader (OS/FIRMWARE): its "
+                    "T_OS_NVRAM=storpool is not used", given.vm.id)
+        return
+    from onestorpool import config
+
+    device = f"/dev/storpool/{config.load().naming().nvram(given.vm.id)}"
+    os_element = loader.getparent()
+    for old in os_element.findall("nvram"):
+        os_element.remove(old)
+    element = etree.Element("nvram")
+    if request.device_type:
+        element.set("type", request.device_type)
+        etree.SubElement(element, "source",
+                         {"dev" if request.device_type == "block" else "file": device})
+    else:
+        element.text = device
+    loader.addnext(element)
+
+
 @dataclass(frozen=True)
 class Tweak:
     name: str
@@ -419,6 +452,7 @@ TWEAKS: tuple[Tweak, ...] = (
     Tweak("hyperv", hyperv, ("T_HYPERV", "T_HV_")),
     Tweak("kvm-hide", kvm_hide, ("T_KVM_HIDE",)),
     Tweak("video", video, ("T_VIDEO_MODEL",)),
+    Tweak("nvram", nvram, ()),
 )
 TWEAKS_BY_NAME = {t.name: t for t in TWEAKS}
 
