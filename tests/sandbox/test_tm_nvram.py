@@ -277,3 +277,45 @@ def test_a_vm_snapshot_takes_and_gives_back_the_nvram(snapshot_cloud):  # noqa: 
     w.srv.vm.action("terminate", vm_id)
     w.oned.wait_vm(vm_id, "DONE")
     assert w.frontend.storpool_names() == set()
+
+
+@pytest.mark.parametrize("kind", ["", "block"])
+def test_the_deploy_tweak_points_the_domain_at_the_volume(kind, tmp_path):
+    """``nvram`` of deploy-tweaks (the Bash add-on's os.py, T_OS_NVRAM=storpool): libvirt's
+    schema and its test driver take the domain; no template is passed on."""
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    from lxml import etree
+
+    from onestorpool.drivers.vmm_tweaks import TweakInput, Validator, apply_tweaks
+    from onestorpool.one import Template, parse_vmm_action
+
+    tests = Path(__file__).resolve().parents[1]
+    golden = parse_vmm_action((tests / "one/golden/vmm_attach.xml").read_bytes()).vm
+    setting = "storpool:template=OVMF_VARS.fd" + (f" type={kind}" if kind else "")
+    vm = dataclasses.replace(golden, user_template=Template(
+        "USER_TEMPLATE", {**golden.user_template, "T_OS_NVRAM": setting}))
+    plain = (tests / "fixtures/domain/one-6.10.xml").read_text()  # no UEFI loader
+    domain = plain.replace("</type>", "</type><loader readonly='yes' type='pflash'>"
+                           "/usr/share/OVMF/OVMF_CODE.fd</loader>", 1)
+    done = apply_tweaks(domain, TweakInput(vm), ["nvram"])
+    assert done.applied == ["nvram"] and done.dropped == {}
+    doc = etree.fromstring(done.xml.encode())
+    (element,) = doc.findall("os/nvram")
+    device = f"/dev/storpool/one-sys-{vm.id}-NVRAM"
+    if kind:
+        assert element.get("type") == "block" and element.find("source").get("dev") == device
+    else:
+        assert element.text == device and element.get("template") is None
+    assert Validator().errors(doc) == ""
+    assert apply_tweaks(done.xml, TweakInput(vm), ["nvram"]).xml == done.xml  # idempotent
+    if shutil.which("virsh"):  # libvirt's own parser takes it
+        path = tmp_path / "d.xml"
+        path.write_text(done.xml)
+        defined = subprocess.run(["virsh", "-c", "test:///default", f"define {path}"],
+                                 capture_output=True, text=True, timeout=60)
+        assert defined.returncode == 0, defined.stderr
+    without_loader = apply_tweaks(plain, TweakInput(vm), ["nvram"])  # libvirt'd refuse it
+    assert etree.fromstring(without_loader.xml.encode()).find("os/nvram") is None
