@@ -47,13 +47,15 @@ class TweakInput:
         return found or str(self.rc_values.get(name, "")).strip() or default
 
     def storpool_disks(self, domain: etree._Element,
+                       disk_id_of: Callable[[etree._Element], int | None] | None = None,
                        ) -> Iterable[tuple[etree._Element, Disk | None]]:
         """``<disk>`` elements backed by a StorPool volume, with their DISK (``None`` for the
-        context CD-ROM)."""
+        context CD-ROM). ``disk_id_of`` tells a ``<disk>``'s DISK_ID (default: its source's
+        ``disk.N`` suffix, as oned writes it)."""
         system = self.vm.system_tm_mad == "storpool"
         by_id = {d.disk_id: d for d in self.vm.disks}
         for element in domain.iterfind("devices/disk"):
-            disk_id = _disk_id(element)
+            disk_id = (disk_id_of or _disk_id)(element)
             if disk_id is None:
                 continue
             disk = by_id.get(disk_id)
@@ -111,10 +113,17 @@ def volatile2dev(domain: etree._Element, given: TweakInput) -> None:
     """StorPool volatile and context disks, which oned writes as files, become block devices
     (libvirt migrates a file disk's data; a block device is shared storage)."""
     for element, _disk in given.storpool_disks(domain):
-        if element.get("type") == "file":
-            source = element.find("source")
-            element.set("type", "block")
-            source.set("dev", source.attrib.pop("file"))
+        file_to_block(element)
+
+
+def file_to_block(element: etree._Element) -> bool:
+    """A ``type="file"`` ``<disk>`` made the block device its source is; whether it was."""
+    source = element.find("source")
+    if element.get("type") != "file" or source is None or source.get("file") is None:
+        return False
+    element.set("type", "block")
+    source.set("dev", source.attrib.pop("file"))
+    return True
 
 
 def cache_io(domain: etree._Element, given: TweakInput) -> None:
