@@ -116,7 +116,8 @@ def deploy(ctx: VmmContext) -> str:
     datastore, config = ctx.datastore_config(vm)
     names = [t.name for t in vmm_tweaks.TWEAKS
              if vmm_tweaks.enabled(t, config["DEPLOY_TWEAKS"], vm)]
-    outcome = vmm_tweaks.apply_tweaks(domain, vmm_tweaks.TweakInput(vm, config.extra), names)
+    given = vmm_tweaks.TweakInput(vm, config.extra, config.naming())
+    outcome = vmm_tweaks.apply_tweaks(domain, given, names)
     ctx.event.update(host=host_name, tweaks=outcome.applied, dropped=outcome.dropped)
     remote = posixpath.join(datastore.base_path.rstrip("/"), str(vm.id),
                             posixpath.basename(dfile))

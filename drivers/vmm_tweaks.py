@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from onestorpool.errors import InputError
+from onestorpool.naming import Naming
 from onestorpool.one import Disk, Vm
 
 log = logging.getLogger("onestorpool.drivers")
@@ -41,6 +42,7 @@ class TweakInput:
 
     vm: Vm
     rc_values: Mapping[str, str] = field(default_factory=dict)
+    naming: Naming = field(default_factory=lambda: Naming("one"))  # ONE_PX's volume names
 
     def value(self, name: str, default: str = "") -> str:
         found = self.vm.user_template.get(name, "").strip()
@@ -422,9 +424,7 @@ def nvram(domain: etree._Element, given: TweakInput) -> None:
         log.warning("deploy-tweaks: nvram: VM %s has no UEFI loader (OS/FIRMWARE): its "
                     "T_OS_NVRAM=storpool is not used", given.vm.id)
         return
-    from onestorpool import config
-
-    device = f"/dev/storpool/{config.load().naming().nvram(given.vm.id)}"
+    device = f"/dev/storpool/{given.naming.nvram(given.vm.id)}"
     os_element = loader.getparent()
     for old in os_element.findall("nvram"):
         os_element.remove(old)
