@@ -1,13 +1,18 @@
 """Transfer manager actions: wall time against an interpreter floor, StorPool calls per
 action, and the system datastore monitor at scale.
 
-Run: ``.venv/bin/python bench/tm_bench.py [--rounds N] [--vms N] [--write]`` (``--write``
-updates the ``## Transfer manager`` section of BENCHMARKS.md).
+Run: ``.venv/bin/python bench/tm_bench.py [--rounds N] [--vms N] [--layout L] [--write]``
+(``--write`` updates the ``## Transfer manager`` section of BENCHMARKS.md).
 
 * Each action's executable is run as oned runs it, against a VM with 8 StorPool disks that
   the oned sandbox deployed; the floor is ``python3 -I -c "import json, http.client"``
   (an interpreter that could talk to StorPool at all). Medians of interleaved rounds.
+* ``--layout installed`` (the default) runs the executables of a packaged install: the
+  wheel built from this tree in a fresh virtualenv, as tests/test_release.py makes it and
+  as a front-end runs it; ``development`` runs them from the editable install, whose import
+  finder adds ~10 ms to every start.
 * Calls are counted by the StorPool sandbox.
+* The largest imports of one ``snap_create`` (``-X importtime``), to see where start-up goes.
 * ``monitor`` at scale: ``--vms`` running VMs (3 disks and 6 disk snapshots each) served by
   a stand-in oned (``one.vmpool.info``) and a stand-in StorPool API (``VolumesSpace``,
   ``SnapshotsSpace``, ``VolumeTemplatesStatus``) on loopback; wall time and the peak RSS of
@@ -20,7 +25,7 @@ import argparse
 import http.server
 import json
 import os
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,7 +60,27 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def lifecycle(rounds: int) -> tuple[list[tuple[str, float, float, int]], float]:
+def installed_layout(scratch: Path) -> tuple[str, Path]:
+    """A packaged install of this tree: (its interpreter, its TM executables)."""
+    source = scratch / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "build", "dist", "*.egg-info", ".hypothesis",
+        ".ruff_cache", "demo-run"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(scratch / "dist"), str(source)], check=True, capture_output=True)
+    (wheel,) = (scratch / "dist").glob("*.whl")
+    venv = scratch / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], check=True,
+                   capture_output=True)
+    remotes = subprocess.run(
+        [python, "-c", "from onestorpool.drivers.install import shipped_remotes as r; "
+         "print(r())"], check=True, capture_output=True, text=True, cwd=scratch).stdout.strip()
+    return python, Path(remotes) / "tm" / "storpool"
+
+
+def lifecycle(rounds: int, python: str, tm: Path):
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         with StorPoolSandbox(root / "sp", "bench") as sandbox:
@@ -79,14 +104,14 @@ def lifecycle(rounds: int) -> tuple[list[tuple[str, float, float, int]], float]:
                     'DISK=[TYPE="fs",SIZE="4"]\n' for _ in range(4))
                 vm = oned.instantiate(f'NAME="b"\nCPU="1"\nMEMORY="64"\n{disks}', node1,
                                       system_ds)
-                return _measure(oned, sandbox, rounds, vm, image, image_ds, system_ds)
+                return _measure(oned, sandbox, rounds, vm, image, image_ds, system_ds,
+                                python, tm)
             finally:
                 oned.stop()
 
 
-def _measure(oned, sandbox, rounds, vm, image, image_ds, system_ds):
+def _measure(oned, sandbox, rounds, vm, image, image_ds, system_ds, python, tm):
     env = oned.drivers.env
-    tm = oned.remotes / "tm" / "storpool"
     vm_dir = f"/var/lib/one//datastores/{system_ds}/{vm}"
     source = f"localhost:one-ds-{image_ds}/one-img-{image}"
     steps: list[tuple[str, list[list[str]]]] = [
@@ -111,15 +136,34 @@ def _measure(oned, sandbox, rounds, vm, image, image_ds, system_ds):
     floors: list[float] = []
     calls: dict[str, int] = {}
     for _ in range(rounds):
-        floors.append(timed(FLOOR, env))
+        floors.append(timed([python, *FLOOR[1:]], env))
         for name, commands in steps:
             sandbox.api_calls.clear()
-            elapsed = sum(timed([sys.executable, *argv], env) for argv in commands)
+            elapsed = sum(timed([python, *argv], env) for argv in commands)
             samples[name].append(elapsed / len(commands))
             calls[name] = len(sandbox.api_calls)
     floor = statistics.median(floors)
+    profile = import_profile([python, *steps[0][1][0]], env)
+    timed([python, *steps[0][1][1]], env)  # the profiled run's snapshot goes again
     return ([(name, statistics.median(samples[name]), statistics.median(samples[name]) / floor,
-              calls[name]) for name, _ in steps], floor)
+              calls[name]) for name, _ in steps], floor, profile)
+
+
+def import_profile(argv: list[str], env: dict[str, str]) -> tuple[float, list[tuple[str, float]]]:
+    """``-X importtime`` of one action: the total (ms) and its largest top-level imports.
+    The figures carry the profiler's own overhead: read them as shares, not as wall time."""
+    done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**env, "PYTHONPROFILEIMPORTTIME": "1"})
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[1]} failed: {done.stderr}")
+    top: list[tuple[str, float]] = []
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if cumulative.strip().isdigit() and not name.startswith("  "):  # top level only
+            top.append((name.strip(), int(cumulative) / 1000))
+    return sum(ms for _, ms in top), sorted(top, key=lambda item: -item[1])[:8]
 
 
 # -- monitor at scale ----------------------------------------------------------------------
@@ -147,7 +191,7 @@ def vm_pool_xml(vms: int, system_ds: int) -> str:
     return "".join(parts)
 
 
-def monitor_at_scale(vms: int) -> tuple[float, float, int]:
+def monitor_at_scale(vms: int, python: str, tm: Path) -> tuple[float, float, int]:
     system_ds = 0
     volumes = [{"name": f"one-img-{d}-{vm}-{d}", "spaceUsed": 5 * MIB, "storedSize": MIB}
                for vm in range(vms) for d in range(3)]
@@ -195,23 +239,30 @@ def monitor_at_scale(vms: int) -> tuple[float, float, int]:
         (root / "remotes").mkdir()
         (root / "remotes/VERSION").write_text("5.10.0\n")  # printed, not pushed
         (root / "remotes/tm").mkdir()
-        (root / "remotes/tm/storpool").symlink_to(shipped_remotes() / "tm" / "storpool")
+        (root / "remotes/tm/storpool").symlink_to(tm)
         auth = root / "one_auth"
         auth.write_text("oneadmin:x\n")
         env = {**os.environ, "ONESTORPOOL_ROOT": str(root),
                "ONESTORPOOL_EVENTLOG": str(root / "events.db"), "ONE_AUTH": str(auth),
                "ONE_XMLRPC": f"http://127.0.0.1:{oned.server_address[1]}/RPC2"}
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, str(root / "remotes/tm/storpool/monitor"),
-                               str(system_ds)], capture_output=True, text=True, env=env,
-                              stdin=subprocess.DEVNULL)
-        elapsed = time.perf_counter() - started
+        # output into files, so that the process can be reaped with its own peak RSS
+        with (root / "out").open("w+") as out, (root / "err").open("w+") as err:
+            started = time.perf_counter()
+            monitor = subprocess.Popen([python, str(root / "remotes/tm/storpool/monitor"),
+                                        str(system_ds)], stdout=out, stderr=err, env=env,
+                                       stdin=subprocess.DEVNULL)
+            _, status, usage = os.wait4(monitor.pid, 0)
+            elapsed = time.perf_counter() - started
+            monitor.returncode = os.waitstatus_to_exitcode(status)  # reaped here
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
     oned.shutdown()
     storpool.shutdown()
-    if done.returncode != 0:
-        raise SystemExit(f"monitor failed: {done.stderr}")
-    assert done.stdout.count("VM=[") == vms, "every VM reported"
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if monitor.returncode != 0:
+        raise SystemExit(f"monitor failed: {stderr}")
+    assert stdout.count("VM=[") == vms, "every VM reported"
+    peak = usage.ru_maxrss / 1024  # KiB on Linux
     return elapsed, peak, len(served)
 
 
@@ -219,10 +270,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--vms", type=int, default=10_000)
+    parser.add_argument("--layout", choices=("installed", "development"),
+                        default="installed", help="whose executables run (see above)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
-    results, floor = lifecycle(args.rounds)
-    elapsed, peak, calls = monitor_at_scale(args.vms)
+    with tempfile.TemporaryDirectory() as scratch:
+        python, tm = sys.executable, shipped_remotes() / "tm" / "storpool"
+        if args.layout == "installed":
+            python, tm = installed_layout(Path(scratch))
+        results, floor, (imports, largest) = lifecycle(args.rounds, python, tm)
+        elapsed, peak, calls = monitor_at_scale(args.vms, python, tm)
     lines = ["| action | median ms | ratio to the floor (goal 3x) | StorPool calls |",
              "|---|---:|---|---:|",
              f"| floor: `python3 -I -c \"import json, http.client\"` | {floor * 1000:.0f} | "
@@ -236,14 +293,21 @@ def main() -> int:
              f"(goal 300 MB: {'met' if peak <= 300 else 'not met'}), {calls} StorPool calls "
              "(constant).")
     table = "\n".join(lines)
+    profile = (f"Imports of one `snap_create` (`-X importtime`, which inflates them): "
+               f"{imports:.0f} ms; the largest: "
+               + ", ".join(f"{name} {ms:.1f}" for name, ms in largest) + ".")
     print(table)
     print(scale)
+    print(profile)
     if args.write:
+        layout = ("a packaged install (the wheel in a fresh virtualenv)"
+                  if args.layout == "installed" else "the development virtualenv")
+        command = " ".join(["bench/tm_bench.py", *sys.argv[1:]])
         note = (f"Measured {time.strftime('%Y-%m-%d')}, {args.rounds} interleaved rounds, "
-                "development virtualenv; `.venv/bin/python bench/tm_bench.py --write`. "
-                "Pairs of actions are timed together and reported per action; calls are per "
-                "pair.")
-        write_named_section("Transfer manager", f"{note}\n\n{table}\n\n- {scale}")
+                f"executables of {layout}; `.venv/bin/python {command}`. Pairs of actions "
+                "are timed together and reported per action; calls are per pair.")
+        write_named_section("Transfer manager",
+                            f"{note}\n\n{table}\n\n- {scale}\n- {profile}")
     return 0
 
 
