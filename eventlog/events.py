@@ -200,6 +200,14 @@ class LogArchived(TypedEvent):
               "sha256": str}
 
 
+class LogVolumeAcquired(TypedEvent):
+    """The first record of a leader's term with the log on a StorPool volume
+    (``EVENT_LOG_VOLUME``): the volume it took and the head it verified."""
+
+    TYPE = "log.volume.acquired"
+    FIELDS = {"volume": str, "client": int, "head": int, "head_hash": str, "records": int}
+
+
 # -- the hook bus -------------------------------------------------------------------------
 
 class HookReceived(TypedEvent):
@@ -328,7 +336,7 @@ class UnknownEvent(TypedEvent):
 
 EXACT: dict[str, type[TypedEvent]] = {
     cls.TYPE: cls for cls in (
-        LogCheckpoint, LogArchived, HookReceived, HookMalformed, HookExecuted,
+        LogCheckpoint, LogArchived, LogVolumeAcquired, HookReceived, HookMalformed, HookExecuted,
         SubscriberStarted, SubscriberStopped, SubscriberConnected, SubscriberDisconnected,
         SubscriberLeader, SubscriberStandby, SubscriberFailed, EffectRequested, Reconciled,
         EffectDone, EffectFailed, CleanupSnapshot, CleanupFailed, PruneSnapshot, PruneFailed)}

@@ -58,6 +58,9 @@ COMMANDS: list[Command] = [
     Command(("subscriber", "run"), "onestorpool.subscribers.daemon",
             "listen to oned's hook bus and perform the side effects, exactly once",
             runs_effects=True),
+    Command(("subscriber", "log-volume"), "onestorpool.eventlog.volume",
+            "the StorPool volume the event log lives on with OpenNebula HA "
+            "(EVENT_LOG_VOLUME): init, status"),
     Command(("hooks", "install"), "onestorpool.hooks.cli",
             "register the add-on's hooks in oned (one.hook.allocate/update)",
             "configure_install"),

@@ -26,18 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 from onestorpool.errors import AddonError
-from onestorpool.eventlog.events import TypedEvent
+from onestorpool.eventlog.events import LogVolumeAcquired
 from onestorpool.eventlog.store import HOST, EventLog
 from onestorpool.eventlog.volume import LogVolume
 from onestorpool.subscribers.notify import Notifier
-
-
-class LogVolumeAcquired(TypedEvent):
-    """The first record of a leader's term: the volume it took and the head it verified."""
-
-    TYPE = "log.volume.acquired"
-    FIELDS = {"volume": str, "client": int, "head": int, "head_hash": str, "records": int}
-
 
 ACQUIRED = LogVolumeAcquired.TYPE
 RETRY_MAX = 30.0
