@@ -16,6 +16,9 @@ TRIGGERS: dict[str, dict[str, str]] = {
                      "LCM_STATE": "LCM_INIT", "ARGUMENTS": "$TEMPLATE"},
     "vm.stopped": {"TYPE": "state", "RESOURCE": "VM", "ON": "CUSTOM", "STATE": "STOPPED",
                    "LCM_STATE": "LCM_INIT", "ARGUMENTS": "$TEMPLATE"},
+    # HookStateVM (src/hm/HookStateVM.cc): ON=RUNNING is ACTIVE/RUNNING
+    "vm.running": {"TYPE": "state", "RESOURCE": "VM", "ON": "RUNNING",
+                   "ARGUMENTS": "$TEMPLATE"},
     "image.delete": {"TYPE": "api", "CALL": "one.image.delete", "ARGUMENTS": "$API"},
     "disk.snapshot": {"TYPE": "api", "CALL": "one.vm.disksnapshotcreate",
                       "ARGUMENTS": "$API"},

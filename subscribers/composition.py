@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from onestorpool.eventlog import replay
 from onestorpool.eventlog.replay import Handler
-from onestorpool.subscribers import checkpoint
+from onestorpool.subscribers import checkpoint, domain_fix
 from onestorpool.subscribers.handlers import remote_backup
 from onestorpool.subscribers.routes import (
     Route,
@@ -29,6 +29,8 @@ ROUTES: tuple[Route, ...] = (
     Route("vm.stopped", b"EVENT STATE VM/STOPPED/LCM_INIT/",
           lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "STOPPED"
           and e.lcm_state == "LCM_INIT", checkpoint.vm_saved),
+    Route(domain_fix.ROUTE, b"EVENT STATE VM/ACTIVE/RUNNING/", domain_fix.running,
+          domain_fix.vm_running),
     Route("image.delete", b"EVENT API one.image.delete ",
           lambda e: e.kind == "API" and e.method == "one.image.delete" and bool(e.success),
           image_deleted),
@@ -42,6 +44,7 @@ EFFECT_HANDLERS: dict[str, Handler] = {
     "remote_backup": remote_backup,
     checkpoint.RELOCATE: checkpoint.relocate,
     checkpoint.DROP: checkpoint.drop,
+    domain_fix.EFFECT_TYPE: domain_fix.domain_fix,
 }
 
 
