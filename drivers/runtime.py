@@ -77,7 +77,7 @@ class ActionRecord:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        from onestorpool.eventlog import Event
+        from onestorpool.eventlog.events import EventTypeError, class_of
 
         payload = {**self.payload,
                    "duration_ms": round((time.monotonic() - self.started) * 1000)}
@@ -87,8 +87,9 @@ class ActionRecord:
             payload["error"] = str(exc) if isinstance(exc, AddonError) else (
                 f"internal error: {type(exc).__name__}")
         try:
-            self.log.append(Event(event_type, self.writer, payload, **self.subjects))
-        except AddonError as log_error:
+            self.log.append(class_of(event_type).new(self.writer, payload, type=event_type,
+                                                     **self.subjects))
+        except (AddonError, EventTypeError) as log_error:
             log.warning("event log: %s", log_error)
         finally:
             self.log.close()
