@@ -86,10 +86,19 @@ class ActionRecord:
             event_type += ".failed"
             payload["error"] = str(exc) if isinstance(exc, AddonError) else (
                 f"internal error: {type(exc).__name__}")
+        kind = class_of(event_type)
         try:
-            self.log.append(class_of(event_type).new(self.writer, payload, type=event_type,
-                                                     **self.subjects))
-        except (AddonError, EventTypeError) as log_error:
+            try:
+                event = kind.new(self.writer, payload, type=event_type, **self.subjects)
+            except EventTypeError as problem:
+                # A writer's bug must not cost the action its record: the record keeps what
+                # every action has and says what was wrong with the rest.
+                log.warning("event log: %s", problem)
+                kept = {k: payload[k] for k in ("duration_ms", "error") if k in payload}
+                event = kind.new(self.writer, kept, type=event_type,
+                                 invalid_payload=str(problem), **self.subjects)
+            self.log.append(event)
+        except AddonError as log_error:
             log.warning("event log: %s", log_error)
         finally:
             self.log.close()

@@ -112,3 +112,18 @@ def test_product_code_makes_events_only_through_the_catalogue():
                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Event":
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_a_driver_action_with_a_malformed_payload_is_still_recorded(tmp_path, monkeypatch):
+    """A driver bug in its event's fields costs the action none of its record."""
+    from onestorpool.drivers.runtime import ActionRecord
+
+    monkeypatch.setenv("ONESTORPOOL_EVENTLOG", str(tmp_path / "e.db"))
+    with ActionRecord("tm", "clone") as action:
+        action.payload = {"created": "one-img-1-2-0", "size": 3}  # a name, not a list
+        action.subjects = {"vm": 2}
+    with EventLog(tmp_path / "e.db") as log:
+        (record,) = log.read()
+    assert (record.type, record.vm) == ("tm.clone", 2)
+    assert "list of names" in record.payload["invalid_payload"]
+    assert set(record.payload) == {"duration_ms", "invalid_payload"}
