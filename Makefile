@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-utils libvirt-clients libxml2-utils sqlite3 genisoimage openssh-server openssh-client
 # packages: rpmbuild (rpm), dpkg-deb (dpkg-dev), their linters, systemd-analyze
 APT_PACKAGES += rpm dpkg-dev lintian rpmlint systemd
+# checkpoint archives (SP_COMPRESSION), the HA log volume's filesystem and loop devices
+APT_PACKAGES += lz4 zstd pigz xz-utils bzip2 e2fsprogs mount
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint system-packages venv bench clean packages

@@ -794,6 +794,9 @@ class PoolVm:
     system_ds: int | None  # of the last history record
     context_disk_id: int | None
     disks: tuple[PoolDisk, ...]
+    state: str = ""  # VmState's name (ACTIVE, SUSPENDED, ...)
+    lcm_state: str = ""  # LcmState's name (RUNNING, LCM_INIT, ...)
+    history_seq: int | None = None  # SEQ of the last history record
 
     def disk(self, disk_id: int) -> PoolDisk:
         for disk in self.disks:
@@ -854,14 +857,28 @@ def iter_vm_pool(payload: str | bytes, max_bytes: int = MAX_POOL_BYTES) -> Itera
             history = element.findall("HISTORY_RECORDS/HISTORY")
             system_ds = number(history[-1].findtext("DS_ID"), f"VM[{vm_id}]/DS_ID") \
                 if history else None
+            history_seq = number(history[-1].findtext("SEQ"), f"VM[{vm_id}]/HISTORY/SEQ") \
+                if history else None
+            state = _state_name(VmState, number(element.findtext("STATE"), f"VM[{vm_id}]/STATE"))
+            lcm_state = _state_name(LcmState, number(element.findtext("LCM_STATE"),
+                                                     f"VM[{vm_id}]/LCM_STATE"))
             context = number(element.findtext("TEMPLATE/CONTEXT/DISK_ID"),
                              f"VM[{vm_id}]/CONTEXT/DISK_ID")
-            yield PoolVm(vm_id, system_ds, context, tuple(disks))
+            yield PoolVm(vm_id, system_ds, context, tuple(disks), state, lcm_state,
+                         history_seq)
             element.clear(keep_tail=True)
             while element.getprevious() is not None:
                 del element.getparent()[0]
     except etree.XMLSyntaxError as exc:
         raise InputError(f"VM_POOL: malformed XML: {' '.join(str(exc.msg).split())}") from None
+
+
+def _state_name(states: type[VmState] | type[LcmState], value: int | None) -> str:
+    """The name of a state number ("" when absent or unknown to this version)."""
+    try:
+        return "" if value is None else states(value).name
+    except ValueError:
+        return ""
 
 
 def parse_datastore(payload: str | bytes) -> Datastore:

@@ -41,8 +41,8 @@ from onestorpool import hosts
 from onestorpool.errors import AddonError, InputError
 from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import EventLog
-from onestorpool.one import HookEvent, Vm, VmState
-from onestorpool.subscribers.routes import Actions
+from onestorpool.one import HookEvent, PoolVm, Vm, VmState
+from onestorpool.subscribers.routes import Actions, history_seq_of
 from onestorpool.subscribers.routes import vm_done as vm_done_cleanup
 
 RELOCATE = "checkpoint_relocate"  # effect: a saved VM's checkpoint file onto its volume
@@ -538,31 +538,13 @@ def drop(record: Record, log: EventLog) -> dict[str, Any]:
 # -- the routes -------------------------------------------------------------------------
 
 
-def _history_seq(event: HookEvent) -> int | None:
-    """The VM's last history record's SEQ, from the bus message (``HOOK_MESSAGE/VM``) or
-    the hook's ``$TEMPLATE`` (the ``VM`` itself)."""
-    from lxml import etree
-
-    from onestorpool.one import parse_vm
-
-    try:
-        if event.message is not None and event.message.tag == "VM":
-            vm = parse_vm(etree.tostring(event.message))
-        else:
-            vm = event.vm()
-    except AddonError:
-        return None
-    last = vm.last_history
-    return None if last is None else last.seq
-
-
 def vm_saved(actions: Actions, event: HookEvent, seq: int) -> None:
     """A VM is SUSPENDED or STOPPED: relocate its checkpoint. Keyed by the VM, its history
     record and the message (a VM suspended twice in one history record is two
     relocations; the handler acts on the VM as it is when it runs)."""
     from onestorpool import config as config_module
 
-    vm_id, history_seq = event.object_id, _history_seq(event)
+    vm_id, history_seq = event.object_id, history_seq_of(event)
     if vm_id is None or history_seq is None:
         return
     config = config_module.load()  # neither is a datastore setting: decided here, once
@@ -571,6 +553,19 @@ def vm_saved(actions: Actions, event: HookEvent, seq: int) -> None:
     actions.request_effect({"type": RELOCATE, "key": f"{RELOCATE}:{vm_id}:{history_seq}:{seq}",
                             "vm": vm_id, "history_seq": history_seq, "state": event.state},
                            seq, vm=vm_id)
+
+
+def saved_catch_up(vm: PoolVm) -> dict[str, Any] | None:
+    """Reconciliation's relocation for a VM SUSPENDED or STOPPED whose message was lost."""
+    from onestorpool import config as config_module
+
+    if vm.state not in SAVED_STATES or vm.lcm_state != "LCM_INIT" or vm.history_seq is None:
+        return None
+    config = config_module.load()
+    if not config["SP_CHECKPOINT"] or config["SP_CHECKPOINT_BD"]:
+        return None
+    return {"type": RELOCATE, "key": f"{RELOCATE}:{vm.id}:{vm.history_seq}:catch-up",
+            "vm": vm.id, "history_seq": vm.history_seq, "state": vm.state}
 
 
 def vm_done(actions: Actions, event: HookEvent, seq: int) -> None:

@@ -25,12 +25,12 @@ ROUTES: tuple[Route, ...] = (
           checkpoint.vm_done),
     Route("vm.suspended", b"EVENT STATE VM/SUSPENDED/LCM_INIT/",
           lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "SUSPENDED"
-          and e.lcm_state == "LCM_INIT", checkpoint.vm_saved),
+          and e.lcm_state == "LCM_INIT", checkpoint.vm_saved, checkpoint.saved_catch_up),
     Route("vm.stopped", b"EVENT STATE VM/STOPPED/LCM_INIT/",
           lambda e: e.kind == "STATE" and e.object == "VM" and e.state == "STOPPED"
-          and e.lcm_state == "LCM_INIT", checkpoint.vm_saved),
+          and e.lcm_state == "LCM_INIT", checkpoint.vm_saved, checkpoint.saved_catch_up),
     Route(domain_fix.ROUTE, b"EVENT STATE VM/ACTIVE/RUNNING/", domain_fix.running,
-          domain_fix.vm_running),
+          domain_fix.vm_running, domain_fix.running_catch_up),
     Route("image.delete", b"EVENT API one.image.delete ",
           lambda e: e.kind == "API" and e.method == "one.image.delete" and bool(e.success),
           image_deleted),

@@ -29,9 +29,9 @@ from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import EventLog
 from onestorpool.hosts import Host
 from onestorpool.naming import Naming
-from onestorpool.one import HookEvent, LcmState, Vm, VmState, parse_xml
+from onestorpool.one import HookEvent, LcmState, PoolVm, Vm, VmState, parse_xml
 from onestorpool.subscribers.handlers import EffectError
-from onestorpool.subscribers.routes import Actions
+from onestorpool.subscribers.routes import Actions, history_seq_of
 
 EFFECT_TYPE = "domain_fix"  # the effect a RUNNING VM's message requests
 ROUTE = "vm.running"
@@ -51,8 +51,21 @@ def vm_running(actions: Actions, event: HookEvent, seq: int) -> None:
     this message (a later RUNNING is another occurrence, checked again)."""
     if event.object_id is None:
         return
-    actions.request_effect({"type": EFFECT_TYPE, "key": f"{EFFECT_TYPE}:{event.object_id}:{seq}"},
+    actions.request_effect({"type": EFFECT_TYPE, "key": f"{EFFECT_TYPE}:{event.object_id}:{seq}",
+                            "vm": event.object_id, "history_seq": history_seq_of(event)},
                            seq, vm=event.object_id)
+
+
+def running_catch_up(vm: PoolVm) -> dict[str, Any] | None:
+    """Reconciliation's check for a RUNNING VM whose message was lost."""
+    from onestorpool import config as config_module
+
+    if (vm.state, vm.lcm_state) != ("ACTIVE", "RUNNING") or vm.history_seq is None:
+        return None
+    if not config_module.load()["DOMAIN_FIX"]:
+        return None
+    return {"type": EFFECT_TYPE, "key": f"{EFFECT_TYPE}:{vm.id}:{vm.history_seq}:catch-up",
+            "vm": vm.id, "history_seq": vm.history_seq}
 
 
 def domain_fix(record: Record, log: EventLog) -> dict[str, Any]:

@@ -8,7 +8,11 @@ hint and these are the sources of truth. One pass:
 2. tombstones on StorPool that no log record asks to ship (a driver that died between its
    snapshot and its append) get a ``remote_backup`` request appended, when
    ``REMOTE_BACKUP_DELETE`` names a location, and then run like the others;
-3. with ``CLEANUP_ORPHAN_SNAPSHOTS`` on, the add-on's snapshots of VMs and images oned no
+3. after a gap in listening (start, reconnect, a new leader: :data:`GAPS`), the effects a
+   lost state message would have asked for: each route's ``catch_up`` looks at every VM of
+   oned's pool (a SUSPENDED VM's checkpoint relocation, a RUNNING VM's domain check), asked
+   for unless one of that type was asked for the VM and its history record already;
+4. with ``CLEANUP_ORPHAN_SNAPSHOTS`` on, the add-on's snapshots of VMs and images oned no
    longer has are removed (:mod:`onestorpool.subscribers.cleanup`); an unreachable oned
    removes nothing.
 
@@ -19,16 +23,56 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from onestorpool.eventlog.events import EffectRequested, Reconciled
+from onestorpool.eventlog.events import EffectRequested, Reconciled, decode
 from onestorpool.eventlog.projections import pending_effects
 from onestorpool.eventlog.replay import run_effect
 from onestorpool.eventlog.store import HOST, EventLog
+from onestorpool.one import PoolVm
 from onestorpool.subscribers.cleanup import Owners, cleanup
+from onestorpool.subscribers.routes import Route
 
 RECONCILED = Reconciled.TYPE
+GAPS = ("start", "reconnected", "leader", "once")  # reasons after which messages were lost
+
+
+def oned_vm_pool() -> list[PoolVm]:
+    """oned's VMs as ``one.vmpool.info`` lists them (state and last history record)."""
+    from onestorpool import oneapi
+    from onestorpool.one import iter_vm_pool
+
+    return list(iter_vm_pool(oneapi.one_call("one.vmpool.info", -2, -1, -1, -1)))
+
+
+def catch_up(log: EventLog, vms: Iterable[PoolVm],
+             routes: Iterable[Route] | None = None) -> int:
+    """Request, for each VM and route, what the route's lost message would have; returns how
+    many requests were appended."""
+    if routes is None:
+        from onestorpool.subscribers.composition import ROUTES as routes
+    wanting = [route.catch_up for route in routes if route.catch_up is not None]
+    if not wanting:
+        return 0
+    asked = set()
+    for record in log.read(types=[EffectRequested.TYPE]):
+        effect = decode(record).effect
+        if effect is not None:
+            asked.add((effect.type, effect.details.get("vm"), effect.details.get("history_seq")))
+    requests = []
+    for vm in vms:
+        for wants in wanting:
+            effect = wants(vm)
+            if effect is None or (effect["type"], vm.id, vm.history_seq) in asked:
+                continue
+            asked.add((effect["type"], vm.id, vm.history_seq))
+            requests.append(EffectRequested.new(_writer("reconcile"), effect=effect,
+                                                reason="catch-up: the state message was lost?",
+                                                vm=vm.id))
+    if requests:
+        log.append_batch(requests)
+    return len(requests)
 
 
 def oned_owners() -> Owners:
@@ -107,8 +151,8 @@ def request_unrequested_tombstones(log: EventLog, config: Any, sp: Any) -> int:
 
 
 def reconcile(log: EventLog, *, why: str, owners: Callable[[], Owners] = oned_owners,
-              runner: str = "subscriber",
-              stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+              runner: str = "subscriber", stop: Callable[[], bool] = lambda: False,
+              vm_pool: Callable[[], Iterable[PoolVm]] = oned_vm_pool) -> dict[str, Any]:
     from onestorpool import config as config_module
     from onestorpool.storpool import StorPoolClient
 
@@ -120,6 +164,11 @@ def reconcile(log: EventLog, *, why: str, owners: Callable[[], Owners] = oned_ow
             summary["requested"] = request_unrequested_tombstones(log, config, sp)
     except Exception as exc:
         summary["tombstones_error"] = f"{type(exc).__name__}: {exc}"
+    if why in GAPS:
+        try:
+            summary["caught_up"] = catch_up(log, vm_pool())
+        except Exception as exc:  # oned away: the next reconciliation after a gap tries again
+            summary["catch_up_error"] = f"{type(exc).__name__}: {exc}"
     summary["effects"] = run_pending(log, 0, runner, stop)
     if config["CLEANUP_ORPHAN_SNAPSHOTS"] and not stop():
         try:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from onestorpool.one import HookEvent
+from onestorpool.errors import AddonError
+from onestorpool.one import HookEvent, PoolVm
 
 
 class Actions(Protocol):
@@ -35,6 +36,10 @@ class Route:
     prefix: bytes
     matches: Callable[[HookEvent], bool]
     action: Callable[[Actions, HookEvent, int], None]
+    # The effect a VM of oned's pool needs when this route's message for its state was lost
+    # (PUB/SUB drops what is published while nobody listens): reconciliation asks after a
+    # gap, once per VM and history record (the effect names ``vm`` and ``history_seq``).
+    catch_up: Callable[[PoolVm], dict[str, Any] | None] | None = None
 
 
 def vm_done(daemon: Actions, event: HookEvent, seq: int) -> None:
@@ -57,6 +62,24 @@ def disk_snapshot_created(daemon: Actions, event: HookEvent, seq: int) -> None:
     vm_id = api_object_id(event)
     if vm_id is not None:
         daemon.prune_later(vm_id, seq)
+
+
+def history_seq_of(event: HookEvent) -> int | None:
+    """The VM's last history record's SEQ, from the bus message (``HOOK_MESSAGE/VM``) or
+    the hook's ``$TEMPLATE`` (the ``VM`` itself)."""
+    from lxml import etree
+
+    from onestorpool.one import parse_vm
+
+    try:
+        if event.message is not None and event.message.tag == "VM":
+            vm = parse_vm(etree.tostring(event.message))
+        else:
+            vm = event.vm()
+    except AddonError:
+        return None
+    last = vm.last_history
+    return None if last is None else last.seq
 
 
 def api_object_id(event: HookEvent) -> int | None:

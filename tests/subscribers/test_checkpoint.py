@@ -446,3 +446,22 @@ def test_the_host_steps_over_real_ssh(tmp_path, monkeypatch):
         device.write_bytes(device.read_bytes()[:50000])  # cut short: never a good copy
         with pytest.raises(checkpoint.CheckpointError, match=r"^node1: .*device"):
             checkpoint.read_back(host, str(device))
+
+
+def test_a_suspend_while_the_subscriber_is_down_is_caught_up_on_start(cloud):
+    """PUB/SUB dropped the SUSPENDED message: the start's reconciliation finds the VM in
+    oned's pool and relocates its checkpoint; a second start asks for nothing again."""
+    vm_id = cloud.deploy()
+    cloud.w.srv.vm.action("suspend", vm_id)
+    cloud.w.oned.wait_vm(vm_id, "SUSPENDED")
+    assert (cloud.folder("node1", vm_id) / "checkpoint").exists()
+    first = cloud.daemon()
+    outcome = cloud.relocated(vm_id)
+    assert outcome["sha256"] == cloud.saved("node1", vm_id) and outcome["removed_file"]
+    assert not (cloud.folder("node1", vm_id) / "checkpoint").exists()
+    assert first.stop() == 0
+    requested = [r for r in events(cloud.w, "subscriber.requested") if r.vm == vm_id]
+    assert len(requested) == 1 and "catch-up" in requested[0].payload["effect"]["key"]
+    cloud.daemon()  # another start: the VM and its history record were caught up already
+    wait_for(lambda: len(events(cloud.w, "subscriber.reconciled")) >= 2, "a second pass")
+    assert len([r for r in events(cloud.w, "subscriber.requested") if r.vm == vm_id]) == 1

@@ -37,11 +37,12 @@ def test_terminate_and_image_delete_ship_tombstones_once(cloud, start_daemon):
     # the bus message was recorded before acting, the outcomes after, each key once
     received = events(w, "hook.received")
     assert [(r.payload["route"], r.vm, r.image) for r in received] == [
-        ("vm.done", vm_id, None), ("image.delete", None, base)]
+        ("vm.running", vm_id, None), ("vm.done", vm_id, None), ("image.delete", None, base)]
     done = events(w, "effect.done")
     assert sorted(r.payload["key"] for r in done) == sorted(
         {r.effect_key for r in events(w) if r.effect_key})
-    assert len(done) == 3
+    shipped = [r for r in done if r.payload["effect_type"] == "remote_backup"]
+    assert len(shipped) == 3 and len(done) == 4  # and the running VM's domain looked at
     # the local helpers are gone, the tombstones stay until they expire
     left = w.frontend.storpool_names()
     assert all("-ONEDELETE-" in name for name in left) and len(left) == 3
@@ -87,7 +88,8 @@ def test_sigterm_finishes_the_effect_in_flight(cloud, start_daemon):
     wait_for(lambda: events(w, "hook.received"), "the DONE message")
     assert daemon.stop(signal.SIGTERM) == 0
     started = {r.effect_key for r in events(w) if r.effect_key}
-    done = {r.payload["key"] for r in events(w, "effect.done")}
+    done = {r.payload["key"] for r in events(w, "effect.done")
+            if r.payload["effect_type"] == "remote_backup"}
     # each effect it began is finished and recorded; what it did not begin stays pending
     assert done <= started
     assert len(remote_copies(remote)) == len(done)

@@ -292,3 +292,23 @@ def test_an_unreachable_libvirt_is_recorded_and_retried(cloud, start_daemon, tmp
     assert [f["source"].rsplit("/", 1)[1] for f in done.payload["fixed"]] == [
         f"one-sys-{vm_id}-0-raw"]
     assert daemon.stop() == 0
+
+
+def test_a_vm_that_started_running_while_the_subscriber_was_down_is_caught_up(
+        cloud, start_daemon):
+    """The RUNNING message was published while nobody listened: the start's reconciliation
+    checks the VM (once per history record: a second start asks nothing more)."""
+    w, _image_ds, system_ds, (node1, _), _ = cloud
+    vm_id = w.oned.instantiate(w.vm_template("v", 'TYPE="fs",SIZE="6",FORMAT="raw"'),
+                               node1, system_ds)
+    w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    daemon = start_daemon()
+    (done,) = wait_for(lambda: fixes(w, vm_id), "the caught-up domain fix")
+    assert [f["source"].rsplit("/", 1)[1] for f in done.payload["fixed"]] == [
+        f"one-sys-{vm_id}-0-raw"]
+    assert daemon.stop() == 0
+    again = start_daemon()
+    wait_for(lambda: len(events(w, "subscriber.reconciled")) >= 2, "the second start's pass")
+    assert again.stop() == 0
+    requested = [r for r in events(w, "subscriber.requested") if r.vm == vm_id]
+    assert len(requested) == 1 and "catch-up" in requested[0].payload["effect"]["key"]

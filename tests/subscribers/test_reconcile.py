@@ -49,7 +49,9 @@ def test_events_while_down_are_caught_on_start(cloud, start_daemon):
     assert "not in oned's pool" in cleaned.payload["reason"]
     (reconciled,) = events(w, "subscriber.reconciled")
     assert reconciled.payload["why"] == "start"
-    assert reconciled.payload["effects"] == {"done": 1}
+    # the tombstone sent, and the domain of the VM that started running unheard checked
+    assert reconciled.payload["effects"] == {"done": 2}
+    assert reconciled.payload["caught_up"] == 1
     assert reconciled.payload["cleanup"] == {"done": 1}
     assert daemon.stop() == 0
 
