@@ -45,6 +45,7 @@ REMOTES = "/var/lib/one/remotes"
 EVENT_LOG_DIR = "/var/lib/one/onestorpool"
 CONFFILE = "/etc/storpool/addon-storpool.conf"
 UNIT = "onestorpool-subscriber.service"
+HA_DROP_IN = "onestorpool-subscriber-ha.conf"  # copied by the admin for EVENT_LOG_VOLUME
 MAINTAINER = "opennebula-storpool maintainers <maintainers@opennebula-storpool.invalid>"
 SUMMARY = "StorPool storage add-on for OpenNebula"
 DESCRIPTION = """\
@@ -192,6 +193,8 @@ def stage_tree(stage: Path, wheel_dir: Path, unit_dir: str) -> None:
 
     put(CONFFILE, (HERE / "addon-storpool.conf").read_text(), 0o644)
     put(f"{unit_dir}/{UNIT}", (HERE / "systemd" / UNIT).read_text())
+    put(f"/usr/share/onestorpool/systemd/{HA_DROP_IN}",
+        (HERE / "systemd" / HA_DROP_IN).read_text())
     put("/usr/lib/tmpfiles.d/onestorpool.conf", (HERE / "systemd/onestorpool.tmpfiles").read_text())
     (stage / EVENT_LOG_DIR.lstrip("/")).mkdir(parents=True, mode=0o750)
     (stage / EVENT_LOG_DIR.lstrip("/")).chmod(0o750)

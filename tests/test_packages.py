@@ -94,6 +94,7 @@ def expected_files() -> dict[str, str]:
         build.CONFFILE: "-rw-r--r--",
         f"/usr/lib/systemd/system/{build.UNIT}": "-rw-r--r--",
         "/usr/lib/tmpfiles.d/onestorpool.conf": "-rw-r--r--",
+        f"/usr/share/onestorpool/systemd/{build.HA_DROP_IN}": "-rw-r--r--",
         build.EVENT_LOG_DIR: "drwxr-x---",
         "/usr/share/man/man1/onestorpool.1.gz": "-rw-r--r--",
         "/usr/share/doc/onestorpool/copyright": "-rw-r--r--",
@@ -175,7 +176,8 @@ def test_rpm_into_a_scratch_root(packages, tmp_path):
 def test_systemd_unit_hardening():
     unit = (REPO / "packaging/systemd" / build.UNIT).read_text()
     for line in ("User=oneadmin", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                 "ProtectHome=yes", "PrivateTmp=yes", f"ReadWritePaths={build.EVENT_LOG_DIR}",
+                 "ProtectHome=yes", "PrivateTmp=yes",
+                 f"ReadWritePaths={build.EVENT_LOG_DIR} /var/lib/one/datastores",
                  "ExecStart=/usr/bin/onestorpool subscriber run"):
         assert line in unit.splitlines()
 
@@ -244,6 +246,16 @@ def test_deb_installs_upgrades_runs_a_driver_and_purges(packages, tmp_path):
             done = sh("systemd-analyze", "verify", f"/usr/lib/systemd/system/{build.UNIT}",
                       check=False, timeout=120)
             assert done.returncode == 0, done.stderr
+            # the HA drop-in, installed as its header says, still makes a valid unit
+            drop_in = Path(f"/etc/systemd/system/{build.UNIT}.d/ha.conf")
+            drop_in.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f"/usr/share/onestorpool/systemd/{build.HA_DROP_IN}", drop_in)
+            try:
+                done = sh("systemd-analyze", "verify", f"/usr/lib/systemd/system/{build.UNIT}",
+                          check=False, timeout=120)
+                assert done.returncode == 0, done.stderr
+            finally:
+                shutil.rmtree(drop_in.parent)
         _driver_run_against_the_sandboxes(tmp_path)
 
         # upgrade: the admin's configuration and the event log stay, oned.conf too
