@@ -25,6 +25,7 @@ from lxml import etree
 from onestorpool import hosts
 from onestorpool.config import Config
 from onestorpool.drivers import vmm_tweaks
+from onestorpool.drivers.host_domains import StorPoolDisks, read_domain, target_of
 from onestorpool.errors import InputError
 from onestorpool.one import Datastore, Vm, VmmAction, decode_payload, parse_vmm_action
 
@@ -343,27 +344,45 @@ def uncached(domain: etree._Element) -> bool:
 def migrate(ctx: VmmContext) -> str:
     """``migrate-tweaks <domain> <destination> <source> <vm> <source>``: ``virsh migrate
     --live`` on the source host with ``MIGRATE_OPTIONS`` (add-on rc), ``--unsafe`` added only
-    when every disk of the running domain has ``cache="none"`` (and taken out otherwise)."""
+    when every disk of the running domain has ``cache="none"`` (and taken out otherwise).
+
+    A VM deployed before the ``volatile2dev`` tweak runs its StorPool volatile and context
+    disks as files (the VM folder's ``disk.N``, a link to ``/dev/storpool/...``): libvirt
+    would copy them as local data or refuse. The destination then gets, with ``--xml``, the
+    migratable definition with those disks as the block devices they are (the Bash add-on's
+    migrate-tweaks passed ``--xml`` too); otherwise no ``--xml``: libvirt's own."""
     data = ctx.action_data()
     if len(ctx.args) < 3:
         raise InputError("migrate: expected domain destination source")
     domain, destination, source = ctx.args[:3]
-    ctx.datastore_config(data.vm)
+    _datastore, config = ctx.datastore_config(data.vm)
     host = hosts.get(source)
-    uri = ctx.config["LIBVIRT_URI"]
-    unsafe = uncached(_domain(host, uri, domain))
-    options = [o for o in ctx.config["MIGRATE_OPTIONS"].split()
+    virsh = ["virsh", "-c", config["LIBVIRT_URI"]]
+    definition = read_domain(host, [*virsh, "dumpxml", "--migratable", domain], domain)
+    if definition is None:
+        raise InputError(f"migrate: {source} runs no domain {domain}")
+    unsafe = uncached(definition)
+    options = [o for o in config["MIGRATE_OPTIONS"].split()
                if o != "--unsafe"] + (["--unsafe"] if unsafe else [])
+    converted = [target_of(element) for element in
+                 StorPoolDisks(data.vm, host, config.naming()).files(definition)
+                 if vmm_tweaks.file_to_block(element)]
     target = f"qemu+ssh://{destination}/system"
-    host.run(["virsh", "-c", uri, "migrate", "--live", *options, domain, target],
-             timeout=3600)
-    ctx.event.update(source=source, destination=destination, unsafe=unsafe)
+    if converted:
+        host.run([*virsh, "migrate", "--live", *options, "--xml", "/dev/stdin", domain,
+                  target], stdin=etree.tostring(definition), timeout=3600)
+    else:
+        host.run([*virsh, "migrate", "--live", *options, domain, target], timeout=3600)
+    ctx.event.update(source=source, destination=destination, unsafe=unsafe,
+                     converted_to_block=converted)
     return ""
 
 
 def _domain(host: hosts.Host, uri: str, domain: str) -> etree._Element:
-    dump = host.run(["virsh", "-c", uri, "dumpxml", domain], timeout=60).stdout
-    return etree.fromstring(dump, etree.XMLParser(resolve_entities=False, no_network=True))
+    found = read_domain(host, ["virsh", "-c", uri, "dumpxml", domain], domain)
+    if found is None:
+        raise InputError(f"{host.name} runs no domain {domain}")
+    return found
 
 
 ACTIONS: dict[str, Callable[[VmmContext], str]] = {

@@ -10,35 +10,35 @@ VM reaches RUNNING the subscriber asks for this effect; the handler reads the li
 the VM's host, and where it finds such file disks it fixes the persistent definition
 (``virsh define``) with the tweak's own conversion. The running domain is never touched.
 
+A domain libvirt keeps no definition of (OpenNebula deploys with ``virsh create``: every
+domain it starts is transient) gets none: one defined now would stay on the host after the
+VM left it, and a later ``virsh create`` of a deployment without ``<uuid>`` would fail on
+it. For those the record lists the disks (``at_migration``) that ``migrate-tweaks``
+converts in the definition it gives the destination (``virsh migrate --xml``).
+
 Idempotent: a run that finds the live domain clean, or the persistent definition fixed
 already, records that there was nothing to fix.
 """
 
 from __future__ import annotations
 
-import posixpath
-import re
 from collections.abc import Callable
 from typing import Any
 
 from lxml import etree
 
-from onestorpool.drivers.vmm_tweaks import TweakInput, Validator, file_to_block
-from onestorpool.errors import AddonError
+from onestorpool.drivers.host_domains import StorPoolDisks, read_domain, target_of
+from onestorpool.drivers.vmm_tweaks import Validator, file_to_block
 from onestorpool.eventlog.record import Record
 from onestorpool.eventlog.store import EventLog
 from onestorpool.hosts import Host
 from onestorpool.naming import Naming
-from onestorpool.one import HookEvent, LcmState, PoolVm, Vm, VmState, parse_xml
+from onestorpool.one import HookEvent, LcmState, PoolVm, Vm, VmState
 from onestorpool.subscribers.handlers import EffectError
 from onestorpool.subscribers.routes import Actions, history_seq_of
 
 EFFECT_TYPE = "domain_fix"  # the effect a RUNNING VM's message requests
 ROUTE = "vm.running"
-_DISK_N = re.compile(r"/disk\.(\d+)$")
-MAX_DOMAIN_BYTES = 4 << 20  # a domain XML is a few KiB; a host sending more is refused
-# virsh's words for a domain libvirt does not have (virsh's lookup, libvirt's VIR_ERR_NO_DOMAIN)
-NOT_FOUND = re.compile(r"failed to get domain|Domain not found")
 
 
 def running(event: HookEvent) -> bool:
@@ -98,10 +98,17 @@ def fix_vm(vm: Vm, host_of: Callable[[str], Host], naming: Naming, uri: str,
     live = read_domain(host, [*virsh, "dumpxml", vm.deploy_id], vm.deploy_id)
     if live is None:  # gone since (or oned's view is stale): its next RUNNING is looked at
         return {**outcome, "fixed": [], "note": "the host has no such domain"}
-    wanted = {_target(element) for element in disks.files(live)}
+    wanted = {target_of(element) for element in disks.files(live)}
     if not wanted:
         return {**outcome, "fixed": [],
                 "note": "no StorPool volatile or context disk is a file in the live domain"}
+    if not is_persistent(host, virsh, vm.deploy_id):
+        # OpenNebula deploys with "virsh create": no definition outlives the domain, and
+        # defining one would stay behind on the host (a later "virsh create" of a deployment
+        # without <uuid> then fails). migrate-tweaks converts these disks when it migrates.
+        return {**outcome, "fixed": [], "at_migration": sorted(wanted),
+                "note": "transient domain: no persistent definition to fix; the live "
+                        "migration (migrate-tweaks) makes these disks block devices"}
     persistent = read_domain(host, [*virsh, "dumpxml", "--inactive", vm.deploy_id],
                              vm.deploy_id)
     if persistent is None:
@@ -110,8 +117,8 @@ def fix_vm(vm: Vm, host_of: Callable[[str], Host], naming: Naming, uri: str,
     valid_before = not validator.errors(persistent)
     fixed = []
     for element in disks.files(persistent):
-        if _target(element) in wanted and file_to_block(element):
-            fixed.append({"target": _target(element),
+        if target_of(element) in wanted and file_to_block(element):
+            fixed.append({"target": target_of(element),
                           "source": element.find("source").get("dev", "")})
     if not fixed:
         return {**outcome, "fixed": [],
@@ -123,87 +130,11 @@ def fix_vm(vm: Vm, host_of: Callable[[str], Host], naming: Naming, uri: str,
     return {**outcome, "fixed": fixed, "persistent": "defined"}
 
 
-def _target(element: etree._Element) -> str:
-    target = element.find("target")
-    return "" if target is None else target.get("dev", "")
-
-
-class StorPoolDisks:
-    """Which ``<disk>`` elements of a domain are the VM's StorPool volatile or context disks:
-    the deploy tweak's selection (:meth:`TweakInput.storpool_disks`) restricted to disks
-    without an image, with each one's DISK_ID read from a source that is the VM folder's
-    ``disk.N`` linked (on the host) to that disk's StorPool device, or the device itself."""
-
-    def __init__(self, vm: Vm, host: Host, naming: Naming):
-        self.vm, self.host, self.naming = vm, host, naming
-        # "/dev/storpool/" as the host's commands see it
-        self.devices = posixpath.dirname(host.device("volume")) + "/"
-        self.given = TweakInput(vm)
-        self.volatile = {d.disk_id for d in vm.disks if d.image_id is None}
-        if vm.context_disk_id is not None:
-            self.volatile.add(vm.context_disk_id)
-        self._links: dict[str, str] = {}
-
-    def files(self, domain: etree._Element) -> list[etree._Element]:
-        """Those still ``type="file"``."""
-        return [element for element, _disk in self.given.storpool_disks(domain, self.disk_id)
-                if element.get("type") == "file"]
-
-    def disk_id(self, element: etree._Element) -> int | None:
-        source = element.find("source")
-        path = "" if source is None else (source.get("file") or source.get("dev") or "")
-        match = _DISK_N.search(path)
-        if match is None:
-            return self._device_of(path)
-        disk_id = int(match[1])
-        if disk_id not in self.volatile:
-            return None
-        return disk_id if self._device_of(self._link(path)) == disk_id else None
-
-    def _link(self, path: str) -> str:
-        """Where ``path`` links to on the host ("" when it is no link)."""
-        if path not in self._links:
-            seen = self.host.path(path)
-            done = self.host.run(["readlink", "--", seen], check=False, timeout=30)
-            target = done.stdout.decode("utf-8", "replace").strip() \
-                if done.returncode == 0 else ""
-            if target and not target.startswith("/"):
-                target = posixpath.normpath(posixpath.join(posixpath.dirname(seen), target))
-            self._links[path] = target
-        return self._links[path]
-
-    def _device_of(self, path: str) -> int | None:
-        """The DISK_ID whose volatile or context volume ``path`` is the device of."""
-        if not path.startswith(self.devices):
-            return None
-        parsed = self.naming.parse(path[len(self.devices):])
-        if parsed is None or parsed.kind not in ("volatile", "context") \
-                or parsed.vm_id != self.vm.id or parsed.disk_id not in self.volatile:
-            return None
-        return parsed.disk_id
-
-
-def read_domain(host: Host, argv: list[str], deploy_id: str) -> etree._Element | None:
-    """A domain XML from the host (``None``: libvirt there has no such domain), parsed with
-    the project's hardened parser and checked to be the domain asked for (a hostile or
-    confused host gets its answer refused). Any other failure raises: the effect is retried.
-    """
-    done = host.run(argv, check=False, timeout=60)
-    what = f"{host.name}: domain {deploy_id}"
-    if done.returncode != 0:
-        error = done.stderr.decode("utf-8", "replace")
-        if NOT_FOUND.search(error):
-            return None
-        lines = [line.strip() for line in error.splitlines() if line.strip()]
-        raise EffectError(f"{what}: virsh dumpxml failed (exit {done.returncode}): "
-                          f"{lines[-1] if lines else 'no error output'}")
-    try:
-        domain = parse_xml(done.stdout, what, max_bytes=MAX_DOMAIN_BYTES)
-    except AddonError as exc:
-        raise EffectError(str(exc)) from None
-    if domain.tag != "domain":
-        raise EffectError(f"{what}: expected a libvirt <domain>, got <{domain.tag}>")
-    if deploy_id not in ((domain.findtext("name") or "").strip(),
-                         (domain.findtext("uuid") or "").strip()):
-        raise EffectError(f"{what}: the host answered with another domain")
-    return domain
+def is_persistent(host: Host, virsh: list[str], deploy_id: str) -> bool:
+    """Whether libvirt on ``host`` keeps a definition of the domain (``virsh dominfo``)."""
+    done = host.run([*virsh, "dominfo", deploy_id], timeout=60)
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Persistent":
+            return value.strip() == "yes"
+    raise EffectError(f"{host.name}: virsh dominfo {deploy_id} tells no persistence")

@@ -14,10 +14,11 @@ hypervisor), so product code runs plain ``virsh -c $LIBVIRT_URI`` and never know
 
 **Native scripts.** The add-on's local actions (``deploy-tweaks``, ``attach_disk.storpool``,
 ``tmsave``/``tmrestore``) do their part on the front-end and then hand over to these:
-``deploy`` resolves the VM folder's ``disk.N`` links as OpenNebula 6.10's does, then defines
-and starts the domain; ``save`` saves it into the checkpoint path (a link to the StorPool
-volume when the checkpoint is on StorPool) and ``restore`` restores it from there;
-``attach_disk`` and ``detach_disk`` accept.
+``deploy`` resolves the VM folder's ``disk.N`` links as OpenNebula 6.10's does, then creates
+the domain (transient, ``virsh create``, as that deploy does); ``save`` saves it into the
+checkpoint path (a link to the StorPool volume when the checkpoint is on StorPool) and
+``restore`` restores it from there; ``attach_disk`` and ``detach_disk`` accept. ``virsh
+migrate`` between two sandbox hosts moves the domain (:func:`migrate`).
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ SCRIPTS = {
     "deploy": """#!/bin/sh
 # deploy <deployment file> <host> <vm id> <host>, the domain XML on stdin. As OpenNebula
 # 6.10's vmm/kvm/deploy: the VM folder's disk.N links of file disks (device "disk", not the
-# context CD-ROM) replaced by their targets in the file. Then the host's libvirt defines and
-# starts it; a domain of that name a previous deploy left (the sandbox's oned stops no
-# domain on the host at poweroff or undeploy) is dropped first.
+# context CD-ROM) replaced by their targets in the file. Then the host's libvirt creates it,
+# transient ("virsh create"); a domain of that name a previous deploy left (the sandbox's
+# oned stops no domain on the host at poweroff or undeploy) is dropped first.
 set -e
 mkdir -p "$(dirname "$1")"
 cat > "$1"
@@ -73,15 +74,14 @@ if command -v virsh >/dev/null 2>&1; then
         virsh destroy "$name" >/dev/null 2>&1 || true
         virsh undefine "$name" >/dev/null 2>&1 || true
     fi
-    { virsh define "$1" && virsh start "$name"; } >"$1.virsh" 2>&1 || {
-        cat "$1.virsh" >&2; exit 1; }
+    virsh create "$1" >"$1.virsh" 2>&1 || { cat "$1.virsh" >&2; exit 1; }
 fi
 echo "$name"
 """,
     "save": """#!/bin/sh
 # save <domain> <checkpoint> <host> <vm id>: the host's libvirt saves the domain into the
-# checkpoint (a domain it does not know is first defined and started from the VM folder's
-# last deployment file); without virsh, 1 MiB of "memory"
+# checkpoint (a domain it does not know is first created from the VM folder's last
+# deployment file); without virsh, 1 MiB of "memory"
 set -e
 dir=$(dirname "$2")
 deployment=$(ls -1 "$dir"/deployment.* 2>/dev/null | grep -v virsh | sort -t. -k2 -n | tail -n1)
@@ -89,8 +89,7 @@ if command -v virsh >/dev/null 2>&1 && [ -n "$deployment" ]; then
     out=$(mktemp)
     if ! virsh domstate "$1" 2>/dev/null | grep -q running; then
         virsh undefine "$1" >/dev/null 2>&1 || true
-        { virsh define "$deployment" && virsh start "$1"; } >"$out" 2>&1 || {
-            cat "$out" >&2; rm -f "$out"; exit 1; }
+        virsh create "$deployment" >"$out" 2>&1 || { cat "$out" >&2; rm -f "$out"; exit 1; }
     fi
     virsh save "$1" "$2" >"$out" 2>&1 || { cat "$out" >&2; rm -f "$out"; exit 1; }
     rm -f "$out"
@@ -287,6 +286,8 @@ def run_virsh(host_dir: Path, argv: Sequence[str], stdin: object = None) -> Virs
     options, command = split_arguments(argv)
     if not command:
         raise VirshError("sandbox virsh: a command is needed (no interactive shell)")
+    if command[0] == "migrate":
+        return migrate(Path(host_dir), command[1:], stdin)
     state = state_file(host_dir)
     virsh = real_virsh(os.environ.get("PATH", ""), skip=wrapper_dir(host_dir)) \
         or shutil.which("virsh")
@@ -306,6 +307,77 @@ def run_virsh(host_dir: Path, argv: Sequence[str], stdin: object = None) -> Virs
         _write_atomically(state, render_state(kept))
     failed = any(line.startswith("error:") for line in stderr.splitlines())
     return VirshResult(stdout, stderr, 1 if failed else 0)
+
+
+# virsh migrate's options that take a value (virsh-domain.c, libvirt 9.0); the others are
+# flags. Only --xml and --persistent-xml change what the destination runs.
+_MIGRATE_VALUES = {"--xml", "--persistent-xml", "--dname", "--migrateuri", "--timeout",
+                   "--timeout-postcopy", "--bandwidth", "--listen-address", "--graphicsuri",
+                   "--disks-port", "--disks-uri", "--migrate-disks", "--comp-methods",
+                   "--comp-mt-level", "--comp-mt-threads", "--comp-mt-dthreads",
+                   "--comp-xbzrle-cache", "--comp-zlib-level", "--comp-zstd-level",
+                   "--parallel-connections", "--tls-destination", "--postcopy-bandwidth"}
+
+
+def migrate(host_dir: Path, arguments: Sequence[str], stdin: object = None) -> VirshResult:
+    """``virsh migrate [options] <domain> <desturi>`` between two sandbox hosts (libvirt's
+    test driver migrates nothing): the destination, a sibling host named by the URI's host
+    part (``qemu+ssh://node2/system``), creates the domain from ``--xml`` (else the source's
+    live definition; the name must stay, as libvirt's ABI check wants), persistently with
+    ``--persistent`` (``--persistent-xml`` else the same XML); the source then destroys it,
+    and undefines it with ``--undefinesource``."""
+    values: dict[str, str] = {}
+    flags: set[str] = set()
+    positional: list[str] = []
+    words = iter(arguments)
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name in _MIGRATE_VALUES:
+            values[name] = value if equals else next(words, "")
+        elif word.startswith("--"):
+            flags.add(word)
+        else:
+            positional.append(word)
+    if len(positional) < 2:
+        return VirshResult("", "error: command 'migrate' requires <domain> and <desturi>\n", 1)
+    domain, destination_uri = positional[:2]
+    match = re.fullmatch(r"[a-z+]+://([^/:]+)(?::\d+)?/system", destination_uri)
+    destination = host_dir.parent / match[1] if match else None
+    if destination is None or not state_file(destination).exists():
+        return VirshResult("", f"error: failed to connect to the hypervisor\nerror: unable "
+                               f"to connect to {destination_uri}\n", 1)
+    live = run_virsh(host_dir, ["dumpxml", domain])
+    if live.returncode:
+        return live
+    with tempfile.TemporaryDirectory(prefix="migrate-") as scratch:
+        def given(option: str) -> str | None:
+            path = values.get(option)
+            if path is None:
+                return None
+            if path == "/dev/stdin" and stdin is not None:
+                return stdin.read().decode()  # type: ignore[attr-defined, no-any-return]
+            return Path(path).read_text()
+
+        running = given("--xml") or live.stdout
+        persistent = given("--persistent-xml") or running
+        name = _NAME.search(running.encode())
+        if name is None or name[1].decode() != values.get("--dname", domain):
+            return VirshResult("", "error: unsupported configuration: target domain name "
+                                   "does not match source\n", 1)
+        xml = Path(scratch) / "running.xml"
+        xml.write_text(running)
+        created = run_virsh(destination, ["create", str(xml)])
+        if created.returncode:
+            return created
+        if "--persistent" in flags:
+            xml.write_text(persistent)
+            defined = run_virsh(destination, ["define", str(xml)])
+            if defined.returncode:
+                return defined
+    run_virsh(host_dir, ["destroy", domain])
+    if "--undefinesource" in flags:
+        run_virsh(host_dir, ["undefine", domain])
+    return VirshResult("Migration: [100 %]\n" if "--verbose" in flags else "", "", 0)
 
 
 HANG_TIMEOUT = 10.0  # seconds: the test driver answers at once

@@ -129,9 +129,10 @@ def test_native_deploy_resolves_disk_links_and_redeploys(host, tmp_path):
     # OpenNebula 6.10's deploy: the link's target in the domain
     assert live.find("devices/disk/source").get("file") == str(device)
     assert virsh(host, "domstate", "one-7").strip() == "running"
+    assert "Persistent:     no" in virsh(host, "dominfo", "one-7")  # "virsh create", as 6.10
     checkpoint = folder / "checkpoint"
     host.run([str(kvm / "save"), "one-7", str(checkpoint), "node1", "7"])
-    assert virsh(host, "domstate", "one-7").strip() == "shut off"
+    assert virsh(host, "list", "--all", "--name").split() == []  # a saved transient is gone
     host.run([str(kvm / "restore"), str(checkpoint), "node1", "one-7", "7", "node1"])
     assert virsh(host, "domstate", "one-7").strip() == "running"
 
@@ -153,3 +154,30 @@ def test_unsupported_use_is_refused(host):
     assert done.returncode == 1 and b"--bogus" in done.stderr
     done = host.run(["virsh"], check=False)
     assert done.returncode == 1 and b"no interactive shell" in done.stderr
+
+
+def test_live_migration_between_hosts(host, tmp_path):
+    """libvirt's test driver migrates nothing: the sandbox's virsh moves the domain to the
+    sibling host the URI names, from --xml when given (virsh migrate, libvirt 9.0)."""
+    node2 = SandboxHost("node2", tmp_path / "node2")
+    (tmp_path / "node2").mkdir()
+    kvm_host.install_libvirt(node2.root)
+    virsh(host, "create", str(domain_file(tmp_path, "one-4")))
+    virsh(host, "migrate", "--live", "one-4", "qemu+ssh://node2/system")
+    assert virsh(host, "list", "--all", "--name").split() == []
+    assert virsh(node2, "domstate", "one-4").strip() == "running"
+    assert "Persistent:     no" in virsh(node2, "dominfo", "one-4")
+    # back with another definition: what --xml says is what runs there
+    changed = virsh(node2, "dumpxml", "one-4").replace("type='file'", "type='block'").replace(
+        "file='/var/lib/one/disk.0'", "dev='/dev/storpool/one-sys-4-0-raw'")
+    virsh(node2, "migrate", "--live", "--xml", "/dev/stdin", "one-4",
+          "qemu+ssh://node1/system", stdin=changed.encode())
+    assert disk_type(virsh(host, "dumpxml", "one-4")) == "block"
+    assert virsh(node2, "list", "--all", "--name").split() == []
+    with pytest.raises(HostCommandError, match="unable to connect"):
+        virsh(host, "migrate", "--live", "one-4", "qemu+ssh://node9/system")
+    renamed = changed.replace("<name>one-4</name>", "<name>other</name>")
+    with pytest.raises(HostCommandError, match="name does not match"):
+        virsh(host, "migrate", "--live", "--xml", "/dev/stdin", "one-4",
+              "qemu+ssh://node2/system", stdin=renamed.encode())
+    assert virsh(host, "domstate", "one-4").strip() == "running"  # a refusal moves nothing

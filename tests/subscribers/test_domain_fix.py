@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from onestorpool.drivers.host_domains import DomainError
 from onestorpool.naming import Naming
 from onestorpool.one import parse_vm
 from onestorpool.sandbox.hosts import SandboxHost
 from onestorpool.subscribers.domain_fix import EFFECT_TYPE, fix_vm
-from onestorpool.subscribers.handlers import EffectError
 from tests.sandbox.test_vmm_local import kvm_remotes
 from tests.subscribers.conftest import events, wait_for
 
@@ -148,6 +148,19 @@ def test_fix_defines_block_devices_and_leaves_the_running_domain(node, tmp_path)
     assert virsh(host, "dumpxml", "--inactive", "one-7") == persistent
 
 
+def test_a_transient_domain_gets_no_definition(node, tmp_path):
+    """As OpenNebula deploys (virsh create): the look lists what the migration converts and
+    leaves no definition behind on the host."""
+    host, _xml = node
+    virsh(host, "destroy", "one-7")
+    virsh(host, "undefine", "one-7")
+    virsh(host, "create", str(tmp_path / "one-7.xml"))
+    result = fix_vm(running_vm(), lambda name: host, Naming("one"), "qemu:///system")
+    assert result["fixed"] == [] and result["at_migration"] == ["hda", "vdb"]
+    assert "Persistent:     no" in virsh(host, "dominfo", "one-7")
+    assert disks(virsh(host, "dumpxml", "one-7"))["vdb"][0] == "file"
+
+
 def test_nothing_to_fix(node):
     host, _xml = node
     # another instance's prefix: none of the devices is one of this VM's volumes
@@ -182,7 +195,7 @@ def test_hostile_answers_from_the_host_are_refused(node, tmp_path, monkeypatch, 
     (own / "virsh").write_text(f"#!/bin/sh\ncat {own}/answer.xml\n")
     (own / "virsh").chmod(0o755)
     monkeypatch.setenv("PATH", f"{own}{os.pathsep}{os.environ['PATH']}")
-    with pytest.raises(EffectError, match="node1: domain one-7"):
+    with pytest.raises(DomainError, match="node1: domain one-7"):
         fix_vm(running_vm(), lambda name: host, Naming("one"), "qemu:///system")
 
 
@@ -194,7 +207,7 @@ def cloud(make_world, tmp_path):
     """Overrides the subscriber tests' cloud: VMs deployed by deploy-tweaks through the
     sandbox hosts' libvirt, no deploy tweak on at first (as before the add-on had it)."""
     w = make_world(remotes=kvm_remotes(tmp_path / "r", tmp_path / "native.log"),
-                   vmm_local="deploy=deploy-tweaks")
+                   vmm_local="deploy=deploy-tweaks,migrate=migrate-tweaks")
     w.frontend.write_rc('ONE_PX=one\nDELAY_DELETE=0\nDEPLOY_TWEAKS=""\n')
     image_ds = w.oned.create_datastore("sp", DS_MAD="storpool", TM_MAD="storpool",
                                        DISK_TYPE="BLOCK")
@@ -212,46 +225,48 @@ def fixes(w, vm_id: int) -> list:
             if r.payload["effect_type"] == EFFECT_TYPE and r.vm == vm_id]
 
 
-def test_lifecycle_fixes_once_then_finds_nothing(cloud, start_daemon):
-    w, _image_ds, system_ds, (node1, _), _ = cloud
+def test_lifecycle_a_vm_with_file_disks_migrates_them_as_block_devices(cloud, start_daemon):
+    """OpenNebula's deploy makes transient domains: the subscriber's look records what the
+    next live migration converts, and migrate-tweaks gives the destination those disks as
+    block devices (virsh migrate --xml); there nothing is left to convert."""
+    w, _image_ds, system_ds, (node1, node2), _ = cloud
     daemon = start_daemon()
     vm_id = w.oned.instantiate(w.vm_template("v", 'TYPE="fs",SIZE="6",FORMAT="raw"',
                                              context=True), node1, system_ds)
     host, domain = host_of(w), f"one-{vm_id}"
-    (done,) = wait_for(lambda: fixes(w, vm_id), "the domain fix")
+    (first,) = wait_for(lambda: fixes(w, vm_id), "the look at the running VM")
     devices = host.root / "dev/storpool"
     folder = f"/var/lib/one//datastores/{system_ds}/{vm_id}"
     live = disks(virsh(host, "dumpxml", domain))  # the running domain as deployed
     assert sorted(live.values()) == sorted([("file", f"{folder}/disk.1"),  # the context
                                             ("file", f"{devices}/one-sys-{vm_id}-0-raw")])
-    assert disks(virsh(host, "dumpxml", "--inactive", domain)) == {
-        target: ("block", source) for target, (_, source) in live.items()}
-    assert done.payload["fixed"] == [{"target": target, "source": source}
-                                     for target, (_, source) in live.items()]
+    assert first.payload["fixed"] == [] and first.payload["at_migration"] == sorted(live)
+    assert "Persistent:     no" in virsh(host, "dominfo", domain)  # nothing defined
     (received,) = [r for r in events(w, "hook.received")
                    if r.payload.get("route") == "vm.running"]
     assert received.vm == vm_id
-    # poweroff, the deploy tweak turned on, resume: deployed as block devices, nothing to fix
-    w.srv.vm.action("poweroff", vm_id)
-    w.oned.wait_vm(vm_id, "POWEROFF")
-    w.frontend.write_rc('ONE_PX=one\nDELAY_DELETE=0\nDEPLOY_TWEAKS="volatile2dev"\n')
-    w.srv.vm.action("resume", vm_id)
+    # the live migration: the destination runs them as the block devices they are
+    w.srv.vm.migrate(vm_id, node2, True, False, system_ds, 0)
     w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
+    assert w.srv.vm.info(vm_id).HISTORY_RECORDS.HISTORY[-1].HOSTNAME == "node2"
+    node2_host = host_of(w, "node2")
+    moved = disks(virsh(node2_host, "dumpxml", domain))
+    assert {kind for kind, _ in moved.values()} == {"block"}
+    assert virsh(host, "list", "--all", "--name").split() == []  # gone from node1
+    (migrated,) = [e for e in w.frontend.events() if e.type == "vmm.migrate"]
+    assert migrated.payload["converted_to_block"] == sorted(live, key=list(live).index)
     _first, second = wait_for(lambda: fixes(w, vm_id)[1:] and fixes(w, vm_id), "a second look")
     assert second.payload["fixed"] == [] and "no StorPool" in second.payload["note"]
-    assert {kind for kind, _ in disks(virsh(host, "dumpxml", domain)).values()} == {"block"}
     # a VM without a StorPool volatile disk: nothing
     other = w.oned.instantiate(w.vm_template("plain"), node1, system_ds)
     (nothing,) = wait_for(lambda: fixes(w, other), "the look at the second VM")
-    assert nothing.payload["fixed"] == []
+    assert nothing.payload["fixed"] == [] and "at_migration" not in nothing.payload
     # DOMAIN_FIX=0: the site keeps its domains as they are
     w.frontend.write_rc('ONE_PX=one\nDELAY_DELETE=0\nDEPLOY_TWEAKS=""\nDOMAIN_FIX=NO\n')
     kept = w.oned.instantiate(w.vm_template("kept", 'TYPE="fs",SIZE="6",FORMAT="raw"'), node1,
                               system_ds)
     (off,) = wait_for(lambda: fixes(w, kept), "the look at the third VM")
     assert off.payload["fixed"] == [] and "DOMAIN_FIX" in off.payload["note"]
-    persistent = disks(virsh(host, "dumpxml", "--inactive", f"one-{kept}"))
-    assert {kind for kind, _ in persistent.values()} == {"file"}
     assert not events(w, "effect.failed")
     assert daemon.stop() == 0
 
@@ -289,8 +304,7 @@ def test_an_unreachable_libvirt_is_recorded_and_retried(cloud, start_daemon, tmp
     assert daemon.process.poll() is None and not fixes(w, vm_id)
     flag.unlink()  # the host is back: reconciliation retries it
     (done,) = wait_for(lambda: fixes(w, vm_id), "the retry")
-    assert [f["source"].rsplit("/", 1)[1] for f in done.payload["fixed"]] == [
-        f"one-sys-{vm_id}-0-raw"]
+    assert done.payload["at_migration"] == ["sda"]  # its volatile disk, a file
     assert daemon.stop() == 0
 
 
@@ -304,8 +318,7 @@ def test_a_vm_that_started_running_while_the_subscriber_was_down_is_caught_up(
     w.oned.wait_vm(vm_id, "ACTIVE", "RUNNING")
     daemon = start_daemon()
     (done,) = wait_for(lambda: fixes(w, vm_id), "the caught-up domain fix")
-    assert [f["source"].rsplit("/", 1)[1] for f in done.payload["fixed"]] == [
-        f"one-sys-{vm_id}-0-raw"]
+    assert done.payload["at_migration"] == ["sda"]  # its volatile disk, a file
     assert daemon.stop() == 0
     again = start_daemon()
     wait_for(lambda: len(events(w, "subscriber.reconciled")) >= 2, "the second start's pass")
