@@ -85,15 +85,6 @@ def check_mounted(directory: Path, name: str) -> None:
 class Filesystem(Protocol):
     """What the log volume needs from the machine: the one place that mounts."""
 
-    def _output(self, argv: list[str], what: str) -> str:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                                stdin=subprocess.DEVNULL)
-        if result.returncode != 0 or not result.stdout.strip():
-            detail = result.stderr.strip().splitlines()
-            raise LogVolumeError(f"{what}: {argv[0]} exit {result.returncode}: "
-                                 f"{detail[-1] if detail else 'no output'}")
-        return result.stdout.strip()
-
     def make(self, device: str) -> None: ...
 
     def check(self, device: str) -> None: ...

@@ -30,8 +30,6 @@ event log on the front-end, where the subscriber and oned's local actions run.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,19 +176,12 @@ class Place:
 # -- the lock shared with the restore action ------------------------------------------------
 
 
-@contextlib.contextmanager
-def locked(vm_id: int) -> Iterator[None]:
-    """One relocation or restore of ``vm_id`` at a time on this front-end (a lock file
-    beside the event log; the kernel frees it if the holder dies)."""
+def locked(vm_id: int) -> contextlib.AbstractContextManager[None]:
+    """One relocation or restore of ``vm_id`` at a time on this front-end."""
     from onestorpool.config import event_log_path
+    from onestorpool.subscribers.handlers import lock_beside_log
 
-    path = f"{event_log_path()}.checkpoint-{int(vm_id)}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return lock_beside_log(str(event_log_path()), f"checkpoint-{int(vm_id)}")
 
 
 # -- host side ------------------------------------------------------------------------------

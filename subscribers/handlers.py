@@ -70,19 +70,23 @@ def _drop_helpers(sp: StorPoolClient, carrier: str, sent_from: str | None) -> No
 
 
 @contextlib.contextmanager
-def sending_lock(log: EventLog) -> Iterator[None]:
-    """One sender at a time on this front-end (the daemon, a hook, ``log replay``): the
-    check for a copy on the remote and the send it decides are one step, so two runners
-    never both send (a lock file beside the log; the kernel frees it if the holder dies)."""
+def lock_beside_log(log_path: str, purpose: str) -> Iterator[None]:
+    """One holder at a time on this front-end of ``<log>.<purpose>.lock`` (the daemon, a
+    hook, ``log replay``, a local action); the kernel frees it if the holder dies."""
     import fcntl
 
-    path = f"{log.path}.send.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    fd = os.open(f"{log_path}.{purpose}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def sending_lock(log: EventLog) -> contextlib.AbstractContextManager[None]:
+    """One sender at a time: the check for a copy on the remote and the send it decides are
+    one step, so two runners never both send."""
+    return lock_beside_log(log.path, "send")
 
 
 def remote_backup(record: Record, log: EventLog, *, confirm_timeout: float | None = None,
