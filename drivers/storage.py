@@ -16,7 +16,7 @@ from typing import Any
 
 from onestorpool.errors import AddonError, InputError
 from onestorpool.hosts import Host
-from onestorpool.storpool import AlreadyExists, Busy, NotFound, StorPoolClient
+from onestorpool.storpool import AlreadyExists, ApiError, Busy, NotFound, StorPoolClient
 
 MIB = 1024 * 1024
 
@@ -170,12 +170,19 @@ def parse_extra_tags(extra: str) -> dict[str, str]:
 
 
 def delete_snapshot(sp: StorPoolClient, name: str) -> bool:
-    """Delete a snapshot (detached first); ``False`` when it was already gone."""
+    """Delete a snapshot; ``False`` when it was already gone. One call in the usual case
+    (as the Bash add-on makes); a snapshot StorPool refuses to delete while it is attached
+    (a backup's, an export's) is detached and deleted again."""
     try:
-        sp.detach(name, snapshot=True, force=False)
         sp.snapshot_delete(name)
     except NotFound:
         return False
+    except ApiError:
+        try:
+            sp.detach(name, snapshot=True, force=False)
+            sp.snapshot_delete(name)
+        except NotFound:
+            return False
     return True
 
 
