@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from onestorpool import hosts
@@ -31,7 +31,7 @@ from onestorpool.drivers.vmm import VmmContext, parse_id
 from onestorpool.errors import InputError
 from onestorpool.naming import Naming
 from onestorpool.one import Vm
-from onestorpool.storpool import NotFound, StorPoolClient, StorPoolError
+from onestorpool.storpool import AlreadyExists, NotFound, StorPoolClient, StorPoolError
 
 
 def vm_volumes(ctx: VmmContext, vm: Vm, system_tm: str) -> list[tuple[str, str]]:
@@ -90,17 +90,37 @@ def create(ctx: VmmContext) -> str:
     volumes = vm_volumes(ctx, vm, system_tm)
     if not volumes:
         raise InputError(f"VM {vm.id} has no StorPool disk to snapshot")
-    naming = ctx.config.naming()
-    stamp = int(time.time())
-    suffix = naming.vm_snapshot_suffix(snap_id, stamp)
     tags = Tags.from_config(ctx.config)
-    names = [naming.vm_snapshot(volume, snap_id, stamp) for volume, _ in volumes]
-    ctx.sp.volumes_group_snapshot(
-        [{"volume": volume, "name": name}
-         for (volume, _), name in zip(volumes, names, strict=True)],
-        tags={**tags.base(), **({tags.vm_tag: str(vm.id)} if tags.vm_tag else {})})
+    suffix, names = take_group(
+        ctx.sp, ctx.config.naming(), [volume for volume, _ in volumes], snap_id,
+        {**tags.base(), **({tags.vm_tag: str(vm.id)} if tags.vm_tag else {})})
     ctx.event.update(snapshot_id=snap_id, suffix=suffix, created=names)
     return suffix
+
+
+STAMP_TRIES = 5
+
+
+def take_group(sp: Any, naming: Naming, volumes: list[str], snap_id: int,
+               tags: dict[str, str], clock: Callable[[], float] = time.time,
+               ) -> tuple[str, list[str]]:
+    """One atomic ``VolumesGroupSnapshot`` of ``volumes`` named ``<vol>-ONESNAP-<id>-<ts>``;
+    returns the suffix and the names. oned gives a new snapshot the lowest free id again
+    once the others are deleted, and StorPool keeps a deleted snapshot that still has
+    children (a reverted disk's) under its name: the same id within the same second is a
+    name StorPool refuses, so the next second's names are tried (nothing was made)."""
+    stamp = int(clock())
+    for attempt in range(STAMP_TRIES):
+        names = [naming.vm_snapshot(volume, snap_id, stamp + attempt) for volume in volumes]
+        try:
+            sp.volumes_group_snapshot([{"volume": volume, "name": name}
+                                       for volume, name in zip(volumes, names, strict=True)],
+                                      tags=tags)
+        except AlreadyExists:
+            continue
+        return naming.vm_snapshot_suffix(snap_id, stamp + attempt), names
+    raise StorageError(f"snapshot {snap_id}: the names of {STAMP_TRIES} seconds from "
+                       f"{stamp} are all taken on StorPool")
 
 
 def _suffix(ctx: VmmContext, text: str) -> str:

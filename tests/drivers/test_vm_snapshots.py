@@ -86,3 +86,26 @@ def test_a_missing_snapshot_changes_nothing(storpool_sandbox, vm_disks):
     with pytest.raises(Exception, match="not"):
         revert_group(vm_disks, Naming(), [(v, f"{v}-{SUFFIX}") for v in VOLUMES])
     assert contents(storpool_sandbox, vm_disks) == {b"current!"}
+
+
+def test_a_snapshot_id_reused_within_a_second_takes_the_next_seconds_names(storpool_sandbox,
+                                                                           vm_disks):
+    """oned gives id 0 again once snapshot 0 is gone, and StorPool keeps a deleted snapshot
+    with children under its name: the same second's names are refused, the next taken."""
+    from onestorpool.drivers.vm_snapshots import STAMP_TRIES, take_group
+
+    taken = {f"{v}-ONESNAP-0-{1800000000 + s}" for v in VOLUMES[:1] for s in range(2)}
+    for name in taken:
+        vm_disks.volume_snapshot(VOLUMES[0], name)
+    suffix, names = take_group(vm_disks, Naming(), VOLUMES, 0, {"nvm": "7"},
+                               clock=lambda: 1800000000.4)
+    assert suffix == "ONESNAP-0-1800000002"
+    assert names == [f"{v}-{suffix}" for v in VOLUMES]
+    assert {n for n in names if vm_disks.snapshot(n)["tags"].get("nvm") == "7"} == set(names)
+    # every second taken: one clear error, nothing made
+    for second in range(STAMP_TRIES):
+        vm_disks.volume_snapshot(VOLUMES[1], f"{VOLUMES[1]}-ONESNAP-1-{1800000000 + second}")
+    before = {s["name"] for s in vm_disks.snapshots_list()}
+    with pytest.raises(StorageError, match="are all taken"):
+        take_group(vm_disks, Naming(), VOLUMES, 1, {}, clock=lambda: 1800000000.0)
+    assert {s["name"] for s in vm_disks.snapshots_list()} == before
