@@ -307,6 +307,14 @@ class CleanupSnapshot(TypedEvent):
     FIELDS = {"key": str, "reason": str, "removed": list, "already_gone": bool}
 
 
+class CleanupStarted(TypedEvent):
+    """An orphan snapshot about to be deleted: a run killed after the delete leaves this,
+    and the next one records the removal it finds done."""
+
+    TYPE = "cleanup.started"
+    FIELDS = {"key": str, "reason": str}
+
+
 class CleanupFailed(TypedEvent):
     TYPE = "cleanup.failed"
     FIELDS = {"key": str, "error": str}
@@ -339,7 +347,8 @@ EXACT: dict[str, type[TypedEvent]] = {
         LogCheckpoint, LogArchived, LogVolumeAcquired, HookReceived, HookMalformed, HookExecuted,
         SubscriberStarted, SubscriberStopped, SubscriberConnected, SubscriberDisconnected,
         SubscriberLeader, SubscriberStandby, SubscriberFailed, EffectRequested, Reconciled,
-        EffectDone, EffectFailed, CleanupSnapshot, CleanupFailed, PruneSnapshot, PruneFailed)}
+        EffectDone, EffectFailed, CleanupStarted, CleanupSnapshot, CleanupFailed,
+        PruneSnapshot, PruneFailed)}
 FAMILIES: tuple[type[DriverAction], ...] = (
     DatastoreActionFailed, DatastoreAction, TransferActionFailed, TransferAction,
     VmmActionFailed, VmmAction)

@@ -16,9 +16,10 @@ A snapshot is removed only when all of these hold:
   export's snapshot, a restore's or revert's temporary: :data:`TEMPORARY`) older than
   :data:`TEMPORARY_MAX_AGE`, whoever owns it: the action that made it is long over.
 
-Each removal has the idempotency key ``cleanup:<name>:<globalId>`` and is recorded
-(``cleanup.snapshot``, ``removed`` listing the name) with its tracking row in one
-transaction.
+Each removal has the idempotency key ``cleanup:<name>:<globalId>``: it is announced
+(``cleanup.started``) before the delete and recorded (``cleanup.snapshot``, ``removed``
+listing the name) with its tracking row in one transaction after it; a run killed between
+the two leaves the announcement, and the next pass records the removal it finds done.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from onestorpool.eventlog.events import CleanupFailed, CleanupSnapshot
+from onestorpool.eventlog.events import CleanupFailed, CleanupSnapshot, CleanupStarted
 from onestorpool.eventlog.store import HOST, AlreadyDone, EventLog
 from onestorpool.naming import Naming
 from onestorpool.storpool import NotFound, StorPoolClient
@@ -104,6 +105,8 @@ def remove(log: EventLog, sp: StorPoolClient, orphan: Orphan, runner: str,
     if log.is_done(orphan.key, CLEANUP):
         return "skipped"
     writer = f"{runner}/cleanup@{HOST}:{os.getpid()}"
+    log.append(CleanupStarted.new(writer, key=orphan.key, reason=orphan.reason, vm=orphan.vm,
+                                  image=orphan.image, snapshot=orphan.name))
     gone = False
     try:
         with contextlib.suppress(NotFound):
@@ -116,6 +119,10 @@ def remove(log: EventLog, sp: StorPoolClient, orphan: Orphan, runner: str,
                                      error=f"{type(exc).__name__}: {exc}", vm=orphan.vm,
                                      image=orphan.image, snapshot=orphan.name))
         return f"failed: {exc}"
+    return _record(log, orphan, gone, writer, position)
+
+
+def _record(log: EventLog, orphan: Orphan, gone: bool, writer: str, position: int) -> str:
     try:
         with log.transaction() as tx:
             seq = tx.append(CleanupSnapshot.new(writer, key=orphan.key, reason=orphan.reason,
@@ -128,6 +135,23 @@ def remove(log: EventLog, sp: StorPoolClient, orphan: Orphan, runner: str,
     return "done"
 
 
+def finish_started(log: EventLog, present: set[str], position: int, runner: str) -> int:
+    """Record the removals a killed run made and did not record: each started key not done
+    whose snapshot StorPool no longer lists but as deleted (``present``: the names it lists,
+    read before this); one still there is an orphan again and taken the usual way."""
+    writer = f"{runner}/cleanup@{HOST}:{os.getpid()}"
+    finished = 0
+    for record in log.read(types=[CleanupStarted.TYPE]):
+        key, name = str(record.payload.get("key", "")), record.snapshot
+        if not name or name in present or log.is_done(key, CLEANUP):
+            continue
+        orphan = Orphan(name, key.rsplit(":", 1)[-1], str(record.payload.get("reason", "")),
+                        record.vm, record.image)
+        if orphan.key == key and _record(log, orphan, True, writer, position) == "done":
+            finished += 1
+    return finished
+
+
 def cleanup(log: EventLog, sp: StorPoolClient, naming: Naming, loc: tuple[str, str],
             owners: Owners | Callable[[], Owners], *, position: int,
             runner: str = "subscriber",
@@ -135,6 +159,9 @@ def cleanup(log: EventLog, sp: StorPoolClient, naming: Naming, loc: tuple[str, s
     """Remove the orphans; ``owners`` is called *after* StorPool's snapshot list is read."""
     counts: dict[str, int] = {}
     snapshots = sp.snapshots_list()
+    present = {str(s.get("name", "")) for s in snapshots if not s.get("deleted")}
+    if finished := finish_started(log, present, position, runner):
+        counts["finished"] = finished
     known = owners() if callable(owners) else owners
     for orphan in orphans(snapshots, naming, loc, known):
         if stop():

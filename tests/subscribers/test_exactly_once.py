@@ -28,6 +28,16 @@ def done_message(vm_id: int) -> str:
             f"</RESOURCE_ID><REMOTE_HOST/><VM><ID>{vm_id}</ID></VM></HOOK_MESSAGE>")
 
 
+def runs_started(w) -> int:
+    """The subscriber runs on record (none while the first is still creating the log)."""
+    from onestorpool.eventlog import EventLogError
+
+    try:
+        return len(events(w, "subscriber.started"))
+    except EventLogError:
+        return 0
+
+
 def test_sigkill_at_random_points_loses_and_repeats_nothing(cloud, start_daemon):
     w, *_, remote = cloud
     sp, rng = w.frontend.sp, random.Random(13)
@@ -49,6 +59,9 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(cloud, start_daemon)
     kills = 0
     for chunk in range(10):
         daemon = start_daemon(wait=False)
+        # each run is killed among its work, not before it began (a loaded machine starts
+        # a process slowly): its start is on record first
+        wait_for(lambda c=chunk: runs_started(w) > c, "the run's start")
         for kind, number in work[chunk * 50:(chunk + 1) * 50]:
             if kind == "rm":  # what the datastore's rm does
                 volume = f"one-img-{number}"

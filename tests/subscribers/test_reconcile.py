@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from onestorpool.naming import Naming
 from onestorpool.subscribers.cleanup import Owners, orphans
 from tests.subscribers.conftest import deploy, events, remote_copies, subscriber_env, wait_for
@@ -146,3 +148,45 @@ def test_orphans_never_leave_the_namespace():
                                     now=new)] == ["one-img-4-export-ab12cd"]
     assert [o.name for o in orphans(snapshots, naming, loc, Owners(gone_vm=6))] == [
         "one-sys-6-0-raw-snap1"]
+
+
+def test_a_removal_a_killed_run_did_not_record_is_recorded_by_the_next(tmp_path,
+                                                                       storpool_sandbox):
+    """Killed between StorPool's delete and the record: the announcement stays, the next
+    pass finds the snapshot gone and records its removal once; one still there is taken
+    again the usual way."""
+    from onestorpool.eventlog import EventLog
+    from onestorpool.storpool import StorPoolClient
+    from onestorpool.subscribers.cleanup import CLEANUP, Orphan, cleanup, remove
+
+    sp = StorPoolClient(storpool_sandbox.host, storpool_sandbox.port, storpool_sandbox.token)
+    sp.volume_create("one-sys-5-0-raw", size=1 << 20, tags=OURS)
+    for name in ("one-sys-5-0-raw-snap1", "one-sys-5-0-raw-snap2"):
+        sp.volume_snapshot("one-sys-5-0-raw", name, tags=OURS)
+    ids = {s["name"]: s["globalId"] for s in sp.snapshots_list()}
+
+    class KilledAfterDelete(BaseException):  # as SIGKILL: nothing of the run goes on
+        pass
+
+    class Dies(StorPoolClient):
+        def snapshot_delete(self, name):
+            super().snapshot_delete(name)
+            raise KilledAfterDelete  # the process ends here, before the record
+
+    dies = Dies(storpool_sandbox.host, storpool_sandbox.port, storpool_sandbox.token)
+    with EventLog(tmp_path / "events.db") as log:
+        killed = Orphan("one-sys-5-0-raw-snap1", ids["one-sys-5-0-raw-snap1"], "VM 5 is DONE",
+                        5, None)
+        with pytest.raises(KilledAfterDelete):
+            remove(log, dies, killed, "subscriber", 0)
+        assert not log.is_done(killed.key, CLEANUP)
+        counts = cleanup(log, sp, Naming("one"), ("nloc", "one"), Owners(gone_vm=5),
+                         position=log.head()[0])
+        assert counts == {"finished": 1, "done": 1}
+        records = [r for r in log.read(types=["cleanup.snapshot"])]
+        assert [(r.snapshot, r.payload["already_gone"]) for r in records] == [
+            ("one-sys-5-0-raw-snap1", True), ("one-sys-5-0-raw-snap2", False)]
+        assert log.is_done(killed.key, CLEANUP)
+        # a second pass: nothing more
+        assert cleanup(log, sp, Naming("one"), ("nloc", "one"), Owners(gone_vm=5),
+                       position=log.head()[0]) == {}
