@@ -327,6 +327,14 @@ class PruneSnapshot(TypedEvent):
     FIELDS = {"key": str, "disk": int, "snapshot_id": int, "reason": str}
 
 
+class PruneStarted(TypedEvent):
+    """A snapshot deletion about to be asked of oned: a run killed after oned accepted it
+    leaves this, and the next look at the VM records the deletion it finds done."""
+
+    TYPE = "prune.started"
+    FIELDS = {"key": str, "disk": int, "snapshot_id": int, "reason": str}
+
+
 class PruneFailed(TypedEvent):
     TYPE = "prune.failed"
     FIELDS = {"key": str, "disk": int, "snapshot_id": int, "reason": str, "error": str}
@@ -348,7 +356,7 @@ EXACT: dict[str, type[TypedEvent]] = {
         SubscriberStarted, SubscriberStopped, SubscriberConnected, SubscriberDisconnected,
         SubscriberLeader, SubscriberStandby, SubscriberFailed, EffectRequested, Reconciled,
         EffectDone, EffectFailed, CleanupStarted, CleanupSnapshot, CleanupFailed,
-        PruneSnapshot, PruneFailed)}
+        PruneStarted, PruneSnapshot, PruneFailed)}
 FAMILIES: tuple[type[DriverAction], ...] = (
     DatastoreActionFailed, DatastoreAction, TransferActionFailed, TransferAction,
     VmmActionFailed, VmmAction)

@@ -13,9 +13,11 @@ snapshot a root, so that costs nothing there; under ``MIXED``/``DENY`` chains on
 one after the other. One request per VM at a time, and only while the VM is RUNNING,
 POWEROFF or SUSPENDED (a snapshot operation in progress defers the VM); a VM is looked at
 again after each request until nothing is left to ask. Each
-request has the idempotency key ``prune:<vm>:<disk>:<snapshot>:<date>`` and is recorded
-(``prune.snapshot``) with its tracking row in one transaction once oned accepted it; a
-request oned refuses is recorded as ``prune.failed`` and asked again by the next pass.
+request has the idempotency key ``prune:<vm>:<disk>:<snapshot>:<date>``, is announced
+(``prune.started``) before it is asked and recorded (``prune.snapshot``) with its tracking
+row in one transaction once oned accepted it (a run killed in between leaves the
+announcement: the next look at the VM records the deletion it finds done); a request oned
+refuses is recorded as ``prune.failed`` and asked again by the next pass.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from onestorpool.eventlog.events import PruneFailed, PruneSnapshot
+from onestorpool.eventlog.events import PruneFailed, PruneSnapshot, PruneStarted
 from onestorpool.eventlog.store import HOST, AlreadyDone, EventLog
 from onestorpool.one import LcmState, Vm, VmState
 
@@ -148,23 +150,39 @@ class Pruner:
         vm = self.vm_info(vm_id)
         if not stable(vm):
             return "deferred"  # the snapshot being made (or deleted) is not counted yet
+        writer = f"{self.runner}/prune@{HOST}:{os.getpid()}"
+        self.finish_started(vm, position, writer)
         plan = [c for c in self.plan(vm) if not self.log.is_done(c.key, PRUNE)]
         if not plan:
             return "nothing"
         first = plan[0]
-        writer = f"{self.runner}/prune@{HOST}:{os.getpid()}"
         fields = {"key": first.key, "disk": first.disk, "snapshot_id": first.snapshot,
                   "reason": first.reason}
+        self.log.append(PruneStarted.new(writer, fields, vm=vm_id))
         try:
             self.call("one.vm.disksnapshotdelete", vm_id, first.disk, first.snapshot)
         except Exception as exc:
             self.log.append(PruneFailed.new(writer, fields,
                                             error=f"{type(exc).__name__}: {exc}", vm=vm_id))
             return "failed"
+        self._record(fields, vm_id, position, writer)
+        return "asked"
+
+    def _record(self, fields: dict[str, Any], vm_id: int, position: int, writer: str) -> None:
         try:
             with self.log.transaction() as tx:
                 seq = tx.append(PruneSnapshot.new(writer, fields, vm=vm_id))
-                tx.track(PRUNE, first.key, position=min(position, seq - 1), seq=seq)
+                tx.track(PRUNE, fields["key"], position=min(position, seq - 1), seq=seq)
         except AlreadyDone:
             pass
-        return "asked"
+
+    def finish_started(self, vm: Vm, position: int, writer: str) -> None:
+        """Record the deletions a killed run asked for and did not record: a started key
+        not done whose snapshot the VM no longer has (one it still has is planned again)."""
+        present = {f"prune:{vm.id}:{disk.disk_id}:{snapshot.id}:{snapshot.date or 0}"
+                   for disk in vm.disks for snapshot in disk.snapshots}
+        for record in self.log.read(vm=vm.id, types=[PruneStarted.TYPE]):
+            fields = record.payload
+            key = str(fields.get("key", ""))
+            if key and key not in present and not self.log.is_done(key, PRUNE):
+                self._record({**fields, "found_done": True}, vm.id, position, writer)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from onestorpool.one import Snapshot
 from onestorpool.subscribers.prune import Retention, candidates
 from tests.subscribers.conftest import deploy, events, wait_for
@@ -118,3 +120,48 @@ def test_candidates_skip_what_oned_refuses():
     both = candidates(vm, lambda ds: Retention(keep=1, max_age=55), now=100)
     assert [c.snapshot for c in both] == [1, 3]
     assert candidates(vm, lambda ds: Retention(), now=100) == []
+
+
+def test_a_deletion_a_killed_run_asked_for_is_recorded_by_the_next(tmp_path):
+    """oned accepted the delete, the run died before its record: the announcement stays,
+    and the next look at the VM records the deletion it finds done, once."""
+    from types import SimpleNamespace
+
+    from onestorpool import config
+    from onestorpool.eventlog import EventLog
+    from onestorpool.one import LcmState, VmState
+    from onestorpool.subscribers.prune import PRUNE, Pruner
+
+    rc = tmp_path / "rc"
+    rc.write_text("DISKSNAPSHOT_KEEP=1\n")
+    cfg = config.load(rc_paths=[rc], storpool_paths=[], environ={})
+
+    def vm_with(*ids):
+        disk = SimpleNamespace(disk_id=0, datastore_id=1, snapshots=tuple(
+            Snapshot(i, f"s{i}", -1, (), False, 10 * (i + 1), 1) for i in ids))
+        return SimpleNamespace(id=7, disks=(disk,), state=VmState.ACTIVE,
+                               lcm_state=LcmState.RUNNING, user_template={})
+
+    class Killed(BaseException):  # as SIGKILL: nothing of the run goes on
+        pass
+
+    def dies(method, *params):
+        raise Killed  # oned has taken the request; the run ends before its record
+
+    current = [vm_with(0, 1)]
+    with EventLog(tmp_path / "events.db") as log:
+        pruner = Pruner(log, cfg, call=dies, vm_info=lambda vm_id: current[0],
+                        datastore_attributes=lambda ds: {})
+        with pytest.raises(Killed):
+            pruner.prune(7, 0)
+        assert not log.is_done("prune:7:0:0:10", PRUNE)
+        current[0] = vm_with(1)  # oned deleted snapshot 0
+        asked: list[tuple] = []
+        pruner = Pruner(log, cfg, call=lambda *a: asked.append(a),
+                        vm_info=lambda vm_id: current[0], datastore_attributes=lambda ds: {})
+        assert pruner.prune(7, log.head()[0]) == "nothing" and asked == []
+        (record,) = log.read(types=["prune.snapshot"])
+        assert (record.payload["key"], record.payload["found_done"]) == ("prune:7:0:0:10", True)
+        assert log.is_done("prune:7:0:0:10", PRUNE)
+        assert pruner.prune(7, log.head()[0]) == "nothing"
+        assert len(list(log.read(types=["prune.snapshot"]))) == 1
