@@ -546,13 +546,10 @@ def vm_saved(actions: Actions, event: HookEvent, seq: int) -> None:
                            seq, vm=vm_id)
 
 
-def saved_catch_up(vm: PoolVm) -> dict[str, Any] | None:
+def saved_catch_up(vm: PoolVm, config: Any) -> dict[str, Any] | None:
     """Reconciliation's relocation for a VM SUSPENDED or STOPPED whose message was lost."""
-    from onestorpool import config as config_module
-
     if vm.state not in SAVED_STATES or vm.lcm_state != "LCM_INIT" or vm.history_seq is None:
         return None
-    config = config_module.load()
     if not config["SP_CHECKPOINT"] or config["SP_CHECKPOINT_BD"]:
         return None
     return {"type": RELOCATE, "key": f"{RELOCATE}:{vm.id}:{vm.history_seq}:catch-up",

@@ -56,13 +56,11 @@ def vm_running(actions: Actions, event: HookEvent, seq: int) -> None:
                            seq, vm=event.object_id)
 
 
-def running_catch_up(vm: PoolVm) -> dict[str, Any] | None:
+def running_catch_up(vm: PoolVm, config: Any) -> dict[str, Any] | None:
     """Reconciliation's check for a RUNNING VM whose message was lost."""
-    from onestorpool import config as config_module
-
     if (vm.state, vm.lcm_state) != ("ACTIVE", "RUNNING") or vm.history_seq is None:
         return None
-    if not config_module.load()["DOMAIN_FIX"]:
+    if not config["DOMAIN_FIX"]:
         return None
     return {"type": EFFECT_TYPE, "key": f"{EFFECT_TYPE}:{vm.id}:{vm.history_seq}:catch-up",
             "vm": vm.id, "history_seq": vm.history_seq}

@@ -46,7 +46,7 @@ def oned_vm_pool() -> list[PoolVm]:
     return list(iter_vm_pool(oneapi.one_call("one.vmpool.info", -2, -1, -1, -1)))
 
 
-def catch_up(log: EventLog, vms: Iterable[PoolVm],
+def catch_up(log: EventLog, vms: Iterable[PoolVm], config: Any,
              routes: Iterable[Route] | None = None) -> int:
     """Request, for each VM and route, what the route's lost message would have; returns how
     many requests were appended."""
@@ -63,7 +63,7 @@ def catch_up(log: EventLog, vms: Iterable[PoolVm],
     requests = []
     for vm in vms:
         for wants in wanting:
-            effect = wants(vm)
+            effect = wants(vm, config)
             if effect is None or (effect["type"], vm.id, vm.history_seq) in asked:
                 continue
             asked.add((effect["type"], vm.id, vm.history_seq))
@@ -166,7 +166,7 @@ def reconcile(log: EventLog, *, why: str, owners: Callable[[], Owners] = oned_ow
         summary["tombstones_error"] = f"{type(exc).__name__}: {exc}"
     if why in GAPS:
         try:
-            summary["caught_up"] = catch_up(log, vm_pool())
+            summary["caught_up"] = catch_up(log, vm_pool(), config)
         except Exception as exc:  # oned away: the next reconciliation after a gap tries again
             summary["catch_up_error"] = f"{type(exc).__name__}: {exc}"
     summary["effects"] = run_pending(log, 0, runner, stop)

@@ -39,7 +39,7 @@ class Route:
     # The effect a VM of oned's pool needs when this route's message for its state was lost
     # (PUB/SUB drops what is published while nobody listens): reconciliation asks after a
     # gap, once per VM and history record (the effect names ``vm`` and ``history_seq``).
-    catch_up: Callable[[PoolVm], dict[str, Any] | None] | None = None
+    catch_up: Callable[[PoolVm, Any], dict[str, Any] | None] | None = None  # (VM, config)
 
 
 def vm_done(daemon: Actions, event: HookEvent, seq: int) -> None:
