@@ -283,7 +283,7 @@ def _with_tm(ctx: VmmContext, data: VmmAction, action: str, checkpoint: str, hos
     archived = action == "restore" and tm_mad == "storpool" and not ctx.config[
         "SP_CHECKPOINT_BD"]
     if archived:  # the subscriber may have moved the file onto its volume: bring it back
-        from onestorpool.subscribers import checkpoint as archive
+        from onestorpool.drivers import checkpoint_archive as archive
 
         with archive.locked(vm.id):
             ctx.event["checkpoint_from"] = archive.bring_back(

@@ -174,6 +174,19 @@ class AlreadyDone(EventLogError):
         self.consumer, self.key = consumer, key
 
 
+@contextlib.contextmanager
+def lock_beside_log(log_path: str | os.PathLike[str], purpose: str) -> Iterator[None]:
+    """One holder at a time on this front-end of ``<log>.<purpose>.lock`` (the daemon, a
+    hook, ``log replay``, a local action); the kernel frees it if the holder dies."""
+    fd = os.open(f"{os.fspath(log_path)}.{purpose}.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def default_path() -> str:
     """Where the add-on's log is: ``$ONESTORPOOL_EVENTLOG``, else ``EVENT_LOG`` of
     addon-storpoolrc, else ``/var/lib/one/onestorpool/events.db`` (under

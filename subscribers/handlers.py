@@ -9,15 +9,14 @@ failed, ``onestorpool log replay --execute`` (or ``onestorpool remote-send``) ru
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from onestorpool.errors import AddonError
 from onestorpool.eventlog.events import decode
 from onestorpool.eventlog.record import Record
-from onestorpool.eventlog.store import EventLog
+from onestorpool.eventlog.store import EventLog, lock_beside_log
 from onestorpool.storpool import NotFound, StorPoolClient
 from onestorpool.subscribers import notify
 
@@ -67,20 +66,6 @@ def _drop_helpers(sp: StorPoolClient, carrier: str, sent_from: str | None) -> No
     if sent_from and str(sent_from).startswith("*"):
         with contextlib.suppress(NotFound):
             sp.snapshot_delete(str(sent_from))
-
-
-@contextlib.contextmanager
-def lock_beside_log(log_path: str, purpose: str) -> Iterator[None]:
-    """One holder at a time on this front-end of ``<log>.<purpose>.lock`` (the daemon, a
-    hook, ``log replay``, a local action); the kernel frees it if the holder dies."""
-    import fcntl
-
-    fd = os.open(f"{log_path}.{purpose}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def sending_lock(log: EventLog) -> contextlib.AbstractContextManager[None]:

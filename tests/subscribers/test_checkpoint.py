@@ -408,7 +408,7 @@ def test_every_compressor_reads_back_by_its_magic(tmp_path, compressor):
     if shutil.which(compressor) is None:
         pytest.skip(f"{compressor} is not installed")
     from onestorpool import hosts
-    from onestorpool.subscribers import checkpoint
+    from onestorpool.drivers import checkpoint_archive as checkpoint
 
     path, digest = _checkpoint_file(tmp_path / "a folder's name")
     device = tmp_path / "device"
@@ -429,7 +429,7 @@ def test_the_host_steps_over_real_ssh(tmp_path, monkeypatch):
     if not os.path.exists(SSHD):
         pytest.skip("openssh-server is needed (make test)")
     from onestorpool import hosts
-    from onestorpool.subscribers import checkpoint
+    from onestorpool.drivers import checkpoint_archive as checkpoint
 
     path, digest = _checkpoint_file(tmp_path / "it's a VM folder")
     device = tmp_path / "device"
