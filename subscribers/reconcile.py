@@ -36,6 +36,7 @@ from onestorpool.subscribers.routes import Route
 
 RECONCILED = Reconciled.TYPE
 GAPS = ("start", "reconnected", "leader", "once")  # reasons after which messages were lost
+CATCH_UP_BATCH = 1000  # requests per transaction (a pool of 10,000 running VMs is 10)
 
 
 def oned_vm_pool() -> list[PoolVm]:
@@ -70,8 +71,8 @@ def catch_up(log: EventLog, vms: Iterable[PoolVm], config: Any,
             requests.append(EffectRequested.new(_writer("reconcile"), effect=effect,
                                                 reason="catch-up: the state message was lost?",
                                                 vm=vm.id))
-    if requests:
-        log.append_batch(requests)
+    for start in range(0, len(requests), CATCH_UP_BATCH):  # short transactions
+        log.append_batch(requests[start:start + CATCH_UP_BATCH])
     return len(requests)
 
 

@@ -190,3 +190,32 @@ def test_a_removal_a_killed_run_did_not_record_is_recorded_by_the_next(tmp_path,
         # a second pass: nothing more
         assert cleanup(log, sp, Naming("one"), ("nloc", "one"), Owners(gone_vm=5),
                        position=log.head()[0]) == {}
+
+
+def test_catch_up_asks_once_per_vm_and_history_record_in_short_transactions(tmp_path,
+                                                                            monkeypatch):
+    """12,000 running VMs (more than one transaction may hold): one request each, in
+    batches; the next gap asks only for a VM in a new history record."""
+    from onestorpool.eventlog import EventLog
+    from onestorpool.one import PoolVm
+    from onestorpool.subscribers import reconcile
+    from onestorpool.subscribers.routes import Route
+
+    def wants(vm, config):
+        return {"type": "look", "key": f"look:{vm.id}:{vm.history_seq}", "vm": vm.id,
+                "history_seq": vm.history_seq} if vm.state == "ACTIVE" else None
+
+    route = Route("vm.running", b"EVENT STATE VM/ACTIVE/RUNNING/", lambda e: True,
+                  lambda a, e, s: None, wants)
+    pool = [PoolVm(i, 0, None, (), "ACTIVE", "RUNNING", 0) for i in range(12_000)]
+    pool.append(PoolVm(99_999, 0, None, (), "POWEROFF", "LCM_INIT", 0))
+    batches: list[int] = []
+    with EventLog(tmp_path / "events.db") as log:
+        real = log.append_batch
+        monkeypatch.setattr(log, "append_batch", lambda events: batches.append(len(events))
+                            or real(events))
+        assert reconcile.catch_up(log, pool, {}, [route]) == 12_000
+        assert max(batches) <= reconcile.CATCH_UP_BATCH and sum(batches) == 12_000
+        assert reconcile.catch_up(log, pool, {}, [route]) == 0
+        pool[5] = PoolVm(5, 0, None, (), "ACTIVE", "RUNNING", 1)  # migrated: a new record
+        assert reconcile.catch_up(log, pool, {}, [route]) == 1
