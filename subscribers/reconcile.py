@@ -36,7 +36,7 @@ from onestorpool.subscribers.routes import Route
 
 RECONCILED = Reconciled.TYPE
 GAPS = ("start", "reconnected", "leader", "once")  # reasons after which messages were lost
-CATCH_UP_BATCH = 1000  # requests per transaction (a pool of 10,000 running VMs is 10)
+CATCH_UP_BATCH = 1000  # requests per transaction: reconciliation may ask for many at once
 
 
 def oned_vm_pool() -> list[PoolVm]:
@@ -146,8 +146,8 @@ def request_unrequested_tombstones(log: EventLog, config: Any, sp: Any) -> int:
         events.append(EffectRequested.new(_writer("reconcile"), effect=effect,
                                           reason="tombstone without a request",
                                           snapshot=name))
-    if events:
-        log.append_batch(events)
+    for start in range(0, len(events), CATCH_UP_BATCH):  # short transactions
+        log.append_batch(events[start:start + CATCH_UP_BATCH])
     return len(events)
 
 
