@@ -358,9 +358,7 @@ def migrate(ctx: VmmContext) -> str:
     _datastore, config = ctx.datastore_config(data.vm)
     host = hosts.get(source)
     virsh = ["virsh", "-c", config["LIBVIRT_URI"]]
-    definition = read_domain(host, [*virsh, "dumpxml", "--migratable", domain], domain)
-    if definition is None:
-        raise InputError(f"migrate: {source} runs no domain {domain}")
+    definition = _domain(host, config["LIBVIRT_URI"], domain, "--migratable")
     unsafe = uncached(definition)
     options = [o for o in config["MIGRATE_OPTIONS"].split()
                if o != "--unsafe"] + (["--unsafe"] if unsafe else [])
@@ -378,8 +376,8 @@ def migrate(ctx: VmmContext) -> str:
     return ""
 
 
-def _domain(host: hosts.Host, uri: str, domain: str) -> etree._Element:
-    found = read_domain(host, ["virsh", "-c", uri, "dumpxml", domain], domain)
+def _domain(host: hosts.Host, uri: str, domain: str, *options: str) -> etree._Element:
+    found = read_domain(host, ["virsh", "-c", uri, "dumpxml", *options, domain], domain)
     if found is None:
         raise InputError(f"{host.name} runs no domain {domain}")
     return found

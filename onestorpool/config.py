@@ -295,9 +295,10 @@ SETTINGS: tuple[Setting, ...] = (
             "docs/eventlog.md); empty: a local file"),
     Setting("LOG_TO_FILE", "", parse_str, "also log to /var/log/one/addon-storpool.log"),
     Setting("DOMAIN_FIX", "1", parse_bool,
-            "when a VM reaches RUNNING, the subscriber makes its StorPool volatile and context "
-            "disks that are still files in its domain block devices in the persistent "
-            "definition on the host (virsh define; the running domain is left alone)"),
+            "when a VM reaches RUNNING, the subscriber looks for its StorPool volatile and "
+            "context disks that are still files in its domain: a persistent definition gets "
+            "them as block devices (virsh define; the running domain is left alone), a "
+            "transient domain has them recorded for migrate-tweaks to convert"),
     Setting("HOOK_ENDPOINT", "tcp://localhost:2101", parse_str,
             "oned's hook bus (one_hm's PUB socket) the subscriber connects to ($ONE_ZMQ wins)"),
     Setting("SUBSCRIBER_RECONCILE_INTERVAL", "5m", parse_duration,

@@ -874,11 +874,9 @@ def iter_vm_pool(payload: str | bytes, max_bytes: int = MAX_POOL_BYTES) -> Itera
 
 
 def _state_name(states: type[VmState] | type[LcmState], value: int | None) -> str:
-    """The name of a state number ("" when absent or unknown to this version)."""
-    try:
-        return "" if value is None else states(value).name
-    except ValueError:
-        return ""
+    """The name of a state number ("" when absent; ``UNKNOWN_<n>`` for one this version
+    does not know, as the enums make it)."""
+    return "" if value is None else states(value).name
 
 
 def parse_datastore(payload: str | bytes) -> Datastore:
